@@ -1,0 +1,40 @@
+# One-command set-up: `make demo` and `make test` create .venv, install and run.
+# torch==2.13.0 is pinned first so pip takes the CPU wheel this kind of machine keeps on disk
+# instead of a multi-GB CUDA build; override with `make TORCH_SPEC='torch==X' ...`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?= -n 2 --dist loadgroup
+
+.PHONY: install demo test cpp-deps clean bench
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[torch,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# OpenCV C++ headers for the libtorch consumer in export/cpp (best effort: needs root + apt).
+cpp-deps:
+	@pkg-config --exists opencv4 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing libopencv-dev (C++ consumer tests)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libopencv-dev >/dev/null) \
+	      || echo "could not install libopencv-dev: the C++ tests will be skipped"; \
+	  else echo "libopencv-dev missing and no root apt-get: the C++ tests will be skipped"; fi; }
+
+demo: $(STAMP)
+	$(BIN)/unet-deploy demo --out demo_out
+
+test: $(STAMP) cpp-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_cpu.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_out export/cpp/build

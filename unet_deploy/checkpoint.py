@@ -1,0 +1,130 @@
+"""Checkpoints: atomic save with ModelMeta, and loading of ours or of a bare seed ``unet.pth``."""
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import UnetDeployError
+from .fileio import atomic_path
+from .meta import FORMAT, ModelMeta
+from .model import UNet
+
+
+def build_model(meta: ModelMeta) -> UNet:
+    """A fresh UNet shaped as ``meta.arch`` says, with ``meta.num_outputs`` logits."""
+    arch = meta.arch
+    return UNet(meta.num_outputs, arch["in_channels"], arch["base_channels"], arch["upsample"])
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: ModelMeta, **extra: Any) -> Path:
+    """Write ``{"format", "meta", "state_dict", **extra}`` atomically (temp file, then rename).
+
+    ``extra`` holds training state such as ``epoch``, ``optimizer``, ``metrics``; it must be
+    made of tensors and plain Python values so that ``weights_only`` loading can read it.
+    """
+    model = getattr(model, "module", model)  # unwrap DDP / DataParallel
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "meta": meta.to_dict(), "state_dict": state, **extra}, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load the raw checkpoint dict safely (``weights_only=True``: a checkpoint never runs code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnetDeployError(f"{path}: file not found; pass a checkpoint (.pt) or a seed unet.pth")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"(?:Unsupported global|GLOBAL)\W+([\w.]+)", str(e))
+        if not found:
+            raise UnetDeployError(f"{path}: not a readable checkpoint (corrupt or not made by torch.save)") from None
+        raise UnetDeployError(
+            f"{path}: refused to load, unpickling it would run code (it needs {found.group(1)}); "
+            "only unet-deploy checkpoints and plain state_dicts load, re-save the weights "
+            "with torch.save(model.state_dict(), path) from code you trust"
+        ) from None
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "constants.pkl" in msg or "TorchScript" in msg:
+            msg = "it is an exported TorchScript model, load it with unet_deploy.Segmenter instead"
+        raise UnetDeployError(f"{path}: not a readable checkpoint ({msg[:200]})") from None
+    except Exception as e:  # zip/EOF errors from truncated or foreign files
+        raise UnetDeployError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})"[:300]) from None
+    if not isinstance(obj, dict):
+        raise UnetDeployError(f"{path}: holds a {type(obj).__name__}, not a checkpoint or state_dict")
+    return obj
+
+
+def _is_state_dict(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+def meta_from_state_dict(
+    state: dict[str, torch.Tensor], classes: Sequence[str] | None = None, input_size: int | Sequence[int] = 256
+) -> ModelMeta:
+    """Infer the architecture of a bare seed state_dict from its tensor shapes."""
+    try:
+        first, out = state["c1.layer.0.weight"], state["out.weight"]
+    except KeyError as e:
+        raise UnetDeployError(f"state_dict has no {e.args[0]!r}: it is not the seed's UNet") from None
+    num_classes = int(out.shape[0])
+    names = list(classes) if classes else [f"class_{i}" for i in range(num_classes)]
+    arch = {
+        "base_channels": int(first.shape[0]),
+        "in_channels": int(first.shape[1]),
+        "upsample": "transpose" if "u1.up.weight" in state else "bilinear",
+    }
+    channels = arch["in_channels"]
+    head = "sigmoid" if num_classes == 1 and len(names) == 2 else "softmax"
+    meta = ModelMeta(
+        classes=names, input_size=input_size, arch=arch, head=head,
+        color="GRAY" if channels == 1 else "RGB", mean=[0.0] * channels, std=[1.0] * channels,
+    )  # fmt: skip
+    meta.check_num_outputs(num_classes, "the state_dict weights")
+    return meta
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    classes: Sequence[str] | None = None,
+) -> tuple[UNet, ModelMeta]:
+    """Load our checkpoint or a bare seed state_dict; return ``(model in eval mode, meta)``.
+
+    ``classes`` names the classes of a seed state_dict (default ``class_0..``); for our
+    checkpoints it must agree with the stored count and then replaces the stored names.
+    """
+    path = Path(path)
+    obj = read_checkpoint(path)
+    if "state_dict" in obj and "meta" in obj:
+        if obj.get("format") != FORMAT:
+            raise UnetDeployError(f"{path}: checkpoint format {obj.get('format')!r} is not {FORMAT}")
+        meta = ModelMeta.from_dict(dict(obj["meta"]), str(path))
+        state = obj["state_dict"]
+        if classes:
+            if len(classes) != meta.num_classes:
+                raise UnetDeployError(
+                    f"{path}: checkpoint has {meta.num_classes} classes {meta.classes} but "
+                    f"{len(classes)} were given ({','.join(classes)}); pass {meta.num_classes} names"
+                )
+            meta.classes = list(classes)
+    elif _is_state_dict(obj):
+        state = obj
+        try:
+            meta = meta_from_state_dict(state, classes)
+        except UnetDeployError as e:
+            raise UnetDeployError(f"{path}: {e.message}") from None
+    else:
+        raise UnetDeployError(f"{path}: neither a unet-deploy checkpoint nor a state_dict (keys: {list(obj)[:5]})")
+    model = build_model(meta)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UnetDeployError(f"{path}: weights do not fit the UNet described by its metadata ({str(e)[:200]})") from None
+    return model.to(device).eval(), meta
