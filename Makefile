@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[torch,dev]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[torch,openvino,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
