@@ -156,7 +156,7 @@ def test_bad_datasets_name_the_file(tmp_path):
     with pytest.raises(UnetDeployError, match=r"part 01\.png: mask is 10x10 but its image is 80x60"):
         SegmentationDataset(root, size=32)
     (root / "class_names.txt").unlink()
-    with pytest.raises(UnetDeployError, match="class_names.txt: not found"):
+    with pytest.raises(UnetDeployError, match="class_names.txt: missing"):
         SegmentationDataset(root)
     with pytest.raises(UnetDeployError, match="not a dataset folder"):
         list_samples(tmp_path / "nowhere")

@@ -19,25 +19,13 @@ from ..errors import UnetDeployError
 from ..fileio import IMAGE_SUFFIXES, read_image
 from ..meta import ModelMeta
 from ..preprocess import LetterboxTransform, letterbox, normalize, to_model_color
+from .labelme import CLASS_NAMES_FILE, read_class_names
 from .palette import read_mask
 
 IGNORE_INDEX = 255
-IMAGES_DIR, MASKS_DIR, CLASS_NAMES = "JPEGImages", "SegmentationClass", "class_names.txt"
+IMAGES_DIR, MASKS_DIR = "JPEGImages", "SegmentationClass"
 # Letterboxed samples are kept in memory when they fit in this many bytes ("auto" cache).
 CACHE_LIMIT_BYTES = 1 << 30
-
-
-def read_class_names(root: str | Path) -> list[str]:
-    """Class names of a VOC-style folder: ``root/class_names.txt``, one per line, background first."""
-    path = Path(root) / CLASS_NAMES
-    if not path.is_file():
-        raise UnetDeployError(
-            f"{path}: not found; a dataset folder needs class_names.txt (make one with `unet-deploy labelme SRC OUT`)"
-        )
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(names) < 2:
-        raise UnetDeployError(f"{path}: lists {len(names)} class(es); it needs the background and at least one class")
-    return names
 
 
 def list_samples(root: str | Path) -> list[str]:
@@ -108,7 +96,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             meta = ModelMeta(classes=self.classes, input_size=size, letterbox={"pad": pad, "fill": 0})
         elif list(meta.classes) != self.classes:
             raise UnetDeployError(
-                f"{self.root / CLASS_NAMES}: classes {self.classes} differ from the model's {meta.classes}; "
+                f"{self.root / CLASS_NAMES_FILE}: classes {self.classes} differ from the model's {meta.classes}; "
                 "use datasets converted with the same class list"
             )
         self.meta, self.augment, self.seed, self.epoch = meta, bool(augment), int(seed), 0
@@ -184,7 +172,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         bad = np.setdiff1d(np.unique(mask), [*range(len(self.classes)), IGNORE_INDEX])
         if bad.size:
             raise UnetDeployError(
-                f"{mask_path}: class id {int(bad[0])} but {CLASS_NAMES} lists {len(self.classes)} classes; "
+                f"{mask_path}: class id {int(bad[0])} but {CLASS_NAMES_FILE} lists {len(self.classes)} classes; "
                 "re-convert the dataset with the full class list"
             )
         meta = self.meta
