@@ -148,7 +148,8 @@ def read_labelme_json(json_path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _exif_orientation(raw: bytes) -> int:
+def exif_orientation(raw: bytes) -> int:
+    """Return the EXIF orientation (1..8) of encoded image bytes; 1 when there is none."""
     from PIL import Image
 
     try:
@@ -231,9 +232,22 @@ def load_labelme_image(json_path: str | Path, data: dict[str, Any] | None = None
         raw = path.read_bytes()
         suffix = path.suffix.lower()
     image = _decode(raw, source)
-    orientation = _exif_orientation(raw)
+    orientation = exif_orientation(raw)
     image = apply_orientation(image, orientation)
     return LabelmeImage(image=image, raw=raw, suffix=suffix, rotated=orientation not in (0, 1))
+
+
+def read_image_oriented(path: str | Path) -> np.ndarray:
+    """Read an image file as OpenCV does (BGR/gray/BGRA, 8/16 bit) with its EXIF orientation applied.
+
+    These are the pixel coordinates labelme annotates in. Raises ``UnetDeployError`` naming the file.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UnetDeployError(f"{path}: cannot read file ({e.strerror}); check the path") from None
+    return apply_orientation(_decode(raw, str(path)), exif_orientation(raw))
 
 
 def _find_image_file(json_path: Path, image_path: Any) -> Path:
@@ -441,8 +455,11 @@ def find_json_files(src: str | Path, exclude: str | Path | None = None) -> list[
     return found
 
 
-def _stems(src: Path, paths: list[Path]) -> dict[Path, str]:
-    """Unique output stems: the sub-path below ``src`` joined with '_' (a suffix _2, _3 on clashes)."""
+def unique_stems(src: Path, paths: list[Path]) -> dict[Path, str]:
+    """Map each path to a unique output stem: its sub-path below ``src`` joined with '_'.
+
+    ``a/b c/x.json`` becomes ``a_b c_x``; on a clash (case-insensitive) ``_2``, ``_3``... is added.
+    """
     out: dict[Path, str] = {}
     used: set[str] = set()
     for p in paths:
@@ -500,7 +517,7 @@ def convert_folder(
 
     ids = class_ids(names)
     summary = ConvertSummary(out=out, class_names=names, labels_source=how)
-    stems = _stems(src, jsons)
+    stems = unique_stems(src, jsons)
     for path in tqdm(jsons, desc="labelme", unit="file", disable=not progress, dynamic_ncols=True):
         try:
             loaded, mask, skipped, _ = _convert_one(path, ids, skip_unknown)
