@@ -1,2 +1,182 @@
-"""Turning logits into answers: argmax, mapping back, contours, overlays (numpy/OpenCV only)."""
+"""Turning logits into answers: argmax, mapping back, contours, overlays (numpy/OpenCV only).
+
+The region contract (the C++ consumer reproduces it pixel for pixel): a region is one
+8-connected component of one class > 0 in the ORIGINAL-size mask, found with
+``cv2.connectedComponentsWithStats(mask == c, connectivity=8)``; ``area`` is its pixel count
+(holes are not counted), ``bbox`` its ``[x, y, w, h]`` and ``contour`` its outer border from
+``cv2.findContours(RETR_EXTERNAL, CHAIN_APPROX_SIMPLE)`` as ``[[x, y], ...]``. Components
+with ``area < min_area`` are dropped. Regions are sorted by (class_id, bbox y, bbox x), ties
+(possible only for interlocking shapes) by the x of the component's first pixel in its top row.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from .data.palette import voc_palette
+from .preprocess import LetterboxTransform, unletterbox_mask
+
+# Default look: classes filled at 50% and outlined in green, as the seed drew its contours.
+CONTOUR_COLOR = (0, 255, 0)
+
+
+@dataclass
+class Region:
+    """One connected defect: class, pixel area, box ``[x, y, w, h]`` and outer contour ``(N, 2)`` (x, y)."""
+
+    class_id: int
+    class_name: str
+    area: int
+    bbox: list[int]
+    contour: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """The region as the report JSON writes it."""
+        return {
+            "class_id": self.class_id,
+            "class_name": self.class_name,
+            "area": self.area,
+            "bbox": list(self.bbox),
+            "contour": self.contour.tolist(),
+        }
+
+
+def argmax(logits: np.ndarray) -> np.ndarray:
+    """Class ids (uint8) from logits ``(N, C, H, W)`` or ``(C, H, W)``.
+
+    One channel is a sigmoid head: class 1 where the logit is > 0 (probability > 0.5).
+    Ties go to the lower class id, as ``torch.argmax`` and ``np.argmax`` do.
+    """
+    logits = np.asarray(logits)
+    axis = logits.ndim - 3
+    if logits.shape[axis] == 1:
+        return (np.take(logits, 0, axis=axis) > 0).astype(np.uint8)
+    if logits.shape[axis] == 2:  # twice as fast as argmax, same tie rule
+        return (np.take(logits, 1, axis=axis) > np.take(logits, 0, axis=axis)).astype(np.uint8)
+    return np.argmax(logits, axis=axis).astype(np.uint8)
+
+
+def to_original(class_map: np.ndarray, transform: LetterboxTransform) -> np.ndarray:
+    """Map a network-size class map back to the original image size (the letterbox's exact inverse)."""
+    return unletterbox_mask(class_map, transform)
+
+
+def find_regions(mask: np.ndarray, class_names: Sequence[str], min_area: int = 0) -> list[Region]:
+    """All regions of every class > 0 in ``mask`` (HxW class ids), by the contract in this module's docstring.
+
+    A class id with no name in ``class_names`` is reported as ``class_<id>``. Same answer as
+    running ``connectedComponentsWithStats`` and ``findContours`` per component, about 5x
+    faster: per class it works on the class's bounding box only, labels without statistics
+    and takes all outer borders from one ``findContours(RETR_CCOMP)`` (borders of holes skipped).
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be HxW class ids, got shape {mask.shape}")
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    hist = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()
+    keyed: list[tuple[tuple[int, int, int, int], Region]] = []
+    for c in np.flatnonzero(hist[1:]) + 1:
+        keyed.extend(_class_regions(mask, int(c), _class_name(class_names, int(c)), min_area))
+    keyed.sort(key=lambda kr: kr[0])
+    return [r for _, r in keyed]
+
+
+def _class_name(class_names: Sequence[str], c: int) -> str:
+    return class_names[c] if c < len(class_names) else f"class_{c}"
+
+
+def _class_regions(mask: np.ndarray, c: int, name: str, min_area: int) -> list[tuple[tuple, Region]]:
+    """Regions of class ``c`` with their sort keys (class, y, x, x of the first pixel of the top row)."""
+    x0, y0, w0, h0 = cv2.boundingRect((mask == c).view(np.uint8))
+    binary = (mask[y0 : y0 + h0, x0 : x0 + w0] == c).view(np.uint8)
+    labels, areas = _labels_and_areas(binary)
+    contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    out = []
+    for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
+        if parent >= 0:  # the border of a hole
+            continue
+        contour = contour.reshape(-1, 2)
+        fx, fy = (int(v) for v in contour[0])  # the border starts at the component's first pixel
+        area = int(areas[labels[fy, fx]])
+        if area < min_area:
+            continue
+        x, y, w, h = cv2.boundingRect(contour)
+        contour += (x0, y0)
+        region = Region(c, name, area, [x + x0, y + y0, w, h], contour)
+        out.append(((c, y + y0, x + x0, fx + x0), region))
+    return out
+
+
+def _labels_and_areas(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected labels and the pixel count of each label (16-bit labels + calcHist when they fit:
+    4x faster than ``connectedComponentsWithStats``, whose statistics pass dominates its time)."""
+    if binary.size < 1 << 24:  # calcHist counts in float32: exact below 2**24
+        try:
+            n, labels = cv2.connectedComponents(binary, connectivity=8, ltype=cv2.CV_16U)
+            return labels, cv2.calcHist([labels], [0], None, [n], [0, n]).ravel().astype(np.int64)
+        except cv2.error:  # more than 65535 labels
+            pass
+    n, labels = cv2.connectedComponents(binary, connectivity=8, ltype=cv2.CV_32S)
+    return labels, np.bincount(labels.ravel(), minlength=n)
+
+
+_VOC_BGR_LUT = voc_palette()[:, ::-1].reshape(256, 1, 3).copy()  # cv2.LUT: 8x faster than indexing
+
+
+def colorize(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
+    """HxW class ids -> HxWx3 BGR image in the VOC colours (or ``palette``: K x 3 RGB uint8)."""
+    lut = _VOC_BGR_LUT
+    if palette is not None:
+        lut = np.zeros((256, 1, 3), np.uint8)
+        pal = np.asarray(palette, np.uint8)[:256, ::-1]
+        lut[: len(pal), 0] = pal
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    return cv2.LUT(cv2.merge([mask, mask, mask]), lut)
+
+
+def to_bgr8(image: np.ndarray) -> np.ndarray:
+    """Any image as OpenCV reads it (gray, BGR, BGRA; 8 or 16 bit) -> 8-bit BGR for display."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"image dtype {image.dtype} is not 8- or 16-bit")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image.copy()
+
+
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    regions: Sequence[Region] | None = None,
+    alpha: float = 0.5,
+    palette: np.ndarray | None = None,
+    contour_color: tuple[int, int, int] | None = CONTOUR_COLOR,
+    thickness: int = 2,
+) -> np.ndarray:
+    """Draw ``mask`` over ``image``: classes > 0 filled in their colour at ``alpha``, region contours on top.
+
+    Returns a new 8-bit BGR image of the original size. Contours are drawn in green like the
+    seed's (``contour_color=None``: each in its class colour); ``regions=None`` finds them.
+    """
+    out = to_bgr8(image)
+    if out.shape[:2] != mask.shape[:2]:
+        raise ValueError(f"mask {mask.shape[:2]} and image {out.shape[:2]} differ in size")
+    fg = (mask > 0).view(np.uint8)
+    if alpha > 0 and fg.any():
+        blended = cv2.addWeighted(out, 1.0 - alpha, colorize(mask, palette), alpha, 0.0)
+        cv2.copyTo(blended, fg, out)
+    if regions is None:
+        regions = find_regions(mask, [])
+    if thickness > 0:
+        lut = colorize(np.arange(256, dtype=np.uint8)[None], palette)[0]
+        for r in regions:
+            color = contour_color or tuple(int(v) for v in lut[r.class_id])
+            cv2.drawContours(out, [r.contour.reshape(-1, 1, 2)], -1, color, thickness)
+    return out
