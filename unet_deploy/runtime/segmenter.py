@@ -1,0 +1,261 @@
+"""``Segmenter``: one exported model in, per-image masks and regions at the original size out.
+
+Every backend gets the same pixels (``preprocess``: THE letterbox) and its logits go through
+the same ``postprocess`` (argmax or sigmoid threshold, exact un-letterbox, regions), so the
+answer depends on the model file only, not on the way it is run.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence, Union
+
+import numpy as np
+
+from ..errors import UnetDeployError
+from ..fileio import read_image
+from ..meta import ModelMeta, check_size, sidecar_path
+from ..postprocess import CONTOUR_COLOR, Region, argmax, find_regions, overlay, to_original
+from ..preprocess import preprocess
+from .base import Backend, backend_class, sidecar_meta
+
+log = logging.getLogger("unet_deploy.runtime")
+
+ImageLike = Union[str, Path, np.ndarray]
+ARRAY_NAME = "<array>"  # ``Result.file`` for an image passed as an array
+
+
+@dataclass
+class Result:
+    """The answer for one image: ``mask`` (HxW uint8 class ids at the original size), ``regions``,
+    ``timings`` (ms per stage), or ``error`` (one line) when the image could not be processed."""
+
+    file: str
+    mask: np.ndarray | None = None
+    regions: list[Region] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    image: np.ndarray | None = field(default=None, repr=False)  # as read, for overlay()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Original (height, width)."""
+        if self.mask is None:
+            raise ValueError(f"{self.file}: no mask ({self.error})")
+        return int(self.mask.shape[0]), int(self.mask.shape[1])
+
+    def class_areas(self) -> dict[str, int]:
+        """Total region area per class name (classes > 0 that have regions)."""
+        areas: dict[str, int] = {}
+        for r in self.regions:
+            areas[r.class_name] = areas.get(r.class_name, 0) + r.area
+        return areas
+
+    def overlay(
+        self, alpha: float = 0.5, contour_color: tuple[int, int, int] | None = CONTOUR_COLOR, thickness: int = 2
+    ) -> np.ndarray:
+        """The image (8-bit BGR) with classes filled in VOC colours and region contours in green."""
+        if self.mask is None or self.image is None:
+            raise ValueError(f"{self.file}: nothing to draw ({self.error or 'image not kept'})")
+        return overlay(self.image, self.mask, self.regions, alpha, contour_color=contour_color, thickness=thickness)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The per-image object of the report JSON (the shape the C++ consumer prints too)."""
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        return {
+            "file": self.file,
+            "size": list(self.size),
+            "regions": [r.to_dict() for r in self.regions],
+            "timings": dict(self.timings),
+        }
+
+
+class Segmenter:
+    """Run a segmentation model file on images: ``Segmenter("model.onnx")("part.png") -> Result``.
+
+    ``model`` is ``.onnx`` (ONNX Runtime), ``.torchscript.pt``, ``.pt2`` (AOTInductor) or a
+    checkpoint ``.pt``; ``backend`` forces one (``onnxruntime``, ``torchscript``, ``aoti``,
+    ``checkpoint``). ``device="auto"`` takes CUDA when the backend offers it, else the CPU;
+    ``seg.device`` and ``seg.backend`` say what was chosen. ModelMeta is read from the file,
+    else from the ``<stem>.json`` sidecar; ``classes=``/``input_size=`` override it or stand in
+    when there is none. ``min_area`` drops smaller regions (original pixels). ``providers``
+    (ONNX Runtime provider list) and ``threads`` (intra-op threads) tune the backend.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str = "auto",
+        backend: str = "auto",
+        classes: Sequence[str] | None = None,
+        input_size: int | Sequence[int] | None = None,
+        min_area: int = 0,
+        providers: Sequence[Any] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.model_path = Path(model)
+        if not self.model_path.is_file():
+            raise UnetDeployError(
+                f"{self.model_path}: model file not found; pass an .onnx, .torchscript.pt, .pt2 or checkpoint .pt"
+            )
+        classes = [str(c) for c in classes] if classes else None
+        cls = backend_class(self.model_path, backend)
+        self._backend: Backend = cls(self.model_path, device=device, threads=threads, providers=providers, classes=classes)
+        self.meta = _resolve_meta(self._backend, classes, input_size)
+        self.min_area = int(min_area)
+        note = f" ({self._backend.device_note})" if self._backend.device_note else ""
+        log.info("%s: %s on %s%s", self.model_path.name, self.backend, self.device, note)
+
+    @property
+    def device(self) -> str:
+        """``"cuda"`` or ``"cpu"``: where inference really runs."""
+        return self._backend.device
+
+    @property
+    def backend(self) -> str:
+        """The backend's name: ``onnxruntime``, ``torchscript``, ``aoti`` or ``checkpoint``."""
+        return self._backend.name
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.classes)
+
+    def describe(self) -> str:
+        """One line: model, backend, device and why (what the log line says)."""
+        note = f" ({self._backend.device_note})" if self._backend.device_note else ""
+        return f"{self.model_path.name}: {self.backend} on {self.device}{note}"
+
+    def __repr__(self) -> str:
+        return f"Segmenter({str(self.model_path)!r}, backend={self.backend!r}, device={self.device!r})"
+
+    def __call__(self, image: ImageLike) -> Result:
+        """Segment one image (a path, or an array as OpenCV reads it); unreadable input raises."""
+        (result,) = self._predict_chunk([image])
+        if result.error is not None:
+            raise UnetDeployError(result.error)
+        return result
+
+    def predict_batch(self, images: Iterable[ImageLike], batch_size: int = 8) -> list[Result]:
+        """Segment many images, ``batch_size`` per inference call; list in, list out (same order).
+
+        An image that cannot be read or prepared gives a ``Result`` with ``error`` set; the
+        others are processed as usual.
+        """
+        return list(self.predict_iter(images, batch_size))
+
+    def predict_iter(self, images: Iterable[ImageLike], batch_size: int = 8) -> Iterator[Result]:
+        """Like ``predict_batch`` but yields results as each batch completes (for progress bars
+        and for folders too large to keep in memory)."""
+        if batch_size < 1:
+            raise UnetDeployError(f"batch size {batch_size} must be at least 1")
+        chunk: list[ImageLike] = []
+        for item in images:
+            chunk.append(item)
+            if len(chunk) == batch_size:
+                yield from self._predict_chunk(chunk)
+                chunk = []
+        if chunk:
+            yield from self._predict_chunk(chunk)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Raw logits ``(N, K, H, W)`` for a preprocessed batch ``(N, C, H, W)`` (re-batched to a
+        fixed batch size where the model file has one)."""
+        fixed = self._backend.fixed_batch
+        if fixed is None or batch.shape[0] == fixed:
+            logits = self._backend.forward(batch)
+        else:
+            parts = []
+            for start in range(0, batch.shape[0], fixed):
+                part = batch[start : start + fixed]
+                n = part.shape[0]
+                if n < fixed:
+                    part = np.concatenate([part, np.zeros((fixed - n, *part.shape[1:]), part.dtype)])
+                parts.append(self._backend.forward(part)[:n])
+            logits = np.concatenate(parts)
+        if logits.ndim != 4 or logits.shape[1] != self.meta.num_outputs:
+            self.meta.check_num_outputs(logits.shape[1] if logits.ndim == 4 else -1, str(self.model_path))
+        return logits
+
+    def _predict_chunk(self, items: Sequence[ImageLike]) -> list[Result]:
+        results: list[Result | None] = [None] * len(items)
+        ready = []  # (index, file, image, network input, transform, preprocess ms)
+        for i, item in enumerate(items):
+            t0 = time.perf_counter()
+            file = ARRAY_NAME if isinstance(item, np.ndarray) else str(item)
+            try:
+                image = item if isinstance(item, np.ndarray) else read_image(item)
+                x, transform = preprocess(image, self.meta)
+            except UnetDeployError as e:
+                results[i] = Result(file, classes=self.classes, error=_one_line(e.message, file))
+                continue
+            ready.append((i, file, image, x, transform, _ms(t0)))
+        if ready:
+            t0 = time.perf_counter()
+            logits = self.infer(np.stack([r[3] for r in ready]))
+            inference_ms = _ms(t0) / len(ready)
+            t0 = time.perf_counter()
+            class_maps = argmax(logits)
+            argmax_ms = _ms(t0) / len(ready)
+            for (i, file, image, _, transform, pre_ms), class_map in zip(ready, class_maps):
+                t0 = time.perf_counter()
+                mask = to_original(class_map, transform)
+                regions = find_regions(mask, self.meta.classes, self.min_area)
+                timings = {"preprocess": pre_ms, "inference": inference_ms, "postprocess": argmax_ms + _ms(t0)}
+                timings = {k: round(v, 3) for k, v in timings.items()}
+                results[i] = Result(file, mask, regions, timings, self.classes, image)
+        return results  # type: ignore[return-value]
+
+
+def _resolve_meta(backend: Backend, classes: list[str] | None, input_size: Any) -> ModelMeta:
+    """ModelMeta from the file, else the sidecar, else ``classes``/``input_size``; overrides applied."""
+    path = backend.path
+    meta = backend.meta or sidecar_meta(path)
+    if meta is None:
+        if not classes:
+            raise UnetDeployError(
+                f"{path}: no unet-deploy metadata inside and no {sidecar_path(path).name} beside it; "
+                "pass the class names (classes=[...] / --classes bg,a,b) and input_size= / --img-size"
+            )
+        size = input_size or backend.input_hw
+        if size is None:
+            raise UnetDeployError(f"{path}: no metadata and no fixed input size in the model; pass input_size= / --img-size")
+        head = "sigmoid" if backend.num_outputs == 1 and len(classes) == 2 else "softmax"
+        meta = ModelMeta(classes=classes, input_size=size, head=head)
+    else:
+        meta = copy.deepcopy(meta)
+        if classes:
+            if len(classes) != meta.num_classes:
+                raise UnetDeployError(
+                    f"{path}: the model has {meta.num_classes} classes {meta.classes} but {len(classes)} "
+                    f"names were given ({','.join(classes)}); pass {meta.num_classes} names"
+                )
+            meta.classes = classes
+        if input_size:
+            meta.input_size = check_size(input_size)
+    if backend.input_hw and tuple(meta.input_size) != tuple(backend.input_hw):
+        h, w = backend.input_hw
+        raise UnetDeployError(
+            f"{path}: the model's input is fixed at {h}x{w} but {meta.input_size[0]}x{meta.input_size[1]} "
+            f"was asked for; use --img-size {h} {w} or re-export with --dynamic"
+        )
+    if backend.num_outputs is not None:
+        meta.check_num_outputs(backend.num_outputs, str(path))
+    return meta
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _one_line(message: str, file: str) -> str:
+    line = " ".join(str(message).split())
+    return line if file in line else f"{file}: {line}"

@@ -1,0 +1,164 @@
+"""The torch backends: TorchScript (``.torchscript.pt``), AOTInductor (``.pt2``) and our checkpoint (``.pt``).
+
+torch is imported when one of them is chosen, never by ``import unet_deploy.runtime``.
+``device="auto"`` takes CUDA when ``torch.cuda.is_available()``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UnetDeployError
+from ..meta import TORCHSCRIPT_EXTRA_FILE, ModelMeta
+from .base import Backend, choose_device, parse_device
+
+_NO_CUDA = "torch has no CUDA device (a CPU build of torch, or no GPU)"
+
+
+def _import_torch(path: Path, backend: str) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise UnetDeployError(
+            f"{path}: the {backend} backend needs torch, which is not installed; "
+            "pip install 'unet-deploy[torch]', or export the model to ONNX and run that"
+        ) from None
+    return torch
+
+
+class _TorchBackend(Backend):
+    """Shared by the torch backends: device choice, threads, numpy in / numpy out."""
+
+    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, **options: Any) -> None:
+        super().__init__(path, device, threads)
+        if not self.path.is_file():
+            raise UnetDeployError(f"{self.path}: model file not found")
+        self.torch = torch = _import_torch(self.path, self.name)
+        self.device, self.device_note = choose_device(device, torch.cuda.is_available(), _NO_CUDA, self.path)
+        index = parse_device(device)[1]
+        self.torch_device = torch.device(f"cuda:{index}" if self.device == "cuda" else "cpu")
+        self.dtype = torch.float32
+        if threads:
+            torch.set_num_threads(int(threads))
+
+    def _run(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.torch_device, self.dtype)
+        with torch.inference_mode():
+            y = self._run(x)
+        return y.float().cpu().numpy()
+
+
+class TorchScriptBackend(_TorchBackend):
+    """A ``torch.jit.save`` archive; ModelMeta from its ``_extra_files["unet_deploy.json"]``."""
+
+    name = "torchscript"
+
+    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, **options: Any) -> None:
+        super().__init__(path, device, threads)
+        extra = {TORCHSCRIPT_EXTRA_FILE: ""}
+        try:
+            self.module = self.torch.jit.load(str(self.path), map_location=self.torch_device, _extra_files=extra)
+        except Exception as e:  # RuntimeError for foreign or truncated archives
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UnetDeployError(f"{self.path}: not a loadable TorchScript model ({first})") from None
+        self.module.eval()
+        if extra[TORCHSCRIPT_EXTRA_FILE]:
+            self.meta = ModelMeta.from_json(extra[TORCHSCRIPT_EXTRA_FILE], f"{self.path} (extra file)")
+        params = list(self.module.parameters())
+        if params and params[0].is_floating_point():
+            self.dtype = params[0].dtype  # a half-precision export takes half inputs
+
+    def _run(self, x: Any) -> Any:
+        return self.module(x)
+
+
+class CheckpointBackend(_TorchBackend):
+    """Our checkpoint (or a seed ``unet.pth``) in eager PyTorch, under ``torch.inference_mode``."""
+
+    name = "checkpoint"
+
+    def __init__(
+        self, path: Path, device: str = "auto", threads: int | None = None, classes: list[str] | None = None, **options: Any
+    ) -> None:
+        super().__init__(path, device, threads)
+        from ..checkpoint import load_checkpoint
+
+        self.model, self.meta = load_checkpoint(self.path, self.torch_device, classes)
+        self.num_outputs = self.meta.num_outputs
+
+    def _run(self, x: Any) -> Any:
+        return self.model(x)
+
+
+class AOTIBackend(_TorchBackend):
+    """An AOTInductor package (``.pt2``), compiled ahead of time for one device.
+
+    ModelMeta comes from the package's AOTI metadata key ``unet_deploy`` or the sidecar JSON.
+    A package compiled for a fixed batch size runs batches of exactly that size (the runtime
+    pads the last one): input checks (``AOTI_RUNTIME_CHECK_INPUTS``) are switched on so that a
+    wrong size is an error instead of a silent out-of-bounds read, and the expected size is
+    learnt from that error once.
+    """
+
+    name = "aoti"
+    _FIXED = re.compile(r"unmatched dim value at (\d+), expected: (\d+), but got: (\d+)")
+
+    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, **options: Any) -> None:
+        os.environ.setdefault("AOTI_RUNTIME_CHECK_INPUTS", "1")  # read once per process by each package
+        wish = parse_device(device)
+        super().__init__(path, "cpu" if wish[0] == "auto" else device, threads)
+        torch = self.torch
+        try:
+            self.compiled = torch._inductor.aoti_load_package(str(self.path))
+            metadata = self.compiled.get_metadata()
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UnetDeployError(f"{self.path}: not a loadable AOTInductor package ({first})") from None
+        built_for = "cuda" if metadata.get("AOTI_DEVICE_KEY", "cpu").startswith("cuda") else "cpu"
+        if wish[0] != "auto" and wish[0] != built_for:
+            raise UnetDeployError(
+                f"{self.path}: this package was compiled for {built_for}, not {wish[0]}; "
+                f"run it with --device {built_for} or re-export it on the target device"
+            )
+        if built_for == "cuda" and wish[0] == "auto":
+            if not torch.cuda.is_available():
+                raise UnetDeployError(f"{self.path}: this package was compiled for CUDA but {_NO_CUDA}")
+            self.device, self.torch_device = "cuda", torch.device("cuda", wish[1])
+        self.device_note = f"the package was compiled for {built_for}"
+        if metadata.get("unet_deploy"):
+            self.meta = ModelMeta.from_json(metadata["unet_deploy"], f"{self.path} (AOTI metadata)")
+
+    def _run(self, x: Any) -> Any:
+        try:
+            return self.compiled(x)
+        except RuntimeError as e:
+            found = self._FIXED.search(str(e))
+            if not found:
+                raise
+            dim, expected, got = (int(v) for v in found.groups())
+            if dim == 0 and self.fixed_batch is None:
+                self.fixed_batch = expected  # the Segmenter re-batches from now on
+                return self._run_fixed(x, expected)
+            what = "batch size" if dim == 0 else "input channels" if dim == 1 else "input size"
+            raise UnetDeployError(
+                f"{self.path}: the package fixes {what} (dim {dim}) at {expected}, got {got}; "
+                "run it with the size it was exported for, or re-export with --dynamic"
+            ) from None
+
+    def _run_fixed(self, x: Any, size: int) -> Any:
+        chunks = []
+        for start in range(0, x.shape[0], size):
+            part = x[start : start + size]
+            n = part.shape[0]
+            if n < size:
+                part = self.torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
+            chunks.append(self.compiled(part)[:n])
+        return self.torch.cat(chunks)
