@@ -1,0 +1,266 @@
+"""Synthetic inspection images (textured metal or fabric, uneven light) with defects, as labelme JSON.
+
+Each image shows a brushed-metal or woven-fabric surface under a random light
+gradient, with up to four defects of three classes:
+
+* ``scratch``: a bright, silvery curved stroke 8-14 px wide (at 256 px);
+* ``spot``: a dark rust-brown round blob;
+* ``dent``: a larger ellipse shaded bright on one side and dark on the other.
+
+Every defect is written as a labelme ``polygon`` and its pixels are painted inside
+exactly that polygon as labelme rasterizes it, so converting the JSON gives back the
+mask the generator drew. The same ``seed`` gives the same files.
+
+    generate("data/raw", count=200, size=(256, 256), seed=0)   # then: unet-deploy labelme data/raw data/voc
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from ..errors import UnetDeployError
+from ..fileio import atomic_write_text, write_image
+from .labelme import BACKGROUND, IGNORE_LABEL, draw_shape
+
+CLASSES = ["background", "scratch", "spot", "dent"]
+LABELME_VERSION = "5.7.0"
+_JPEG_QUALITY = 95
+
+
+@dataclass
+class Sample:
+    """One synthetic image: ``image`` (HxWx3 BGR uint8), ``mask`` (HxW class ids), labelme ``shapes``."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    shapes: list[dict[str, Any]]
+
+
+def labels_txt() -> str:
+    """The ``labels.txt`` for the synthetic classes, in labelme's convention (``__ignore__`` first)."""
+    return "\n".join([IGNORE_LABEL, BACKGROUND, *CLASSES[1:]]) + "\n"
+
+
+def sample(seed: int, index: int, size: tuple[int, int] = (256, 256)) -> Sample:
+    """Make synthetic image number ``index`` of the set made with ``seed``; ``size`` is (W, H).
+
+    Depends only on (seed, index, size), so any image can be remade alone.
+    """
+    w, h = size
+    if w < 32 or h < 32:
+        raise UnetDeployError(f"--size {w} {h}: synthetic images need at least 32x32 pixels; pass a larger size")
+    rng = np.random.default_rng([seed, index])
+    base = _surface(rng, w, h)
+    scale = min(w, h) / 256.0
+    from PIL import Image
+
+    canvas = Image.new("L", (w, h), 0)
+    image = base.copy()
+    shapes: list[dict[str, Any]] = []
+    occupied = np.zeros((h, w), bool)
+    n_defects = int(rng.choice([0, 1, 2, 3, 4], p=[0.05, 0.3, 0.3, 0.2, 0.15]))
+    for _ in range(n_defects):
+        class_id = int(rng.integers(1, len(CLASSES)))
+        for _attempt in range(12):  # find a free place
+            points = _POLYGONS[class_id](rng, w, h, scale)
+            points = [[round(float(x), 2), round(float(y), 2)] for x, y in points]
+            shape = {"label": CLASSES[class_id], "points": points, "group_id": None, "description": "",
+                     "shape_type": "polygon", "flags": {}, "mask": None}
+            one = Image.new("L", (w, h), 0)
+            draw_shape(one, shape, 1)
+            region = np.array(one, dtype=bool)
+            if region.sum() >= 12 and not (region & occupied).any():
+                break
+        else:
+            continue
+        occupied |= _grow(region, int(3 * scale) + 2)
+        _PAINTERS[class_id](rng, image, region, base)
+        draw_shape(canvas, shape, class_id)
+        shapes.append(shape)
+    image = _light_and_noise(rng, image)
+    return Sample(image=image, mask=np.array(canvas, dtype=np.uint8), shapes=shapes)
+
+
+def generate(out_dir: str | Path, count: int, size: tuple[int, int] = (256, 256), seed: int = 0,
+             progress: bool = True) -> list[Path]:
+    """Write ``count`` synthetic images with their labelme JSONs and a ``labels.txt`` into ``out_dir``.
+
+    Files are ``synth_0000.jpg`` + ``synth_0000.json`` and so on; ``size`` is (W, H).
+    Returns the image paths. Deterministic: the same (count, size, seed) gives the same files.
+    """
+    from tqdm import tqdm
+
+    if count < 1:
+        raise UnetDeployError(f"--count {count}: make at least one image")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "labels.txt", labels_txt())
+    paths = []
+    digits = max(4, len(str(count - 1)))
+    for i in tqdm(range(count), desc="synth", unit="image", disable=not progress, dynamic_ncols=True):
+        s = sample(seed, i, size)
+        stem = f"synth_{i:0{digits}d}"
+        image_path = write_image(out / f"{stem}.jpg", s.image, _jpeg_params())
+        data = {"version": LABELME_VERSION, "flags": {}, "shapes": s.shapes, "imagePath": image_path.name,
+                "imageData": None, "imageHeight": int(s.image.shape[0]), "imageWidth": int(s.image.shape[1])}
+        atomic_write_text(out / f"{stem}.json", json.dumps(data, indent=1))
+        paths.append(image_path)
+    return paths
+
+
+def _jpeg_params() -> list[int]:
+    import cv2
+
+    return [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]
+
+
+# ---------------------------------------------------------------- surfaces
+
+
+def _surface(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """A brushed-metal or woven-fabric texture, HxWx3 float32 in 0..255 (before light and noise)."""
+    import cv2
+
+    if rng.random() < 0.5:  # brushed metal: streaks along one direction
+        level = rng.uniform(105, 160)
+        noise = rng.standard_normal((h, w), dtype=np.float32)
+        k = int(rng.integers(15, 41))
+        streak = cv2.blur(noise, (k, 1) if rng.random() < 0.5 else (1, k))
+        streak *= rng.uniform(10, 18) / (streak.std() + 1e-6)
+        gray = level + streak
+        tint = np.array([1.0 + rng.uniform(0, 0.06), 1.0 + rng.uniform(-0.02, 0.03), 1.0], np.float32)
+        img = gray[:, :, None] * tint
+    else:  # woven fabric: two crossing sine waves, coloured
+        period = rng.uniform(5, 9)
+        xx = np.arange(w, dtype=np.float32)[None, :]
+        yy = np.arange(h, dtype=np.float32)[:, None]
+        angle = rng.uniform(0, math.pi)
+        u = xx * math.cos(angle) + yy * math.sin(angle)
+        v = -xx * math.sin(angle) + yy * math.cos(angle)
+        weave = np.sin(2 * math.pi * u / period) * np.sin(2 * math.pi * v / period)
+        fuzz = cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0), 1.0)
+        gray = 1.0 + 0.08 * weave + 0.05 * fuzz
+        color = rng.uniform([90, 90, 90], [175, 170, 165]).astype(np.float32)
+        img = gray[:, :, None] * color
+    return img.astype(np.float32)
+
+
+def _light_and_noise(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Uneven light (a tilted plane and a soft spot light), then sensor noise; returns uint8 BGR."""
+    h, w = image.shape[:2]
+    x = np.arange(w, dtype=np.float32)[None, :]
+    y = np.arange(h, dtype=np.float32)[:, None]
+    gx, gy = rng.uniform(-0.25, 0.25, 2)
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    radius = rng.uniform(0.4, 0.9) * max(w, h)
+    spot = np.exp(-((x - cx) ** 2) / (2 * radius**2)) * np.exp(-((y - cy) ** 2) / (2 * radius**2))
+    light = (1.0 + gx * (x / w - 0.5) + gy * (y / h - 0.5) + rng.uniform(0.0, 0.25) * spot) * rng.uniform(0.8, 1.15)
+    noise = rng.standard_normal((h, w, 1), dtype=np.float32) * np.float32(rng.uniform(2, 5))
+    out = image * light[:, :, None].astype(np.float32) + noise + np.float32(0.5)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- defect outlines (polygons)
+
+
+def _scratch_polygon(rng: np.random.Generator, w: int, h: int, scale: float) -> np.ndarray:
+    """A curved stroke: a quadratic Bezier centre line, offset both ways by half its width."""
+    length = rng.uniform(0.3, 0.6) * min(w, h)
+    width = max(rng.uniform(8, 14) * scale, 4.0)
+    angle = rng.uniform(0, math.pi)
+    d = np.array([math.cos(angle), math.sin(angle)])
+    n = np.array([-d[1], d[0]])
+    centre = rng.uniform([0.15 * w, 0.15 * h], [0.85 * w, 0.85 * h])
+    p0, p2 = centre - d * length / 2, centre + d * length / 2
+    p1 = centre + n * rng.uniform(-0.3, 0.3) * length
+    t = np.linspace(0, 1, 18)[:, None]
+    line = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+    tangent = np.gradient(line, axis=0)
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], 1)
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-9
+    half = width / 2 * (0.75 + 0.25 * np.sin(np.pi * t))  # a little thinner at the ends
+    return np.concatenate([line + normal * half, (line - normal * half)[::-1]])
+
+
+def _blob(rng: np.random.Generator, w: int, h: int, rx: float, ry: float, wobble: float, n: int) -> np.ndarray:
+    cx = rng.uniform(rx + 2, w - rx - 2) if w > 2 * rx + 4 else w / 2
+    cy = rng.uniform(ry + 2, h - ry - 2) if h > 2 * ry + 4 else h / 2
+    theta = np.linspace(0, 2 * math.pi, n, endpoint=False)
+    phase = rng.uniform(0, 2 * math.pi, 3)
+    r = 1 + wobble * (np.sin(2 * theta + phase[0]) + 0.5 * np.sin(3 * theta + phase[1])) / 1.5
+    rot = phase[2]
+    x, y = rx * r * np.cos(theta), ry * r * np.sin(theta)
+    return np.stack([cx + x * math.cos(rot) - y * math.sin(rot), cy + x * math.sin(rot) + y * math.cos(rot)], 1)
+
+
+def _spot_polygon(rng: np.random.Generator, w: int, h: int, scale: float) -> np.ndarray:
+    r = max(rng.uniform(8, 16) * scale, 3.0)
+    return _blob(rng, w, h, r, r * rng.uniform(0.8, 1.0), 0.12, 20)
+
+
+def _dent_polygon(rng: np.random.Generator, w: int, h: int, scale: float) -> np.ndarray:
+    rx = max(rng.uniform(18, 32) * scale, 6.0)
+    return _blob(rng, w, h, rx, rx * rng.uniform(0.55, 0.9), 0.04, 28)
+
+
+# ---------------------------------------------------------------- defect looks (painted inside the polygon)
+
+
+def _paint_scratch(rng: np.random.Generator, image: np.ndarray, region: np.ndarray, base: np.ndarray) -> None:
+    level = rng.uniform(225, 250)
+    image[region] = 0.15 * image[region] + 0.85 * np.array([level, level, level * 0.98], np.float32)
+
+
+def _paint_spot(rng: np.random.Generator, image: np.ndarray, region: np.ndarray, base: np.ndarray) -> None:
+    rust = np.array([rng.uniform(15, 35), rng.uniform(35, 60), rng.uniform(70, 105)], np.float32)  # BGR
+    image[region] = 0.15 * image[region] + 0.85 * rust
+
+
+def _paint_dent(rng: np.random.Generator, image: np.ndarray, region: np.ndarray, base: np.ndarray) -> None:
+    ys, xs = np.nonzero(region)
+    cx, cy = xs.mean(), ys.mean()
+    extent = max(xs.max() - xs.min(), ys.max() - ys.min()) / 2 + 1
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = ((xs - cx) * math.cos(angle) + (ys - cy) * math.sin(angle)) / extent  # -1..1 across the dent
+    flat = image[region].mean(axis=0)  # the texture is pressed flat ...
+    image[region] = 0.9 * flat[None, :] + rng.uniform(65, 85) * ramp[:, None]  # ... and lit from one side
+
+
+_POLYGONS = {1: _scratch_polygon, 2: _spot_polygon, 3: _dent_polygon}
+_PAINTERS = {1: _paint_scratch, 2: _paint_spot, 3: _paint_dent}
+
+
+def _grow(region: np.ndarray, px: int) -> np.ndarray:
+    import cv2
+
+    return cv2.dilate(region.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)).astype(bool)
+
+
+# ---------------------------------------------------------------- command
+
+
+@click.command("synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--count", type=click.IntRange(min=1), default=200, show_default=True, help="Number of images.")
+@click.option("--size", type=(int, int), default=(256, 256), show_default=True, metavar="W H",
+              help="Image width and height.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same images.")
+def command(out: Path, count: int, size: tuple[int, int], seed: int) -> None:
+    """Write synthetic inspection images with scratch/spot/dent defects as labelme JSON into OUT.
+
+    OUT gets synth_NNNN.jpg + synth_NNNN.json (labelme polygons) and labels.txt, ready
+    for `unet-deploy labelme OUT DATASET`.
+
+    \b
+    Examples:
+      unet-deploy synth data/raw --count 200 --size 256 256 --seed 0
+      unet-deploy labelme data/raw data/voc
+    """
+    paths = generate(out, count, size, seed)
+    click.echo(f"{len(paths)} images with labelme JSON ({', '.join(CLASSES[1:])}) -> {out}")
