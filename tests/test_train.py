@@ -1,0 +1,153 @@
+"""unet-train: metrics, checkpoints with ModelMeta, exact resume after kill -9, torchrun DDP, user errors."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.test_dataset import CLASSES, make_voc
+from unet_deploy.checkpoint import load_checkpoint, read_checkpoint
+from unet_deploy.data.dataset import SegmentationDataset, split_samples
+from unet_deploy.train import command, evaluate, read_metrics_csv, train
+
+TINY = ["--img-size", "64", "--base-channels", "8", "--batch-size", "4"]
+TINY_KW = dict(img_size=64, base_channels=8, batch_size=4, progress=False)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory) -> Path:
+    return make_voc(tmp_path_factory.mktemp("voc"), count=12)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP threads that
+    spin-wait slow every step tenfold; subprocesses get OMP_NUM_THREADS=1 alike (same arithmetic)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cli(args: list) -> "click.testing.Result":  # noqa: F821
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+
+
+def _same_metrics(a: list[dict], b: list[dict]) -> bool:
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def _python(*args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_two_epochs_then_resume_a_third(voc, tmp_path):
+    run = tmp_path / "run"
+    best = train(voc, run, epochs=2, **TINY_KW)
+    assert best == run / "best.pt"
+    assert len(read_metrics_csv(run / "metrics.csv")) == 2
+
+    result = _cli([voc, "--resume", run / "last.pt", "--epochs", 3])
+    assert result.exit_code == 0, result.output
+    rows = read_metrics_csv(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "miou", *[f"iou_{c}" for c in CLASSES],
+                             *[f"dice_{c}" for c in CLASSES], "lr", "seconds"]
+    assert all(0 <= r["miou"] <= 1 and r["train_loss"] > 0 for r in rows)
+    for name in ("best.pt", "last.pt"):
+        model, meta = load_checkpoint(run / name)
+        assert meta.classes == list(CLASSES) and meta.input_size == (64, 64)
+        assert meta.arch["base_channels"] == 8 and model.out.out_channels == 3
+    last = read_checkpoint(run / "last.pt")  # weights_only=True: all training state is plain data
+    assert last["epoch"] == 3 and last["config"]["epochs"] == 3 and len(last["history"]) == 3
+    best_row = max(rows, key=lambda r: r["miou"])
+    assert read_checkpoint(run / "best.pt")["metrics"]["miou"] == pytest.approx(best_row["miou"], abs=1e-6)
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [f"epoch_00{i}.jpg" for i in (1, 2, 3)]
+    assert (run / "curves.png").stat().st_size > 0
+
+    again = CliRunner().invoke(command, [str(voc), "--out", str(run), "--epochs", "1"])
+    assert again.exit_code == 1 and "--resume" in again.output and "Traceback" not in again.output
+
+
+def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(voc, tmp_path):
+    opts = ["--epochs", 3, "--loss", "ce+dice", "--class-weights", "auto", "--seed", 5, *TINY]
+    whole = tmp_path / "whole"
+    train(voc, whole, epochs=3, loss="ce+dice", class_weights="auto", seed=5, **TINY_KW)
+
+    run = tmp_path / "killed"
+    proc = _python("-m", "unet_deploy.train", voc, "--out", run, *opts)
+    while not (run / "curves.png").exists() and proc.poll() is None:  # epoch 1 fully written
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    output, _ = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, output
+    state = read_checkpoint(run / "last.pt")  # never half-written
+    assert 1 <= state["epoch"] < 3
+
+    result = _cli([voc, "--resume", run / "last.pt"])  # --epochs 3 comes from the checkpoint
+    assert result.exit_code == 0, result.output
+    rows = read_metrics_csv(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert _same_metrics(rows, read_metrics_csv(whole / "metrics.csv")), "resume was not exact"
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_torchrun_two_processes_agree_with_what_rank0_wrote(voc, tmp_path):
+    run = tmp_path / "ddp"
+    proc = _python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2,
+                   "-m", "unet_deploy.train", voc, "--out", run, "--epochs", 1, "--no-augment", *TINY)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    (row,) = read_metrics_csv(run / "metrics.csv")
+    state = read_checkpoint(run / "last.pt")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert state["metrics"]["miou"] == pytest.approx(row["miou"], abs=1e-6)
+    # The validation both ranks computed together equals one process evaluating rank 0's checkpoint.
+    model, meta = load_checkpoint(run / "best.pt")
+    _, val = split_samples(voc, 0.2, seed=0)
+    scores = evaluate(model, SegmentationDataset(voc, meta=meta, files=val), batch_size=4)
+    assert scores["miou"] == pytest.approx(row["miou"], abs=2e-3)
+    assert scores["iou_background"] == pytest.approx(row["iou_background"], abs=2e-3)
+    assert output.count("best checkpoint:") == 2 and output.count("epoch 1/1 ") == 1  # rank 0 reports
+
+
+def test_init_from_a_checkpoint_with_other_classes_and_bf16(voc, tiny_checkpoint, tmp_path):
+    data = tmp_path / "four"
+    make_voc(data, count=4)
+    (data / "class_names.txt").write_text("\n".join([*CLASSES, "dent"]) + "\n")
+    run = tmp_path / "init"
+    result = _cli([data, "--out", run, "--epochs", 1, "--init", tiny_checkpoint, "--amp", "--val-split", 0,
+                   "--img-size", 64, "--base-channels", 32, "--workers", 1])
+    assert result.exit_code == 0, result.output
+    assert "new: out.bias, out.weight" in result.output and ", bf16," in result.output
+    model, meta = load_checkpoint(run / "last.pt")
+    assert meta.classes == [*CLASSES, "dent"] and meta.arch["base_channels"] == 8  # width from --init
+    assert not torch.equal(model.c1.layer[0].weight, load_checkpoint(tiny_checkpoint)[0].c1.layer[0].weight)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["--class-weights", "1,2"], "2 values for 3 classes"),
+    (["--img-size", "50"], "not a multiple of 16"),
+    (["--val-split", "1.5"], "must lie in [0, 1)"),
+])
+def test_user_errors_are_one_line(voc, tmp_path, args, message):
+    result = CliRunner().invoke(command, [str(voc), "--out", str(tmp_path / "r"), "--epochs", "1", *args])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_resume_needs_a_training_checkpoint(voc, tiny_checkpoint):
+    result = CliRunner().invoke(command, [str(voc), "--resume", str(tiny_checkpoint)])
+    assert result.exit_code == 1 and "not a training checkpoint" in result.output
