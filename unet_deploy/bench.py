@@ -104,32 +104,14 @@ class BenchSettings:
 
 # ----------------------------------------------------------------------------- the source image
 def source_image(width: int = 1920, height: int = 1080, seed: int = 0) -> np.ndarray:
-    """A synthetic inspection photo (BGR uint8): a lit, brushed metal part with scratches and spots.
+    """A synthetic inspection photo (BGR uint8, ``width`` x ``height``) from ``data.synthetic``.
 
-    Realistic content matters: the letterbox resamples real texture, and a trained model finds a
-    handful of regions rather than noise. Deterministic for a given ``seed``.
+    Realistic content matters: the letterbox resamples real texture, and a model trained on
+    such images finds a handful of regions rather than noise. Deterministic for a given ``seed``.
     """
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    cx, cy = width * rng.uniform(0.3, 0.7), height * rng.uniform(0.3, 0.7)
-    light = 150 - 60 * ((xx - cx) ** 2 + (yy - cy) ** 2) / float(width**2 + height**2)
-    grain = cv2.GaussianBlur(rng.normal(0, 18, (height, width)).astype(np.float32), (0, 0), sigmaX=9, sigmaY=0.6)
-    gray = light + grain + rng.normal(0, 3, (height, width)).astype(np.float32)
-    img = cv2.cvtColor(np.clip(gray, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    img = cv2.add(img, np.array([6, 2, -4, 0], np.float64))  # slightly warm light
-    # A darker background band around the part, as on a conveyor.
-    cv2.rectangle(img, (0, 0), (width - 1, height - 1), (40, 42, 45), max(4, min(width, height) // 20))
-    unit = min(width, height) / 1080.0
-    for _ in range(6):  # scratches: thin bright/dark polylines
-        p = rng.uniform((0.15 * width, 0.15 * height), (0.85 * width, 0.85 * height), (4, 2))
-        p = np.cumsum(np.vstack([p[:1], rng.normal(0, 60 * unit, (3, 2))]), axis=0).astype(np.int32)
-        shade = int(rng.choice([40, 215]))
-        cv2.polylines(img, [p.reshape(-1, 1, 2)], False, (shade,) * 3, max(1, int(3 * unit)), cv2.LINE_AA)
-    for _ in range(8):  # spots: dark blobs with a soft rim
-        c = (int(rng.uniform(0.1, 0.9) * width), int(rng.uniform(0.1, 0.9) * height))
-        axes = (max(2, int(rng.uniform(6, 30) * unit)), max(2, int(rng.uniform(6, 30) * unit)))
-        cv2.ellipse(img, c, axes, float(rng.uniform(0, 180)), 0, 360, (55, 50, 48), -1, cv2.LINE_AA)
-    return cv2.GaussianBlur(img, (3, 3), 0)
+    from .data.synthetic import sample
+
+    return sample(seed, 0, (width, height)).image
 
 
 def load_source(image: str | Path | None, size: Sequence[int] = DEFAULT_SOURCE_SIZE) -> tuple[np.ndarray, str]:
@@ -519,8 +501,9 @@ def _export(checkpoint: Path, fmt: str, out_dir: Path, meta: ModelMeta, device: 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     result = export_model(checkpoint, fmt, out_dir=out_dir, img_size=meta.input_size, device=device)
-    paths = result if isinstance(result, (list, tuple)) else [result]
-    return Path(paths[0])
+    if isinstance(result, dict):
+        return Path(result[fmt])
+    return Path(result[0] if isinstance(result, (list, tuple)) else result)
 
 
 def _open_model(path: Path, img_size: Sequence[int] | None, workdir: Path) -> _ModelSource:
@@ -695,6 +678,7 @@ def benchmark(
     explicit_precision: bool = False,
     hw_limit: bool = False,
     log: Callable[[str], None] = lambda s: None,
+    image_desc: str | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``model`` (a checkpoint, or an exported .onnx/.torchscript.pt/.pt2) over ``cases``.
 
@@ -708,8 +692,7 @@ def benchmark(
     cases = list(cases) if cases is not None else select_cases(devices=["cuda" if _cuda_available() else "cpu"])
     if image is None:
         image, image_desc = load_source(None)
-    else:
-        image_desc = f"{image.shape[1]}x{image.shape[0]} array"
+    image_desc = image_desc or f"{image.shape[1]}x{image.shape[0]} array"
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as tmp:
         source = _open_model(Path(model), img_size, Path(tmp))
         if source.checkpoint is None:  # an exported model: its own backend, and the seed row saying why not
@@ -846,7 +829,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(line)
     hw = report.get("hardware_limit")
     if hw:
-        parts = [f"{k}: {v['matmul_gflops']:.0f} GFLOP/s -> >= {v['min_inference_ms']:.1f} ms"
+        parts = [f"{k}: {v['matmul_gflops']:.3g} GFLOP/s -> >= {v['min_inference_ms']:.3g} ms"
                  for k, v in hw.items() if isinstance(v, dict)]  # fmt: skip
         lines.append(f"hardware limit ({hw['model_gflops']:.1f} GFLOPs/image): " + "; ".join(parts))
     return lines
@@ -857,7 +840,7 @@ def format_table(report: dict[str, Any]) -> str:
     head, rows = _table_rows(report)
     status_col = head.index("status")
     measured = [r for r in rows if r[status_col] == "ok"]  # a skip reason does not widen its column
-    widths = [max([len(head[i])] + [len(r[i]) for r in measured]) for i in range(len(head))]
+    widths = [max([len(head[i])] + [len(r[i]) for r in (rows if i < status_col else measured)]) for i in range(len(head))]
 
     def line(cells: list[str]) -> str:
         if cells[status_col] not in ("ok", "status"):  # a skipped/error row: its reason runs on
@@ -903,6 +886,66 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def run_benchmark(
+    model: str | Path,
+    *,
+    backends: Sequence[str] | None = None,
+    precisions: Sequence[str] | None = None,
+    device: str = "auto",
+    runs: int = 20,
+    warmup: int = 3,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    img_size: Sequence[int] | None = None,
+    image: str | Path | np.ndarray | None = None,
+    source_size: Sequence[int] = DEFAULT_SOURCE_SIZE,
+    threads: int | None = None,
+    budget_s: float = 120.0,
+    hw_limit: bool = False,
+    json_path: str | Path | None = None,
+    markdown_path: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark ``model`` as ``unet-bench`` does and return the report (optionally written as JSON/Markdown).
+
+    ``backends``/``precisions`` pick rows of ``CASES`` (None: all that apply; naming a
+    precision runs it even where the hardware only emulates it); ``device`` is ``auto``
+    (CUDA when there is one), ``cpu``, ``cuda`` or ``all``. ``image`` is a file or a BGR array
+    used as the source image (a file is resized to ``source_size`` W, H); by default a synthetic
+    ``source_size`` image. ``report["results"]`` holds one row per case; ``report["summary"]``
+    the best backend per device and its speed-up over the seed pipeline.
+    """
+    known = _backend_names()
+    unknown = sorted(set(backends or ()) - set(known))
+    if unknown:
+        raise UnetDeployError(f"backend {','.join(unknown)} is unknown; choose from {', '.join(known)}")
+    bad = sorted(set(precisions or ()) - set(PRECISIONS))
+    if bad:
+        raise UnetDeployError(f"precision {','.join(bad)} is unknown; choose from {', '.join(PRECISIONS)}")
+    if not batches or min(batches) < 1:
+        raise UnetDeployError(f"batch sizes {list(batches)} must be whole numbers of at least 1, such as 1,4,16")
+    if device not in ("auto", "all", *DEVICES):
+        raise UnetDeployError(f"device {device!r} must be auto, cpu, cuda or all")
+    if device == "cuda" and not _cuda_available():
+        raise UnetDeployError("device cuda: no CUDA device is visible to torch; use --device cpu")
+    devices = list(DEVICES) if device == "all" else [device if device != "auto" else
+                                                     "cuda" if _cuda_available() else "cpu"]  # fmt: skip
+    cases = select_cases(backends, precisions, devices)
+    if not cases:
+        raise UnetDeployError("no benchmark case matches these backend/precision/device choices")
+    if isinstance(image, np.ndarray):
+        src, desc = image, f"{image.shape[1]}x{image.shape[0]} array"
+    else:
+        src, desc = load_source(image, source_size)
+    settings = BenchSettings(runs=runs, warmup=warmup, batches=tuple(batches), case_budget_s=budget_s, threads=threads)
+    report = benchmark(model, cases, settings, src, img_size, explicit_precision=bool(precisions),
+                       hw_limit=hw_limit, log=log or (lambda s: None), image_desc=desc)  # fmt: skip
+    if json_path:
+        write_json(report, json_path)
+    if markdown_path:
+        atomic_write_text(markdown_path, to_markdown(report))
+    return report
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -951,38 +994,17 @@ def command(model: Path, backends: tuple[str, ...], precisions: tuple[str, ...],
       unet-bench best.pt --backend eager,onnxruntime --batch 1,8 --img-size 512 512
       unet-bench best.pt --device cuda --precision fp32,fp16 --markdown bench.md
     """
-    names, known = _split(backends), _backend_names()
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise UnetDeployError(f"--backend {','.join(unknown)} is unknown; choose from {', '.join(known)}")
-    precs = _split(precisions)
-    bad = sorted(set(precs) - set(PRECISIONS))
-    if bad:
-        raise UnetDeployError(f"--precision {','.join(bad)} is unknown; choose from {', '.join(PRECISIONS)}")
     try:
         sizes = tuple(int(b) for b in _split(batches)) or DEFAULT_BATCHES
     except ValueError:
         raise UnetDeployError(f"--batch {','.join(batches)} must be whole numbers such as 1,4,16") from None
-    if min(sizes) < 1:
-        raise UnetDeployError("--batch sizes must be at least 1")
-    if device == "auto":
-        devices = ["cuda" if _cuda_available() else "cpu"]
-    else:
-        devices = list(DEVICES) if device == "all" else [device]
-    if "cuda" in devices and device != "all" and not _cuda_available():
-        raise UnetDeployError("--device cuda: no CUDA device is visible to torch; use --device cpu")
-    cases = select_cases(names or None, precs or None, devices)
-    if not cases:
-        raise UnetDeployError("no benchmark case matches these --backend/--precision/--device options")
-    src, desc = load_source(image, source_size)
-    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    settings = BenchSettings(runs=runs, warmup=warmup, batches=sizes, case_budget_s=budget, threads=threads)
-    report = benchmark(model, cases, settings, src, img_size, explicit_precision=bool(precs), hw_limit=hw_limit, log=log)
-    report["source"]["description"] = desc
+    report = run_benchmark(
+        model, backends=_split(backends) or None, precisions=_split(precisions) or None, device=device,
+        runs=runs, warmup=warmup, batches=sizes, img_size=img_size, image=image, source_size=source_size,
+        threads=threads, budget_s=budget, hw_limit=hw_limit, json_path=json_path, markdown_path=md_path,
+        log=None if quiet else (lambda s: click.echo(s, err=True)),
+    )  # fmt: skip
     click.echo(format_table(report))
-    if json_path:
-        write_json(report, json_path)
-        click.echo(f"wrote {json_path}", err=True)
-    if md_path:
-        atomic_write_text(md_path, to_markdown(report))
-        click.echo(f"wrote {md_path}", err=True)
+    for path in (json_path, md_path):
+        if path:
+            click.echo(f"wrote {path}", err=True)
