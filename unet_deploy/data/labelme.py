@@ -229,7 +229,10 @@ def load_labelme_image(json_path: str | Path, data: dict[str, Any] | None = None
     else:
         path = _find_image_file(json_path, data.get("imagePath"))
         source = str(path)
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise UnetDeployError(f"{path}: cannot read the image of {json_path.name} ({e.strerror})") from None
         suffix = path.suffix.lower()
     image = _decode(raw, source)
     orientation = exif_orientation(raw)
