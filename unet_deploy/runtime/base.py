@@ -32,16 +32,17 @@ class BackendSpec:
         return getattr(importlib.import_module(module), attr)
 
 
-# name -> spec. Longer suffixes win (".torchscript.pt" before ".pt"). OpenVINO ("openvino",
-# (".xml",), "unet_deploy.runtime.openvino:OpenVINOBackend") is one more row here.
+# name -> spec. Longer suffixes win (".torchscript.pt" before ".pt").
 BACKENDS: dict[str, BackendSpec] = {
     "onnxruntime": BackendSpec((".onnx",), "unet_deploy.runtime.onnx_runtime:OnnxRuntimeBackend"),
     "torchscript": BackendSpec((".torchscript.pt", ".torchscript"), "unet_deploy.runtime.torch_backends:TorchScriptBackend"),
     "aoti": BackendSpec((".pt2",), "unet_deploy.runtime.torch_backends:AOTIBackend"),
     "checkpoint": BackendSpec((".pt", ".pth"), "unet_deploy.runtime.torch_backends:CheckpointBackend"),
+    "openvino": BackendSpec((".xml",), "unet_deploy.runtime.openvino_backend:OpenVINOBackend"),
 }  # fmt: skip
 ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "pt2": "aoti", "aotinductor": "aoti",
-           "torch": "checkpoint", "pytorch": "checkpoint", "eager": "checkpoint", "jit": "torchscript"}  # fmt: skip
+           "torch": "checkpoint", "pytorch": "checkpoint", "eager": "checkpoint", "jit": "torchscript",
+           "ov": "openvino"}  # fmt: skip
 
 
 class Backend:

@@ -1,7 +1,7 @@
 """The OpenVINO backend of ``Segmenter``: runs an IR (``.xml`` + ``.bin``) on the CPU at its exported precision.
 
-The IR carries its ModelMeta in ``rt_info["unet_deploy"]`` (the ``<stem>.json`` sidecar is
-the fallback); ``meta.extra["precision"]`` says how it was exported (``fp32``, ``bf16`` or
+The IR carries its ModelMeta in ``rt_info["unet_deploy"]`` (the Segmenter falls back to the
+``<stem>.json`` sidecar); ``meta.extra["precision"]`` says how it was exported (``fp32``, ``bf16`` or
 ``int8``) and :func:`compile_config` turns that into OpenVINO's CPU settings. The export's
 accuracy gate compiles the candidate with the same function, so the gate measures exactly
 what this backend runs. Imports only numpy and openvino (the ``[openvino]`` extra); the
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnetDeployError
-from ..meta import ONNX_METADATA_KEY, ModelMeta, sidecar_path
+from ..meta import ONNX_METADATA_KEY, ModelMeta
+from .base import Backend, parse_device, sidecar_meta
 
-SUFFIXES = (".xml",)
 RT_INFO_KEY = ONNX_METADATA_KEY  # "unet_deploy", the same key as in the ONNX metadata_props
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -107,61 +107,62 @@ def compile_model(model: Any, precision: str, threads: int | None = None, input_
     return core().compile_model(model, "CPU", compile_config(precision, threads))
 
 
-def read_meta(model: Any, path: str | Path) -> ModelMeta:
-    """ModelMeta of an IR: its ``rt_info["unet_deploy"]``, else the ``<stem>.json`` sidecar."""
+def read_meta(model: Any, path: str | Path) -> ModelMeta | None:
+    """ModelMeta of an IR from its ``rt_info["unet_deploy"]``, or None (the Segmenter then tries the sidecar)."""
     if model.has_rt_info(RT_INFO_KEY):
-        return ModelMeta.from_json(model.get_rt_info(RT_INFO_KEY).astype(str), f"{path} (rt_info)")
-    side = sidecar_path(path)
-    if side.is_file():
-        return ModelMeta.load(side)
-    raise UnetDeployError(
-        f"{path}: the IR has no unet_deploy metadata and no sidecar {side.name}; "
-        "re-export it with `unet-export --format openvino` or pass classes= and input_size="
-    )
+        return ModelMeta.from_json(model.get_rt_info(RT_INFO_KEY).astype(str), f"{path} (rt_info {RT_INFO_KEY!r})")
+    return None
 
 
-class OpenVINOBackend:
-    """Runs an OpenVINO IR on float32 NCHW batches from ``preprocess`` and returns float32 logits.
+class OpenVINOBackend(Backend):
+    """An OpenVINO IR on the CPU: float32 NCHW batches from ``preprocess`` in, float32 logits out.
 
-    ``meta`` overrides the metadata in the file; ``threads`` caps OpenVINO's CPU threads
-    (default: all physical cores). ``precision`` is what was exported, ``effective_precision``
-    what this CPU runs (bf16 falls back to fp32 without AVX512-BF16/AMX).
+    ``threads`` caps OpenVINO's CPU threads (default: one per physical core). ``precision``
+    is what the IR was exported for (``meta.extra["precision"]``), ``effective_precision``
+    what this CPU runs (bf16 falls back to fp32 without AVX512-BF16/AMX); ``device_note``
+    says both. Height and width are compiled static (the batch stays dynamic) for the
+    model's input size; another size compiles once more on first use.
     """
 
     name = "openvino"
-    suffixes = SUFFIXES
 
-    def __init__(
-        self, path: str | Path, device: str = "cpu", threads: int | None = None, meta: ModelMeta | None = None
-    ) -> None:
-        path = Path(path)
-        if device not in ("auto", "cpu"):
-            raise UnetDeployError(f"{path}: the OpenVINO backend runs on the CPU only, not device={device!r}; use cpu")
+    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, **options: Any) -> None:
+        super().__init__(path, device, threads)
+        path = self.path
+        if parse_device(device)[0] == "cuda":
+            raise UnetDeployError(f"{path}: the OpenVINO backend runs on the CPU only; use --device cpu (or auto)")
         if not path.is_file() or not path.with_suffix(".bin").is_file():
             raise UnetDeployError(f"{path}: OpenVINO IR not found (it needs {path.stem}.xml and {path.stem}.bin)")
         try:
-            model = core().read_model(str(path))
+            self.model = core().read_model(str(path))
         except RuntimeError as e:
             first = (str(e).strip().splitlines() or ["unreadable"])[0][:200]
             raise UnetDeployError(f"{path}: not a readable OpenVINO IR ({first}); re-export it") from None
-        self.path = path
-        self.meta = meta or read_meta(model, path)
-        self.device = "cpu"
-        self.precision = str(self.meta.extra.get("precision", "fp32"))
+        self.meta = read_meta(self.model, path) or sidecar_meta(path)
+        self.threads = threads
+        self.precision = str(self.meta.extra.get("precision", "fp32")) if self.meta else "fp32"
         self.effective_precision = effective_precision(self.precision)
-        self.compiled = compile_model(model, self.precision, threads, self.meta.input_size)
-        self._request = self.compiled.create_infer_request()
+        ran = "" if self.effective_precision == self.precision else f", runs {self.effective_precision}: no native bf16 here"
+        self.device_note = f"OpenVINO {self.precision}{ran} on {cpu_name()}"
+        out = self.model.outputs[0].get_partial_shape()
+        if out.rank.is_static and out[1].is_static:
+            self.num_outputs = out[1].get_length()
+        self._requests: dict[tuple[int, int], Any] = {}
+        if self.meta is not None:
+            self._request(tuple(self.meta.input_size))
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Logits ``(N, C, H, W)`` float32 for a float32 ``(N, C, H, W)`` batch."""
-        self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+    def _request(self, hw: tuple[int, int]) -> Any:
+        """The infer request compiled for input height and width ``hw`` (compiled on first use)."""
+        if hw not in self._requests:
+            compiled = compile_model(self.model, self.precision, self.threads, hw)
+            self._requests[hw] = compiled.create_infer_request()
+        return self._requests[hw]
 
-    def describe(self) -> str:
-        """One line: backend, precision asked and run, CPU."""
-        ran = self.effective_precision
-        note = "" if ran == self.precision else f" (runs {ran}: this CPU has no native bf16)"
-        return f"openvino {self.precision}{note} on {cpu_name()}"
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """float32 ``(N, C, H, W)`` -> float32 logits ``(N, K, H, W)``."""
+        request = self._request((int(batch.shape[2]), int(batch.shape[3])))
+        request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
 
 # -- bf16 for the torch backends (checkpoint eager path, AOTInductor) ------------------------

@@ -1,0 +1,240 @@
+"""The CPU fast path: OpenVINO IR export (fp32/int8) with metadata, its backend, and the accuracy gate.
+
+The model is the tiny UNet (base 8, 64x64) with BatchNorm statistics taken from the real
+labelme frames it is tested on, so that its class map varies over the image (a randomly
+initialised UNet with synthetic BatchNorm statistics predicts one class everywhere, which
+any quantization would "keep"). Its weights are random, so it is not confident: int8 keeps
+~88% of its pixels here, and the gate tests use a 70% threshold that separates a sound
+calibration from a broken one (the defaults, 99% / 1 point, are for trained models).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+
+from unet_deploy import accuracy  # noqa: E402
+from unet_deploy.errors import UnetDeployError  # noqa: E402
+from unet_deploy.meta import ModelMeta  # noqa: E402
+from unet_deploy.runtime import Segmenter  # noqa: E402
+from unet_deploy.runtime import openvino_backend as ovb  # noqa: E402
+
+CLASSES = ["background", "car", "track"]  # video_annotation/labels.txt
+TEST_MIN_AGREEMENT = 70.0
+
+
+@pytest.fixture(scope="module")
+def voc_dir(labelme_dir, tmp_path_factory) -> Path:
+    """The five real video frames with labelme's reference masks, as a VOC-style dataset."""
+    src = labelme_dir / "video_annotation"
+    root = tmp_path_factory.mktemp("voc")
+    (root / "JPEGImages").mkdir()
+    (root / "SegmentationClass").mkdir()
+    for image in sorted(src.glob("*.jpg")):
+        shutil.copy(image, root / "JPEGImages" / image.name)
+        shutil.copy(src / "reference_voc" / "SegmentationClassPNG" / f"{image.stem}.png", root / "SegmentationClass")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_meta(voc_dir):
+    """(tiny UNet in eval mode, its ModelMeta): random weights, BatchNorm statistics from the frames."""
+    import torch
+
+    from unet_deploy.fileio import read_image
+    from unet_deploy.model import UNet
+    from unet_deploy.preprocess import preprocess
+
+    meta = ModelMeta(classes=CLASSES, input_size=(64, 64), arch={"base_channels": 8})
+    frames = np.stack([preprocess(read_image(p), meta)[0] for p in accuracy.dataset_images(voc_dir)])
+    torch.manual_seed(0)
+    model = UNet(len(CLASSES), base_channels=8)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: the exact statistics of the frames
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(frames))
+    return model.eval(), meta
+
+
+@pytest.fixture(scope="module")
+def fp32_ir(model_meta, tmp_path_factory) -> Path:
+    from unet_deploy.export_openvino import export_openvino
+
+    model, meta = model_meta
+    return export_openvino(model, meta, tmp_path_factory.mktemp("ov") / "tiny.xml", log=lambda line: None)
+
+
+def _rt_meta(xml: Path) -> ModelMeta:
+    return ovb.read_meta(ovb.core().read_model(str(xml)), xml)
+
+
+def test_fp32_export_carries_metadata_and_reloads(fp32_ir, model_meta, voc_dir):
+    import torch
+
+    model, meta = model_meta
+    assert sorted(p.name for p in fp32_ir.parent.iterdir()) == ["tiny.bin", "tiny.json", "tiny.xml"]
+    inside, sidecar = _rt_meta(fp32_ir), ModelMeta.load(fp32_ir.with_suffix(".json"))
+    assert inside == sidecar
+    assert inside.classes == CLASSES and inside.input_size == (64, 64)
+    assert inside.extra == {"precision": "fp32"}
+
+    seg = Segmenter(fp32_ir)  # device="auto": an .xml runs on OpenVINO's CPU plugin
+    assert (seg.backend, seg.device) == ("openvino", "cpu")
+    # Dynamic batch, height and width: logits equal torch's at two shapes and batch sizes.
+    rng = np.random.default_rng(1)
+    for shape in [(1, 3, 64, 64), (3, 3, 96, 160)]:
+        x = rng.random(shape, dtype=np.float32)
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(seg.infer(x), expected, atol=1e-4, rtol=1e-4)
+    # End to end on a real frame: the same mask as the checkpoint path.
+    image = cv2.imread(str(accuracy.dataset_images(voc_dir)[0]))
+    with torch.inference_mode():
+        eager = accuracy.predict_class_map(lambda b: model(torch.from_numpy(b)).numpy(), image, meta)
+    result = seg(image)
+    assert result.mask.shape == image.shape[:2]
+    assert np.mean(result.mask == eager) >= 0.999
+    assert len(np.unique(result.mask)) > 1  # the model's answer varies, so agreement means something
+
+
+def test_int8_export_passes_the_gate_and_records_it(model_meta, voc_dir, fp32_ir, tmp_path):
+    from unet_deploy.export_openvino import export_openvino, ir_path
+
+    model, meta = model_meta
+    lines: list[str] = []
+    xml = export_openvino(
+        model, meta, ir_path(tmp_path, "tiny", "int8"), precision="int8", calib=voc_dir, val=voc_dir,
+        min_agreement=TEST_MIN_AGREEMENT, check=False, log=lines.append,
+    )  # fmt: skip
+    assert xml.name == "tiny.int8.xml"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.int8.bin", "tiny.int8.json", "tiny.int8.xml"]
+    assert any(line.startswith("accuracy gate passed: int8 vs fp32 on 5 images") for line in lines)
+    inside = _rt_meta(xml)
+    assert inside == ModelMeta.load(xml.with_suffix(".json"))
+    gate = inside.extra["accuracy"]
+    assert inside.extra["precision"] == "int8" and gate["passed"] is True
+    assert gate["images"] == 5 and gate["min_agreement"] == TEST_MIN_AGREEMENT
+    assert TEST_MIN_AGREEMENT <= gate["agreement"] <= 100.0 and gate["miou"] is not None
+    # Really int8: quantized weights, and a smaller file than fp32.
+    types = {op.get_output_element_type(0).get_type_name() for op in ovb.core().read_model(str(xml)).get_ops()}
+    assert {"i8", "u8"} & types
+    assert xml.with_suffix(".bin").stat().st_size < 0.5 * fp32_ir.with_suffix(".bin").stat().st_size
+    seg = Segmenter(xml)
+    assert seg.backend == "openvino" and "int8" in seg.describe()
+    assert seg(cv2.imread(str(accuracy.dataset_images(voc_dir)[1]))).mask.shape == (563, 1000)
+
+
+def test_gate_refuses_int8_calibrated_on_black_images(model_meta, voc_dir, tmp_path):
+    """A broken quantization (activation ranges learnt from black images) is refused in one line, no files."""
+    from unet_deploy.export_openvino import export_openvino
+
+    model, meta = model_meta
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(black / f"black_{i}.png"), np.zeros((563, 1000, 3), np.uint8))
+    out = tmp_path / "out"
+    with pytest.raises(UnetDeployError) as err:
+        export_openvino(
+            model, meta, out / "tiny.int8.xml", precision="int8", calib=black, val=voc_dir,
+            min_agreement=TEST_MIN_AGREEMENT, check=False, log=lambda line: None,
+        )  # fmt: skip
+    message = err.value.message
+    assert "\n" not in message
+    assert message.startswith(f"{out / 'tiny.int8.xml'}: int8 export refused by the accuracy gate: ")
+    assert "--calib" in message and "--min-agreement" in message
+    agreement = float(message.split("agreement ")[1].split("%")[0])
+    assert agreement < TEST_MIN_AGREEMENT
+    assert not out.exists() or not any(out.iterdir())  # nothing written, no temporary left
+
+
+def test_reduced_precision_needs_data_and_sane_thresholds(model_meta, tmp_path):
+    from unet_deploy.export_openvino import export_openvino
+
+    model, meta = model_meta
+    cases = [
+        (dict(precision="int8"), "int8 needs calibration images: pass --calib DATA"),
+        (dict(precision="bf16"), "bf16 must pass the accuracy gate: pass --val DATA"),
+        (dict(precision="fp8"), "is not one of fp32|bf16|int8"),
+        (dict(precision="int8", calib=tmp_path, min_agreement=101), "must be a percentage between 0 and 100"),
+        (dict(precision="int8", calib=tmp_path / "nowhere"), "image folder not found"),
+    ]
+    for kwargs, expected in cases:
+        with pytest.raises(UnetDeployError, match=expected.replace("|", r"\|")):
+            export_openvino(model, meta, tmp_path / "m.xml", log=lambda line: None, **kwargs)
+    assert not any(tmp_path.iterdir())
+
+
+def test_gate_arithmetic_on_known_maps():
+    """Agreement and mIoU of hand-made class maps, through the real preprocess/unletterbox path."""
+    meta = ModelMeta(classes=["bg", "a"], input_size=(32, 32), std=[1, 1, 1])
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, 32:] = 255  # right half white (network input 1.0)
+    truth = np.zeros((64, 64), np.uint8)
+    truth[:, 32:] = 1
+
+    def reference(x):  # class 1 where the pixel is bright
+        return np.concatenate([0.5 - x[:, :1], x[:, :1] - 0.5], axis=1)
+
+    def candidate(x):  # also calls the top quarter class 1
+        logits = reference(x)
+        logits[:, 1, :8] = 10.0
+        return logits
+
+    samples = [accuracy.Sample("half.png", image, truth)]
+    result = accuracy.evaluate(reference, candidate, samples, meta, precision="int8", source="unit")
+    assert result.agreement == pytest.approx(87.5)  # top-left quarter of the left half disagrees
+    assert result.miou_fp32 == pytest.approx(100.0)
+    # candidate: class 1 IoU = 2048 / 2560, background IoU = 1536 / 2048
+    assert result.miou == pytest.approx(100 * (2048 / 2560 + 1536 / 2048) / 2)
+    assert not result.passed and result.worst_image == "half.png"
+    with pytest.raises(UnetDeployError, match=r"^unit.png: int8 export refused by the accuracy gate: int8 vs fp32"):
+        accuracy.enforce(result, "unit.png")
+    same = accuracy.evaluate(reference, reference, samples, meta, precision="bf16", source="unit")
+    assert same.passed and same.agreement == 100.0 and same.miou_drop == 0.0
+    no_masks = accuracy.evaluate(reference, candidate, [accuracy.Sample("x", image)], meta, precision="int8",
+                                 min_agreement=80.0)  # fmt: skip
+    assert no_masks.passed and no_masks.miou is None and "mIoU not measured" in no_masks.line()
+
+
+def test_split_dataset_holds_back_every_fifth_image_or_uses_imagesets(voc_dir, tmp_path):
+    train, val = accuracy.split_dataset(voc_dir)
+    assert [p.name for p in val] == ["00000104.jpg"] and len(train) == 4
+    root = tmp_path / "voc"
+    shutil.copytree(voc_dir, root)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("00000100\n00000102\n")
+    train, val = accuracy.split_dataset(root)
+    assert [p.stem for p in val] == ["00000100", "00000102"]
+    assert [p.stem for p in train] == ["00000101", "00000103", "00000104"]
+    samples = accuracy.load_samples(val)
+    assert samples[0].mask is not None and samples[0].mask.shape == samples[0].image.shape[:2]
+
+
+def test_compile_config_pins_precision():
+    assert ovb.compile_config("fp32") == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    bf16 = ovb.compile_config("bf16", threads=2)
+    assert bf16["INFERENCE_PRECISION_HINT"] == ("bf16" if ovb.cpu_bf16_native() else "f32")
+    assert bf16["INFERENCE_NUM_THREADS"] == 2
+    assert "INFERENCE_PRECISION_HINT" not in ovb.compile_config("int8")
+    assert ovb.effective_precision("bf16") == ("bf16" if ovb.cpu_bf16_native() else "fp32")
+
+
+def test_torch_bf16_wrapper_keeps_float32_io(model_meta):
+    import torch
+
+    model, _ = model_meta
+    wrapped = ovb.torch_bf16(model)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        y, ref = wrapped(x), model(x)
+    assert y.dtype == torch.float32 and y.shape == ref.shape
+    assert next(model.parameters()).dtype == torch.float32  # the original is untouched
+    assert (y.argmax(1) == ref.argmax(1)).float().mean() > 0.9
