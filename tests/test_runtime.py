@@ -1,0 +1,350 @@
+"""The runtime: exact mapping back, every backend agreeing, torch-free ONNX, device choice, metadata."""
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from unet_deploy import Segmenter, UnetDeployError
+from unet_deploy.meta import ModelMeta
+from unet_deploy.runtime.base import backend_class, choose_device
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (H, W) -> red rectangle (y0, y1, x0, x1), end exclusive: odd sizes, extreme aspect ratios.
+RECTS = {
+    (1, 1): (0, 1, 0, 1),
+    (3, 517): (1, 3, 100, 400),
+    (1080, 1920): (200, 731, 333, 1500),
+    (5000, 7): (1234, 3777, 2, 6),
+}
+
+
+def red_model(path, input_size=(64, 64), pad="top-left", head="softmax", meta=True, batch="N"):
+    """A 1x1-conv ONNX model built by hand: the class-1 logit is the red channel minus 0.5.
+
+    Softmax head: logits (0, R - 0.5); sigmoid head: the one logit R - 0.5. Input is RGB / 255.
+    """
+    k = 1 if head == "sigmoid" else 2
+    weight = np.zeros((k, 3, 1, 1), np.float32)
+    weight[k - 1, 0] = 1.0
+    bias = np.zeros(k, np.float32)
+    bias[k - 1] = -0.5
+    node = helper.make_node("Conv", ["images", "W", "B"], ["logits"], kernel_shape=[1, 1])
+    graph = helper.make_graph(
+        [node], "red",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k, "H", "W"])],
+        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    if meta:
+        m = ModelMeta(classes=["background", "red"], input_size=input_size, letterbox={"pad": pad}, head=head)
+        helper.set_model_props(model, {"unet_deploy": m.to_json()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def red_image(hw, rect=None):
+    """Black BGR image of size ``hw`` with a pure red rectangle at RECTS[hw]."""
+    y0, y1, x0, x1 = rect or RECTS[hw]
+    img = np.zeros((*hw, 3), np.uint8)
+    img[y0:y1, x0:x1, 2] = 255
+    return img
+
+
+def _check_rectangle(mask, hw, input_size):
+    y0, y1, x0, x1 = RECTS[hw]
+    net_px = max(hw[0] / input_size[0], hw[1] / input_size[1])  # max(H, W) / input size when square
+    ys, xs = np.nonzero(mask)
+    assert ys.size, f"{hw}: no red pixel found"
+    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    # The mask is a filled axis-aligned rectangle, with each edge within one network pixel.
+    assert mask[top:bottom, left:right].all() and mask.sum() == (bottom - top) * (right - left)
+    for got, want in ((top, y0), (bottom, y1), (left, x0), (right, x1)):
+        assert abs(int(got) - want) <= net_px, f"{hw}: edge {got} vs {want} (network pixel {net_px:.2f})"
+    # No systematic shift: centroids within a third of a network pixel.
+    assert abs(ys.mean() + 0.5 - (y0 + y1) / 2) < net_px / 3
+    assert abs(xs.mean() + 0.5 - (x0 + x1) / 2) < net_px / 3
+    return net_px
+
+
+@pytest.mark.parametrize("pad", ["top-left", "center"])
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
+def test_mapping_back_is_exact_within_one_network_pixel(tmp_path, pad, head):
+    seg = Segmenter(red_model(tmp_path / "red.onnx", (64, 64), pad, head))
+    assert seg.meta.pad == pad and seg.meta.head == head
+    results = seg.predict_batch([red_image(hw) for hw in RECTS], batch_size=3)
+    for hw, res in zip(RECTS, results):
+        assert res.mask.shape == hw and res.mask.dtype == np.uint8
+        _check_rectangle(res.mask, hw, (64, 64))
+        assert [r.class_name for r in res.regions] == ["red"]
+        x, y, w, h = res.regions[0].bbox
+        assert res.regions[0].area == w * h == int(res.mask.sum())
+    assert np.array_equal(seg(red_image((3, 517))).mask, results[1].mask)  # batch == single
+
+
+def test_mapping_back_with_a_non_square_input(tmp_path):
+    seg = Segmenter(red_model(tmp_path / "red.onnx", (48, 96), "center"))
+    for hw in RECTS:
+        _check_rectangle(seg(red_image(hw)).mask, hw, (48, 96))
+
+
+def test_input_kinds_paths_gray_bgra_16bit_agree(tmp_path):
+    import cv2
+
+    seg = Segmenter(red_model(tmp_path / "red.onnx"))
+    bgr = red_image((300, 200), (50, 200, 20, 120))
+    bgr[:, :, 1] = 40
+    path = tmp_path / "part ü.png"
+    cv2.imencode(".png", bgr)[1].tofile(str(path))
+    want = seg(bgr).mask
+    assert np.array_equal(seg(path).mask, want) and np.array_equal(seg(str(path)).mask, want)
+    assert seg(path).to_dict()["file"] == str(path)
+    bgra = np.dstack([bgr, np.full((300, 200), 128, np.uint8)])
+    assert np.array_equal(seg(bgra).mask, want)
+    assert np.array_equal(seg(bgr.astype(np.uint16) * 257).mask, want)
+    gray = seg(np.full((30, 40), 255, np.uint8))  # gray: R = 1 everywhere
+    assert gray.mask.all() and gray.regions[0].bbox == [0, 0, 40, 30]
+
+
+def test_result_report_timings_and_overlay(tmp_path):
+    seg = Segmenter(red_model(tmp_path / "red.onnx"), min_area=10)
+    img = red_image((100, 160), (10, 40, 20, 80))
+    img[90:92, 150:152, 2] = 255  # 4 pixels: below min_area... but smaller than a network pixel too
+    res = seg(img)
+    d = res.to_dict()
+    assert d["file"] == "<array>" and d["size"] == [100, 160]
+    assert set(d["timings"]) == {"preprocess", "inference", "postprocess"}
+    assert all(v >= 0 for v in d["timings"].values())
+    assert d["regions"] == [r.to_dict() for r in res.regions] and len(d["regions"]) == 1
+    assert json.loads(json.dumps(d)) == d
+    assert res.class_areas() == {"red": res.regions[0].area}
+    ov = res.overlay()
+    assert ov.shape == (100, 160, 3) and ov.dtype == np.uint8
+    assert (ov[0, 0] == 0).all() and tuple(ov[10, 50]) == (0, 255, 0)  # background kept, green contour
+
+
+def test_an_unreadable_item_fails_alone(tmp_path):
+    seg = Segmenter(red_model(tmp_path / "red.onnx"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    items = [red_image((3, 517)), broken, tmp_path / "missing.jpg", np.zeros((4, 4, 2), np.uint8), red_image((1, 1))]
+    results = seg.predict_batch(items, batch_size=4)
+    assert [r.ok for r in results] == [True, False, False, False, True]
+    assert results[1].to_dict() == {"file": str(broken), "error": results[1].error}
+    assert str(broken) in results[1].error and "not a readable image" in results[1].error
+    assert "\n" not in results[3].error and results[4].mask.tolist() == [[1]]
+    with pytest.raises(UnetDeployError, match="broken.png"):
+        seg(broken)
+
+
+def test_a_fixed_batch_model_is_fed_whole_batches(tmp_path):
+    seg = Segmenter(red_model(tmp_path / "red.onnx", batch=2))
+    assert seg._backend.fixed_batch == 2
+    images = [red_image(hw) for hw in RECTS] + [red_image((3, 517))]
+    masks = [r.mask for r in seg.predict_batch(images, batch_size=3)]
+    assert all(np.array_equal(a, seg(b).mask) for a, b in zip(masks, images))
+
+
+# -- metadata ---------------------------------------------------------------------------------
+def test_metadata_sidecar_explicit_or_a_clear_error(tmp_path):
+    bare = red_model(tmp_path / "bare.onnx", meta=False)
+    with pytest.raises(UnetDeployError, match=r"bare\.onnx: no unet-deploy metadata inside and no bare\.json"):
+        Segmenter(bare)
+    seg = Segmenter(bare, classes=["bg", "red"], input_size=64)
+    assert seg.meta.classes == ["bg", "red"] and seg.meta.input_size == (64, 64)
+    _check_rectangle(seg(red_image((1080, 1920))).mask, (1080, 1920), (64, 64))
+    with pytest.raises(UnetDeployError, match="input_size"):
+        Segmenter(bare, classes=["bg", "red"])
+    ModelMeta(classes=["bg", "defect"], input_size=(32, 32), letterbox={"pad": "center"}).save(tmp_path / "bare.json")
+    side = Segmenter(bare)
+    assert side.meta.classes == ["bg", "defect"] and side.meta.pad == "center"
+    with pytest.raises(UnetDeployError, match="has 2 classes"):
+        Segmenter(bare, classes=["a", "b", "c"])
+    with pytest.raises(UnetDeployError, match="2 output channels but the metadata lists 3"):
+        Segmenter(red_model(tmp_path / "wrong.onnx", meta=False), classes=["a", "b", "c"], input_size=64)
+
+
+def test_backend_is_chosen_by_suffix(tmp_path, tiny_checkpoint):
+    names = {"m.onnx": "onnxruntime", "m.torchscript.pt": "torchscript", "m.pt2": "aoti",
+             "m.pt": "checkpoint", "m.PTH": "checkpoint"}  # fmt: skip
+    for name, backend in names.items():
+        assert backend_class(tmp_path / name).name == backend
+    assert backend_class(tiny_checkpoint).name == "checkpoint"
+    with pytest.raises(UnetDeployError, match="unknown model type"):
+        backend_class(tmp_path / "m.h5")
+    with pytest.raises(UnetDeployError, match="backend 'tensorrt' is unknown"):
+        backend_class(tmp_path / "m.onnx", "tensorrt")
+    assert backend_class(tmp_path / "m.bin", "onnx").name == "onnxruntime"
+
+
+# -- device choice ----------------------------------------------------------------------------
+def test_choose_device_rules():
+    assert choose_device("auto", True, "n/a") == ("cuda", "CUDA available")
+    assert choose_device("auto", False, "no CUDA here") == ("cpu", "no CUDA here")
+    assert choose_device("cpu", True, "n/a")[0] == "cpu"
+    assert choose_device("cuda:1", True, "n/a")[0] == "cuda"
+    with pytest.raises(UnetDeployError, match="m.onnx: CUDA was asked for but no CUDA here; use --device cpu"):
+        choose_device("cuda", False, "no CUDA here", "m.onnx")
+    with pytest.raises(UnetDeployError, match="not one of auto, cpu, cuda"):
+        choose_device("gpu0", True, "n/a")
+
+
+def test_auto_device_without_cuda_selects_cpu_and_says_so(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="unet_deploy.runtime"):
+        seg = Segmenter(red_model(tmp_path / "red.onnx"))
+    assert (seg.device, seg.backend) == ("cpu", "onnxruntime")
+    assert "red.onnx: onnxruntime on cpu (onnxruntime has no CUDAExecutionProvider" in caplog.text
+    assert seg._backend.session.get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(UnetDeployError, match="CUDA was asked for"):
+        Segmenter(tmp_path / "red.onnx", device="cuda")
+
+
+def _fake_cuda_onnxruntime(monkeypatch, cuda_starts: bool):
+    """onnxruntime as onnxruntime-gpu on a GPU machine would look: CUDA listed, and (if
+    ``cuda_starts``) the session reports the providers it was asked for. Runs on the CPU."""
+    import onnxruntime as ort
+
+    real_session, asked = ort.InferenceSession, []
+
+    class Session:
+        def __init__(self, path, sess_options=None, providers=None):
+            asked.append(providers)
+            self._s = real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+        def get_providers(self):
+            names = [p[0] if isinstance(p, tuple) else p for p in asked[-1]]
+            return names if cuda_starts else ["CPUExecutionProvider"]
+
+        def __getattr__(self, name):
+            return getattr(self._s, name)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    return asked
+
+
+def test_auto_device_takes_the_cuda_provider_when_offered(tmp_path, monkeypatch, caplog):
+    model = red_model(tmp_path / "red.onnx")
+    asked = _fake_cuda_onnxruntime(monkeypatch, cuda_starts=True)
+    with caplog.at_level(logging.INFO, logger="unet_deploy.runtime"):
+        seg = Segmenter(model)
+    assert seg.device == "cuda" and "onnxruntime on cuda" in caplog.text
+    assert asked[-1] == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    _check_rectangle(seg(red_image((1080, 1920))).mask, (1080, 1920), (64, 64))
+    assert Segmenter(model, device="cuda:1").device == "cuda" and asked[-1][0][1] == {"device_id": 1}
+    assert Segmenter(model, device="cpu").device == "cpu" and asked[-1] == ["CPUExecutionProvider"]
+
+
+def test_a_cuda_provider_that_fails_to_start_falls_back_to_cpu(tmp_path, monkeypatch):
+    model = red_model(tmp_path / "red.onnx")
+    _fake_cuda_onnxruntime(monkeypatch, cuda_starts=False)
+    seg = Segmenter(model)
+    assert seg.device == "cpu" and "failed to start" in seg.describe()
+    with pytest.raises(UnetDeployError, match="CUDA provider failed to start"):
+        Segmenter(model, device="cuda")
+
+
+def test_torch_backends_take_cuda_when_torch_has_it(tiny_checkpoint, monkeypatch):
+    import torch
+
+    import unet_deploy.checkpoint as checkpoint
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(checkpoint, "load_checkpoint",
+                        lambda path, device, classes: (seen.append(device), checkpoint.read_checkpoint(path))
+                        and (None, ModelMeta(classes=["a", "b", "c"], input_size=64)))  # fmt: skip
+    seg = Segmenter(tiny_checkpoint)
+    assert (seg.device, seg.backend) == ("cuda", "checkpoint") and seen == [torch.device("cuda:0")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Segmenter(tiny_checkpoint).device == "cpu"
+
+
+# -- torch absent -----------------------------------------------------------------------------
+def test_onnx_runs_with_torch_unimportable(tmp_path, labelme_dir):
+    model = red_model(tmp_path / "red.onnx")
+    (tmp_path / "m.torchscript.pt").write_bytes(b"not used")
+    image = sorted(labelme_dir.glob("*/*.jpg"))[0]
+    script = f"""
+import json, sys
+sys.modules["torch"] = None  # import torch now raises ImportError
+from unet_deploy import Segmenter, UnetDeployError
+seg = Segmenter({str(model)!r})
+res = seg({str(image)!r})
+try:
+    Segmenter({str(tmp_path / "m.torchscript.pt")!r})
+    torch_error = None
+except UnetDeployError as e:
+    torch_error = e.message
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx") and sys.modules[m] is not None)
+print(json.dumps({{"result": res.to_dict(), "backend": seg.backend, "device": seg.device,
+                  "torch_error": torch_error, "loaded": loaded, "mask_sum": int(res.mask.sum())}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    here = Segmenter(model)(image)
+    assert out["result"]["regions"] == here.to_dict()["regions"] and out["mask_sum"] == int(here.mask.sum())
+    assert (out["backend"], out["device"], out["loaded"]) == ("onnxruntime", "cpu", [])
+    assert "needs torch, which is not installed" in out["torch_error"]
+
+
+# -- every backend, one trained model -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, labelme_dir):
+    """A tiny UNet saved as a checkpoint and exported to ONNX and TorchScript with its ModelMeta
+    inside. Its last layer is rescaled so that on the real images every class wins about a third
+    of the pixels: argmax boundaries everywhere, a harder parity test than a confident model."""
+    import torch
+
+    from tests.conftest import warm_batchnorm
+    from unet_deploy.checkpoint import save_checkpoint
+    from unet_deploy.fileio import read_image
+    from unet_deploy.meta import TORCHSCRIPT_EXTRA_FILE
+    from unet_deploy.model import UNet
+    from unet_deploy.preprocess import preprocess_batch
+
+    out = tmp_path_factory.mktemp("exports")
+    meta = ModelMeta(classes=["background", "scratch", "spot"], input_size=(64, 64), arch={"base_channels": 8})
+    torch.manual_seed(0)
+    model = UNet(3, base_channels=8)
+    warm_batchnorm(model)
+    x = torch.from_numpy(preprocess_batch([read_image(p) for p in sorted(labelme_dir.glob("*/*.jpg"))], meta)[0])
+    with torch.no_grad():
+        logits = model(x)
+        mean, std = logits.mean((0, 2, 3)), logits.std((0, 2, 3))
+        model.out.weight /= std[:, None, None, None]
+        model.out.bias.copy_((model.out.bias - mean) / std)
+    paths = {"checkpoint": save_checkpoint(out / "tiny.pt", model, meta)}
+    paths["onnx"] = out / "tiny.onnx"
+    torch.onnx.export(model, (x[:1],), str(paths["onnx"]), input_names=["images"], output_names=["logits"],
+                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)  # fmt: skip
+    proto = onnx.load(str(paths["onnx"]))
+    helper.set_model_props(proto, {"unet_deploy": meta.to_json()})
+    onnx.save(proto, str(paths["onnx"]))
+    paths["torchscript"] = out / "tiny.torchscript.pt"
+    torch.jit.save(torch.jit.script(model), str(paths["torchscript"]), _extra_files={TORCHSCRIPT_EXTRA_FILE: meta.to_json()})
+    return paths
+
+
+def test_onnx_torchscript_and_checkpoint_give_the_same_masks(exports, labelme_dir):
+    images = sorted(labelme_dir.glob("*/*.jpg"))
+    segs = {fmt: Segmenter(path) for fmt, path in exports.items()}
+    assert {s.backend for s in segs.values()} == {"onnxruntime", "torchscript", "checkpoint"}
+    assert all(s.meta == segs["checkpoint"].meta for s in segs.values())
+    masks = {fmt: [r.mask for r in s.predict_batch(images, batch_size=5)] for fmt, s in segs.items()}
+    ref = np.concatenate([m.ravel() for m in masks["checkpoint"]])
+    counts = np.bincount(ref, minlength=3) / ref.size
+    assert (counts > 0.1).all(), f"the model must predict every class for this test to mean something: {counts}"
+    for fmt in ("onnx", "torchscript"):
+        agree = np.mean(np.concatenate([m.ravel() for m in masks[fmt]]) == ref)
+        assert agree >= 0.999, f"{fmt}: {agree:.5f} of pixels agree with the checkpoint"
