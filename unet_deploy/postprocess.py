@@ -75,10 +75,9 @@ def find_regions(mask: np.ndarray, class_names: Sequence[str], min_area: int = 0
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW class ids, got shape {mask.shape}")
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    hist = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()
     keyed: list[tuple[tuple[int, int, int, int], Region]] = []
-    for c in np.flatnonzero(hist[1:]) + 1:
-        keyed.extend(_class_regions(mask, int(c), _class_name(class_names, int(c)), min_area))
+    for c in range(1, int(mask.max()) + 1 if mask.size else 1):
+        keyed.extend(_class_regions(mask, c, _class_name(class_names, c), min_area))
     keyed.sort(key=lambda kr: kr[0])
     return [r for _, r in keyed]
 
@@ -89,8 +88,11 @@ def _class_name(class_names: Sequence[str], c: int) -> str:
 
 def _class_regions(mask: np.ndarray, c: int, name: str, min_area: int) -> list[tuple[tuple, Region]]:
     """Regions of class ``c`` with their sort keys (class, y, x, x of the first pixel of the top row)."""
-    x0, y0, w0, h0 = cv2.boundingRect((mask == c).view(np.uint8))
-    binary = (mask[y0 : y0 + h0, x0 : x0 + w0] == c).view(np.uint8)
+    full = (mask == c).view(np.uint8)
+    x0, y0, w0, h0 = cv2.boundingRect(full)
+    if w0 == 0:  # class absent
+        return []
+    binary = full[y0 : y0 + h0, x0 : x0 + w0]
     labels, areas = _labels_and_areas(binary)
     contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     out = []
@@ -168,10 +170,11 @@ def overlay(
     out = to_bgr8(image)
     if out.shape[:2] != mask.shape[:2]:
         raise ValueError(f"mask {mask.shape[:2]} and image {out.shape[:2]} differ in size")
-    fg = (mask > 0).view(np.uint8)
-    if alpha > 0 and fg.any():
-        blended = cv2.addWeighted(out, 1.0 - alpha, colorize(mask, palette), alpha, 0.0)
-        cv2.copyTo(blended, fg, out)
+    x, y, w, h = cv2.boundingRect((mask > 0).view(np.uint8))
+    if alpha > 0 and w > 0:  # blend inside the classes' bounding box only
+        roi, sub = out[y : y + h, x : x + w], mask[y : y + h, x : x + w]
+        blended = cv2.addWeighted(roi, 1.0 - alpha, colorize(sub, palette), alpha, 0.0)
+        cv2.copyTo(blended, (sub > 0).view(np.uint8), roi)
     if regions is None:
         regions = find_regions(mask, [])
     if thickness > 0:
