@@ -259,10 +259,13 @@ def test_torch_backends_take_cuda_when_torch_has_it(tiny_checkpoint, monkeypatch
     import unet_deploy.checkpoint as checkpoint
 
     seen = []
+
+    def load_on(path, device, classes):  # what a CUDA machine would do, minus the copy to the GPU
+        seen.append(device)
+        return None, ModelMeta(classes=["a", "b", "c"], input_size=64)
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(checkpoint, "load_checkpoint",
-                        lambda path, device, classes: (seen.append(device), checkpoint.read_checkpoint(path))
-                        and (None, ModelMeta(classes=["a", "b", "c"], input_size=64)))  # fmt: skip
+    monkeypatch.setattr(checkpoint, "load_checkpoint", load_on)
     seg = Segmenter(tiny_checkpoint)
     assert (seg.device, seg.backend) == ("cuda", "checkpoint") and seen == [torch.device("cuda:0")]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -336,8 +339,11 @@ def exports(tmp_path_factory, labelme_dir):
     return paths
 
 
-def test_onnx_torchscript_and_checkpoint_give_the_same_masks(exports, labelme_dir):
+def test_onnx_torchscript_and_checkpoint_give_the_same_masks(exports, labelme_dir, tmp_path):
     images = sorted(labelme_dir.glob("*/*.jpg"))
+    renamed = tmp_path / "model.pt"  # a TorchScript archive named like a checkpoint is still TorchScript
+    renamed.write_bytes(exports["torchscript"].read_bytes())
+    assert backend_class(renamed).name == "torchscript"
     segs = {fmt: Segmenter(path) for fmt, path in exports.items()}
     assert {s.backend for s in segs.values()} == {"onnxruntime", "torchscript", "checkpoint"}
     assert all(s.meta == segs["checkpoint"].meta for s in segs.values())
