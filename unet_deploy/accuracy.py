@@ -53,12 +53,13 @@ def dataset_images(root: str | Path) -> list[Path]:
     return files
 
 
-def split_dataset(root: str | Path) -> tuple[list[Path], list[Path]]:
+def split_dataset(root: str | Path, hold_back: bool = True) -> tuple[list[Path], list[Path]]:
     """``(train, val)`` image paths of a dataset folder.
 
     ``ImageSets/Segmentation/val.txt`` (and ``train.txt``, else the rest) when the dataset has
     them, as VOC does; otherwise every ``VAL_EVERY``-th image sorted by name is held back for
-    validation and the others are training images (calibration draws from those).
+    validation and the others are training images (calibration draws from those), or, with
+    ``hold_back=False`` (validation comes from elsewhere), all images are training images.
     """
     root = Path(root)
     files = dataset_images(root)
@@ -69,6 +70,8 @@ def split_dataset(root: str | Path) -> tuple[list[Path], list[Path]]:
         train_stems = set(train_file.read_text().split()) if train_file.is_file() else None
         val = [p for p in files if p.stem in val_stems]
         train = [p for p in files if p.stem not in val_stems and (train_stems is None or p.stem in train_stems)]
+    elif not hold_back:
+        train, val = files, []
     else:
         val = files[VAL_EVERY - 1 :: VAL_EVERY]
         held = set(val)
@@ -113,7 +116,8 @@ def predict_class_map(predict: Predict, image: np.ndarray, meta: ModelMeta) -> n
     return unletterbox_mask(argmax(predict(x[None]))[0], t)
 
 
-def _confusion(gt: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+def confusion(gt: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """``k x k`` pixel counts (row: ground truth, column: prediction); ignore (255) and unknown ids skipped."""
     valid = gt < k  # drops IGNORE_ID and ids the model does not know
     return np.bincount(gt[valid].astype(np.int64) * k + pred[valid], minlength=k * k).reshape(k, k)
 
@@ -202,8 +206,8 @@ def evaluate(
         same, total = same + agree, total + ref.size
         worst = min(worst, (100.0 * agree / ref.size, s.name))
         if with_masks:
-            conf_ref += _confusion(s.mask, ref, k)
-            conf_cand += _confusion(s.mask, cand, k)
+            conf_ref += confusion(s.mask, ref, k)
+            conf_cand += confusion(s.mask, cand, k)
     agreement = 100.0 * same / total
     m_ref = m_cand = drop = None
     if with_masks:

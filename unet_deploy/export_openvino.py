@@ -207,7 +207,7 @@ def export_openvino(
 
     ``calib``: dataset folder whose training images calibrate int8 (required for int8).
     ``val``: validation folder for the gate; default the held-back images of ``calib``
-    (``accuracy.split_dataset``). bf16 and int8 must pass the gate (``min_agreement`` %,
+    (``accuracy.split_dataset``: its val split, else every 5th image, not used to calibrate). bf16 and int8 must pass the gate (``min_agreement`` %,
     ``max_miou_drop`` points) or ``UnetDeployError`` is raised and no file is written.
     Returns the ``.xml`` path. One log line per stage with its time.
     """
@@ -224,7 +224,7 @@ def export_openvino(
     # Read the data first: a wrong folder fails before minutes of conversion.
     calib_paths, val_paths = [], []
     if calib is not None:
-        calib_paths, val_paths = accuracy.split_dataset(calib)
+        calib_paths, val_paths = accuracy.split_dataset(calib, hold_back=val is None)
         if not calib_paths:
             raise UnetDeployError(f"{calib}: no training images left for calibration after the validation split")
         calib_paths = accuracy.spread(calib_paths, calib_count)
