@@ -354,3 +354,51 @@ def test_onnx_torchscript_and_checkpoint_give_the_same_masks(exports, labelme_di
     for fmt in ("onnx", "torchscript"):
         agree = np.mean(np.concatenate([m.ravel() for m in masks[fmt]]) == ref)
         assert agree >= 0.999, f"{fmt}: {agree:.5f} of pixels agree with the checkpoint"
+
+
+def test_aoti_package_metadata_device_and_fixed_batch(tmp_path, monkeypatch):
+    """The AOTI backend's own logic, with the compiled package faked (a real one takes a minute to
+    build): metadata from the package, its device, and a fixed batch size learnt from the check error."""
+    import torch
+
+    meta = ModelMeta(classes=["background", "red"], input_size=(64, 64))
+    calls = []
+
+    class Package:  # a package compiled for batch 2 with AOTI_RUNTIME_CHECK_INPUTS on
+        def __init__(self, device="cpu", with_meta=True):
+            self.metadata = {"AOTI_DEVICE_KEY": device, **({"unet_deploy": meta.to_json()} if with_meta else {})}
+
+        def get_metadata(self):
+            return self.metadata
+
+        def __call__(self, x):
+            calls.append(x.shape[0])
+            for dim, want in ((0, 2), (2, 64)):
+                if x.shape[dim] != want:
+                    raise RuntimeError(f"input_handles[0]: unmatched dim value at {dim}, expected: {want}, but got: {x.shape[dim]}")
+            return torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] - 0.5], 1)
+
+    packages = {"m.pt2": Package(), "cuda.pt2": Package("cuda"), "bare.pt2": Package(with_meta=False)}
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: packages[Path(path).name])
+    for name in packages:
+        (tmp_path / name).write_bytes(b"stand-in")
+    seg = Segmenter(tmp_path / "m.pt2")
+    assert (seg.backend, seg.device, seg.meta) == ("aoti", "cpu", meta)
+    images = [red_image(hw) for hw in RECTS] + [red_image((3, 517))]
+    results = seg.predict_batch(images, batch_size=5)
+    assert seg._backend.fixed_batch == 2 and calls[0] == 5 and set(calls[1:]) == {2}
+    for hw, res in zip(RECTS, results):
+        _check_rectangle(res.mask, hw, (64, 64))
+    with pytest.raises(UnetDeployError, match="fixes input size .* at 64, got 96"):
+        Segmenter(tmp_path / "m.pt2", input_size=96)(red_image((3, 517)))
+    with pytest.raises(UnetDeployError, match="compiled for CUDA but torch has no CUDA"):
+        Segmenter(tmp_path / "cuda.pt2")
+    with pytest.raises(UnetDeployError, match="CUDA was asked for but torch has no CUDA"):
+        Segmenter(tmp_path / "m.pt2", device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(UnetDeployError, match="compiled for cpu, not cuda"):
+        Segmenter(tmp_path / "m.pt2", device="cuda")
+    with pytest.raises(UnetDeployError, match="bare.pt2: no unet-deploy metadata inside and no bare.json"):
+        Segmenter(tmp_path / "bare.pt2")
+    meta.save(tmp_path / "bare.json")
+    assert Segmenter(tmp_path / "bare.pt2").meta == meta

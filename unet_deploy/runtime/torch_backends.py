@@ -137,6 +137,9 @@ class AOTIBackend(_TorchBackend):
             self.meta = ModelMeta.from_json(metadata["unet_deploy"], f"{self.path} (AOTI metadata)")
 
     def _run(self, x: Any) -> Any:
+        size = self.fixed_batch
+        if size is not None and x.shape[0] != size:
+            return self._run_fixed(x, size)
         try:
             return self.compiled(x)
         except RuntimeError as e:
@@ -144,9 +147,9 @@ class AOTIBackend(_TorchBackend):
             if not found:
                 raise
             dim, expected, got = (int(v) for v in found.groups())
-            if dim == 0 and self.fixed_batch is None:
-                self.fixed_batch = expected  # the Segmenter re-batches from now on
-                return self._run_fixed(x, expected)
+            if dim == 0 and size is None:
+                self.fixed_batch = expected  # learnt once; the Segmenter re-batches from now on
+                return self._run(x)
             what = "batch size" if dim == 0 else "input channels" if dim == 1 else "input size"
             raise UnetDeployError(
                 f"{self.path}: the package fixes {what} (dim {dim}) at {expected}, got {got}; "
@@ -160,5 +163,5 @@ class AOTIBackend(_TorchBackend):
             n = part.shape[0]
             if n < size:
                 part = self.torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
-            chunks.append(self.compiled(part)[:n])
+            chunks.append(self._run(part)[:n])
         return self.torch.cat(chunks)
