@@ -65,7 +65,7 @@ def convert(model: Any, meta: ModelMeta) -> Any:
 
     Shape ``[?, C, ?, ?]``; tensor names ``images`` -> ``logits``.
     """
-    ov = ovb._openvino()
+    ov = ovb.require_openvino()
     shape = ov.PartialShape([-1, meta.in_channels, -1, -1])
     if isinstance(model, (str, Path)):
         ov_model = ov.convert_model(str(model), input=[shape])
@@ -171,7 +171,7 @@ def _gate_candidate(model: Any, ov_model: Any, precision: str, threads: int | No
 
 def _save_ir(ov_model: Any, meta: ModelMeta, target: Path) -> None:
     """Write ``target`` (.xml + .bin) and its sidecar together: all three or none."""
-    ov = ovb._openvino()
+    ov = ovb.require_openvino()
     ov_model.set_rt_info(meta.to_json(), ovb.RT_INFO_KEY)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.stem}.", dir=target.parent))
@@ -235,7 +235,7 @@ def export_openvino(
 
     t0 = time.perf_counter()
     ov_model = convert(model, meta)
-    log(f"OpenVINO: converted in {time.perf_counter() - t0:.1f} s (openvino {ovb._openvino().__version__})")
+    log(f"OpenVINO: converted in {time.perf_counter() - t0:.1f} s (openvino {ovb.require_openvino().__version__})")
     if check:
         t0 = time.perf_counter()
         log(f"OpenVINO: fp32 parity {check_fp32(model, ov_model, meta, target)} ({time.perf_counter() - t0:.1f} s)")

@@ -30,7 +30,8 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def _openvino():
+def require_openvino() -> Any:
+    """The ``openvino`` module, or a one-line error saying how to install it."""
     try:
         import openvino
     except ImportError:
@@ -43,7 +44,7 @@ def _openvino():
 @functools.lru_cache(maxsize=1)
 def core():
     """One shared ``openvino.Core`` (it caches device plugins; creating it costs ~50 ms)."""
-    return _openvino().Core()
+    return require_openvino().Core()
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,7 +100,7 @@ def compile_model(model: Any, precision: str, threads: int | None = None, input_
     input is letterboxed to the model's input size, and static spatial shapes let the CPU
     plugin pick faster kernels (~20% at 256x256 on AVX2). The model itself is not modified.
     """
-    ov = _openvino()
+    ov = require_openvino()
     if input_size is not None:
         model = model.clone()
         channels = model.inputs[0].get_partial_shape()[1]
