@@ -1,7 +1,7 @@
 """The standard CPU benchmark: the seed-size UNet at 256 and 512 px and a base-16 UNet -> results/<machine>.md/.json.
 
 Self-contained: it makes the checkpoints it needs (a trained one when ``--checkpoint`` is given
-or one sits in ``benchmarks/``; else random weights with warmed BatchNorm, and the report says
+or one of the right width sits in ``benchmarks/`` or ``runs/*/best.pt``; else random weights with warmed BatchNorm, and the report says
 so), exports them to every format, measures each backend against the seed's pipeline on a
 1920x1080 source image, and records the machine, the hardware limit (model GFLOPs over the
 measured matmul GFLOP/s, fp32 and bf16) and the acceptance check (pre+postprocess < 10% of the
@@ -77,18 +77,22 @@ def log(msg: str, t0: list[float] = [time.perf_counter()]) -> None:  # noqa: B00
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def find_trained(base_channels: int, classes: int, given: Path | None) -> Path | None:
-    """A trained checkpoint of this width and class count: ``given``, else the newest ``benchmarks/**/*.pt``."""
+def find_trained(base_channels: int, given: Path | None) -> Path | None:
+    """A trained checkpoint of this width: ``given``, else the newest in ``benchmarks/`` or ``runs/*/best.pt``."""
     from unet_deploy.checkpoint import read_checkpoint
 
-    candidates = [given] if given else sorted(ROOT.joinpath("benchmarks").rglob("*.pt"), key=lambda p: -p.stat().st_mtime)
+    if given:
+        candidates = [given]
+    else:
+        found = [*ROOT.joinpath("benchmarks").rglob("*.pt"), *ROOT.joinpath("runs").rglob("best.pt")]
+        candidates = sorted(found, key=lambda p: -p.stat().st_mtime)
     for path in candidates:
         try:
             meta = read_checkpoint(path).get("meta") or {}
         except Exception:  # not ours, unreadable: not a candidate
             continue
         arch = meta.get("arch", {})
-        if arch.get("base_channels") == base_channels and len(meta.get("classes", [])) == classes:
+        if arch.get("base_channels") == base_channels:
             return path
     return None
 
@@ -117,7 +121,7 @@ def random_checkpoint(path: Path, base_channels: int, classes: Sequence[str], si
 
 def checkpoint_for(config: Config, workdir: Path, given: Path | None) -> tuple[Path, str]:
     """The checkpoint to measure and a sentence saying what its weights are."""
-    trained = find_trained(config.base_channels, len(config.classes), given)
+    trained = find_trained(config.base_channels, given)
     if trained is not None:
         return trained, f"trained checkpoint `{trained.relative_to(ROOT) if trained.is_relative_to(ROOT) else trained}`"
     path = workdir / f"random-b{config.base_channels}-{config.input_size}.pt"
@@ -133,25 +137,13 @@ def machine_slug(info: dict[str, Any], gpu: bool = False) -> str:
     return ("gpu-" if gpu else "cpu-") + "-".join(re.findall(r"[a-z0-9]+", slug))
 
 
-def hardware_limits(devices: Sequence[str], log=log) -> dict[str, dict[str, float]]:
-    """Measured matmul GFLOP/s per device and precision (bf16 emulated on CPUs without it: small n)."""
-    rates: dict[str, dict[str, float]] = {}
-    for device in devices:
-        rates[device] = {}
-        for precision in ("fp32", "bf16") if device == "cpu" else ("fp32", "bf16", "fp16"):
-            slow = device == "cpu" and precision == "bf16" and not bench.cpu_has_native_bf16()
-            rates[device][precision] = bench.matmul_gflops(precision, device, n=256 if slow else 1024)
-            log(f"matmul {device} {precision}: {rates[device][precision]:.3g} GFLOP/s")
-    return rates
-
-
 def run_matrix(configs: Sequence[Config], budget_s: float, devices: Sequence[str], given: Path | None = None,
                source_size: tuple[int, int] = bench.DEFAULT_SOURCE_SIZE) -> dict[str, Any]:  # fmt: skip
     """Run every config within ``budget_s`` seconds; return ``{"machine", "matmul_gflops", "runs": [...]}``."""
     start = time.perf_counter()
     info = bench.hardware_info()
     log(f"machine: {info['cpu']}, {info['cores']} cores, flags {' '.join(info['cpu_flags'])}, GPU {info['gpu']}")
-    rates = hardware_limits(devices)
+    rates = bench.matmul_rates(devices, log)
     image = bench.source_image(*source_size)
     runs = []
     with tempfile.TemporaryDirectory(prefix="unet-bench-matrix-") as tmp:
@@ -169,12 +161,8 @@ def run_matrix(configs: Sequence[Config], budget_s: float, devices: Sequence[str
             report["config"] = config.name
             report["weights"] = weights
             report["acceptance_config"] = config.acceptance
-            gflops = report["model"].get("gflops")
-            if gflops:
-                report["hardware_limit"] = {"model_gflops": gflops} | {
-                    f"{dev}_{prec}": {"matmul_gflops": rate, "min_inference_ms": 1000.0 * gflops / rate}
-                    for dev, per in rates.items() for prec, rate in per.items()
-                }  # fmt: skip
+            if report["model"].get("gflops"):
+                report["hardware_limit"] = bench.hardware_limit(report["model"]["gflops"], rates)
             runs.append(report)
             for line in bench.format_table(report).splitlines():
                 print(line)
@@ -275,7 +263,7 @@ def write(matrix: dict[str, Any], out_dir: Path, slug: str, title: str, command:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=600.0, help="total seconds (default 600)")
-    parser.add_argument("--checkpoint", type=Path, help="trained seed-size checkpoint (default: found in benchmarks/)")
+    parser.add_argument("--checkpoint", type=Path, help="trained seed-size checkpoint (default: found in benchmarks/, runs/)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     parser.add_argument("--name", help="file name stem (default: from the CPU model and cores)")
     parser.add_argument("--quick", action="store_true", help="a tiny model, to check the script in about a minute")

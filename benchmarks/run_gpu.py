@@ -48,7 +48,7 @@ GPU_MATRIX: list[Config] = [
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=420.0, help="total seconds (default 420: fits one call)")
-    parser.add_argument("--checkpoint", type=Path, help="trained seed-size checkpoint (default: found in benchmarks/)")
+    parser.add_argument("--checkpoint", type=Path, help="trained seed-size checkpoint (default: found in benchmarks/, runs/)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     parser.add_argument("--name", help="file name stem (default: from the GPU name)")
     args = parser.parse_args(argv)

@@ -298,13 +298,27 @@ def matmul_gflops(dtype: str = "fp32", device: str = "cpu", n: int = 1024, secon
             return 2.0 * n**3 * count / elapsed / 1e9
 
 
-def hardware_limit(gflops: float, devices: Iterable[str] = ("cpu",)) -> dict[str, Any]:
-    """The fastest possible inference: model ``gflops`` over measured matmul GFLOP/s, per device and precision."""
-    out: dict[str, Any] = {"model_gflops": round(gflops, 3)}
+def matmul_rates(devices: Iterable[str] = ("cpu",), log: Callable[[str], None] = lambda s: None) -> dict[str, dict[str, float]]:
+    """Measured matmul GFLOP/s per device and precision (fp32, bf16; fp16 on CUDA).
+
+    bf16 on a CPU without it in hardware is emulated (~100x slower): measured on small matrices.
+    """
+    rates: dict[str, dict[str, float]] = {}
     for device in devices:
-        for precision in ("fp32", "bf16"):
-            rate = matmul_gflops(precision, device)
-            out[f"{device}_{precision}"] = {"matmul_gflops": round(rate, 1), "min_inference_ms": 1000.0 * gflops / rate}
+        rates[device] = {}
+        for precision in ("fp32", "bf16") if device == "cpu" else ("fp32", "bf16", "fp16"):
+            slow = device == "cpu" and precision == "bf16" and not cpu_has_native_bf16()
+            rates[device][precision] = matmul_gflops(precision, device, n=256 if slow else 1024)
+            log(f"matmul {device} {precision}: {rates[device][precision]:.3g} GFLOP/s")
+    return rates
+
+
+def hardware_limit(gflops: float, rates: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The fastest possible inference: model ``gflops`` over each measured matmul rate of ``matmul_rates``."""
+    out: dict[str, Any] = {"model_gflops": gflops}
+    for device, per in rates.items():
+        for precision, rate in per.items():
+            out[f"{device}_{precision}"] = {"matmul_gflops": rate, "min_inference_ms": 1000.0 * gflops / rate}
     return out
 
 
@@ -700,7 +714,7 @@ def benchmark(
         report = _report_head(source, image, image_desc, settings)
         if hw_limit and source.checkpoint is not None:
             devices = sorted({c.device for c in cases} & set(DEVICES) - ({"cuda"} if not _cuda_available() else set()))
-            report["hardware_limit"] = hardware_limit(report["model"]["gflops"], devices or ["cpu"])
+            report["hardware_limit"] = hardware_limit(report["model"]["gflops"], matmul_rates(devices or ["cpu"]))
         # The fp32 eager model is the accuracy reference: run it first, or once aside when not asked for.
         cases.sort(key=lambda c: (c.backend, c.precision) != ("eager", "fp32"))
         reference, report["reference"] = None, "the first fp32 case"
