@@ -31,7 +31,7 @@ struct ModelMeta {
   double fill = 0.0;
   std::string color = "RGB";  // RGB, BGR or GRAY
   std::vector<double> mean{0.0, 0.0, 0.0};
-  std::vector<double> std{1.0, 1.0, 1.0};
+  std::vector<double> stddev{1.0, 1.0, 1.0};  // JSON key "std"
   double scale = 255.0;
   std::string head = "softmax";  // or "sigmoid" (one logit)
   int in_channels = 3;

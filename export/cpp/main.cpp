@@ -1,0 +1,160 @@
+// unet_infer: segment images with an exported unet-deploy model from the command line.
+//
+//   unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--save-input]
+//
+// Prints one JSON line per image (file, size, regions, timings; or file and error). With --out
+// it also writes DIR/masks/<stem>.png (palette PNG, pixel = class id), DIR/overlays/<stem>.jpg
+// and DIR/report.json, the layout of `unet-predict`. Exit code 0 when every image went through,
+// 1 on a user error (one line on stderr) or when any image failed.
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <opencv2/imgcodecs.hpp>
+
+#include "mini_json.h"
+#include "unet_infer.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kUsage =
+    "Usage: unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--save-input]\n"
+    "\n"
+    "  Segment IMAGE(s) with MODEL (model.torchscript.pt or an AOTInductor model.pt2 from unet-export),\n"
+    "  preparing pixels exactly as the Python runtime does. One JSON line per image on stdout.\n"
+    "\n"
+    "  --out DIR       write DIR/masks/<stem>.png, DIR/overlays/<stem>.jpg and DIR/report.json\n"
+    "  --device D      auto (CUDA when libtorch sees a GPU; default), cpu or cuda\n"
+    "  --min-area N    drop regions smaller than N pixels (default 0)\n"
+    "  --save-input    also write DIR/inputs/<stem>.png: the letterboxed image the network sees\n"
+    "\n"
+    "Examples:\n"
+    "  unet_infer runs/exp/model.torchscript.pt part1.png part2.png --out results\n"
+    "  unet_infer model.pt2 images/*.jpg --min-area 50 > report.jsonl\n";
+
+struct Options {
+  std::string model, out, device = "auto";
+  std::vector<std::string> images;
+  int min_area = 0;
+  bool save_input = false;
+};
+
+[[noreturn]] void usage_error(const std::string& message) {
+  std::cerr << "Error: " << message << "\n(run unet_infer --help for the usage)\n";
+  std::exit(1);
+}
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&](const std::string& flag) -> std::string {
+      if (i + 1 >= argc) usage_error(flag + " needs a value");
+      return argv[++i];
+    };
+    if (a == "-h" || a == "--help") {
+      std::cout << kUsage;
+      std::exit(0);
+    } else if (a == "--out" || a == "-o") {
+      o.out = value(a);
+    } else if (a == "--device") {
+      o.device = value(a);
+    } else if (a == "--min-area") {
+      const std::string v = value(a);
+      try {
+        size_t used = 0;
+        o.min_area = std::stoi(v, &used);
+        if (used != v.size() || o.min_area < 0) throw std::invalid_argument(v);
+      } catch (const std::exception&) {
+        usage_error("--min-area '" + v + "' is not a non-negative integer");
+      }
+    } else if (a == "--save-input") {
+      o.save_input = true;
+    } else if (a.size() > 1 && a[0] == '-') {
+      usage_error("unknown option " + a);
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (positional.size() < 2) usage_error("give a MODEL and at least one IMAGE");
+  if (o.save_input && o.out.empty()) usage_error("--save-input needs --out DIR");
+  o.model = positional[0];
+  o.images.assign(positional.begin() + 1, positional.end());
+  return o;
+}
+
+std::vector<unsigned char> encode(const std::string& ext, const cv::Mat& img, const std::vector<int>& params = {}) {
+  std::vector<unsigned char> bytes;
+  if (!cv::imencode(ext, img, bytes, params)) throw unet::Error("OpenCV cannot encode a " + ext + " image");
+  return bytes;
+}
+
+// First line of an exception's message (libtorch appends backtraces).
+std::string one_line(const std::exception& e) {
+  std::string s = e.what();
+  return s.substr(0, s.find('\n'));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options opt = parse_args(argc, argv);
+  std::unique_ptr<unet::Segmenter> seg;
+  try {
+    seg = std::make_unique<unet::Segmenter>(opt.model, opt.device);
+  } catch (const std::exception& e) {
+    std::cerr << "Error: " << one_line(e) << "\n";
+    return 1;
+  }
+  const fs::path out(opt.out);
+  std::vector<std::string> lines;
+  int failed = 0;
+  for (const std::string& file : opt.images) {
+    std::string line;
+    try {
+      const cv::Mat image = unet::read_image(file);
+      const unet::Result r = (*seg)(image, opt.min_area);
+      if (!opt.out.empty()) {
+        const std::string stem = fs::path(file).stem().string();
+        unet::write_file_atomic((out / "masks" / (stem + ".png")).string(), unet::encode_palette_png(r.mask));
+        const cv::Mat picture = unet::overlay(image, r.mask, r.regions);
+        unet::write_file_atomic((out / "overlays" / (stem + ".jpg")).string(),
+                                encode(".jpg", picture, {cv::IMWRITE_JPEG_QUALITY, 90}));
+        if (opt.save_input) {
+          unet::LetterboxTransform t;
+          unet::write_file_atomic((out / "inputs" / (stem + ".png")).string(),
+                                  encode(".png", unet::letterbox(image, seg->meta(), t)));
+        }
+      }
+      line = unet::result_json(file, r);
+    } catch (const std::exception& e) {  // unet::Error, cv::Exception, c10::Error: report, go on
+      ++failed;
+      std::cerr << "Error: " << one_line(e) << "\n";
+      line = unet::error_json(file, one_line(e));
+    }
+    std::cout << line << std::endl;
+    lines.push_back(line);
+  }
+  if (!opt.out.empty()) {
+    std::string report = "{\"model\": " + unet::json::quote(opt.model) + ", \"backend\": " +
+                         unet::json::quote(seg->backend()) + ", \"device\": " + unet::json::quote(seg->device()) +
+                         ", \"images\": [\n";
+    for (size_t i = 0; i < lines.size(); ++i) report += "  " + lines[i] + (i + 1 < lines.size() ? ",\n" : "\n");
+    report += "]}\n";
+    try {
+      unet::write_file_atomic((out / "report.json").string(), std::vector<unsigned char>(report.begin(), report.end()));
+    } catch (const std::exception& e) {
+      std::cerr << "Error: " << one_line(e) << "\n";
+      return 1;
+    }
+  }
+  if (failed) {
+    std::cerr << "Error: " << failed << " of " << opt.images.size() << " images failed (see their \"error\" lines)\n";
+    return 1;
+  }
+  return 0;
+}

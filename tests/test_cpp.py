@@ -1,0 +1,238 @@
+"""The C++ consumer (export/cpp, `unet_infer`): built with CMake against the installed torch, it must
+give the Python runtime's masks and regions on the real images, for TorchScript and AOTInductor models.
+
+The build goes to export/cpp/build (incremental: a second run only relinks what changed). The test
+is skipped only when cmake, a C++ compiler or OpenCV's C++ package cannot be had; any other build
+failure fails it.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, warm_batchnorm
+
+CPP = ROOT / "export" / "cpp"
+BUILD = CPP / "build"
+CLASSES = ["background", "dark", "bright"]
+
+
+def _skip_reason() -> str | None:
+    if not shutil.which("cmake"):
+        return "cmake is not installed (apt install cmake)"
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        return "no C++ compiler (apt install g++)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def unet_infer() -> Path:
+    """Configure and build export/cpp once per session; the path of the `unet_infer` program."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import torch
+
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with open(BUILD / ".test-lock", "w") as lock:  # two pytest sessions must not build at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        configure = ["cmake", "-S", str(CPP), "-B", str(BUILD), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
+        if shutil.which("ninja") and not (BUILD / "CMakeCache.txt").exists():
+            configure += ["-G", "Ninja"]
+        done = subprocess.run(configure, capture_output=True, text=True)
+        if done.returncode != 0 and "OpenCV" in done.stdout + done.stderr and not _has_opencv_dev():
+            pytest.skip("OpenCV's C++ package is missing (apt install libopencv-dev, or `make cpp-deps` as root)")
+        assert done.returncode == 0, f"cmake configure failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        done = subprocess.run(["cmake", "--build", str(BUILD), "-j", "2"], capture_output=True, text=True)
+        assert done.returncode == 0, f"build failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return BUILD / "unet_infer"
+
+
+def _has_opencv_dev() -> bool:
+    return subprocess.run(["pkg-config", "--exists", "opencv4"]).returncode == 0 if shutil.which("pkg-config") else False
+
+
+def _real_images(labelme_dir: Path) -> list[Path]:
+    """The real jpgs, one per name (instance_segmentation repeats semantic_segmentation's)."""
+    seen, out = set(), []
+    for p in sorted(labelme_dir.glob("*/*.jpg")):
+        if p.stem not in seen:
+            seen.add(p.stem)
+            out.append(p)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cpp_inputs(tmp_path_factory, labelme_dir) -> list[Path]:
+    """The real images plus variants that take the other letterbox paths: gray 8-bit (Pillow),
+    BGRA (alpha dropped), 16-bit (OpenCV area filter) and a small crop (enlarged, not shrunk)."""
+    from unet_deploy.fileio import read_image
+
+    out = tmp_path_factory.mktemp("cpp_inputs")
+    real = _real_images(labelme_dir)
+    base = read_image(real[-1])
+    variants = {
+        "gray.png": cv2.cvtColor(base, cv2.COLOR_BGR2GRAY),
+        "bgra.png": cv2.cvtColor(base, cv2.COLOR_BGR2BGRA),
+        "deep16.png": base.astype(np.uint16) * 257 + 100,
+        "small_crop.png": base[100:141, 200:253],
+    }
+    for name, img in variants.items():
+        cv2.imwrite(str(out / name), img)
+    return real + [out / name for name in variants]
+
+
+@pytest.fixture(scope="session")
+def cpp_models(tmp_path_factory, labelme_dir) -> dict[str, Path]:
+    """A tiny UNet trained a few steps on the real images to find dark and bright areas, exported as
+    TorchScript (ModelMeta in the extra file) and as an AOTInductor .pt2 (ModelMeta in the sidecar)."""
+    import torch
+
+    from unet_deploy.fileio import read_image
+    from unet_deploy.meta import TORCHSCRIPT_EXTRA_FILE, ModelMeta
+    from unet_deploy.model import UNet
+    from unet_deploy.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("cpp_models")
+    meta = ModelMeta(classes=CLASSES, input_size=(64, 64), arch={"base_channels": 8})
+    x = torch.from_numpy(np.stack([preprocess(read_image(p), meta)[0] for p in _real_images(labelme_dir)]))
+    gray = x.mean(1)
+    y = torch.where(gray < 0.25, 1, torch.where(gray > 0.6, 2, 0))
+    torch.manual_seed(0)
+    model = UNet(len(CLASSES), base_channels=8)
+    warm_batchnorm(model)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    model.train()
+    for _ in range(30):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    paths = {"torchscript": out / "tiny.torchscript.pt", "aoti": out / "tiny.pt2"}
+    torch.jit.save(torch.jit.script(model), str(paths["torchscript"]), _extra_files={TORCHSCRIPT_EXTRA_FILE: meta.to_json()})
+    with torch.no_grad():
+        program = torch.export.export(model, (x[:1],))
+    torch._inductor.aoti_compile_and_package(program, package_path=str(paths["aoti"]))
+    meta.save(out / "tiny.json")
+    return paths
+
+
+def _run(exe: Path, *args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def cpp_runs(unet_infer, cpp_models, cpp_inputs, tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
+    """Each model through `unet_infer` on every input: (output folder, JSON lines)."""
+    runs = {}
+    for fmt, model in cpp_models.items():
+        out = tmp_path_factory.mktemp(f"cpp_out_{fmt}")
+        done = _run(unet_infer, model, *cpp_inputs, "--out", out, "--device", "cpu", "--save-input")
+        assert done.returncode == 0, done.stderr
+        runs[fmt] = (out, [json.loads(line) for line in done.stdout.splitlines()])
+    return runs
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
+def test_cpp_masks_and_regions_match_the_python_runtime(fmt, cpp_runs, cpp_models, cpp_inputs):
+    from unet_deploy.data.palette import read_mask
+    from unet_deploy.runtime import Segmenter
+
+    out, lines = cpp_runs[fmt]
+    seg = Segmenter(cpp_models[fmt], device="cpu")
+    assert [line["file"] for line in lines] == [str(p) for p in cpp_inputs]
+    agree, total, region_count = 0, 0, 0
+    for path, line in zip(cpp_inputs, lines):
+        ref = seg(path)
+        mask = read_mask(out / "masks" / f"{path.stem}.png")  # a palette PNG: pixel = class id
+        assert mask.shape == ref.mask.shape and line["size"] == list(ref.size)
+        agree += int((mask == ref.mask).sum())
+        total += mask.size
+        assert line["regions"] == ref.to_dict()["regions"], f"{path.name}: regions differ"
+        assert set(line["timings"]) == {"preprocess", "inference", "postprocess"}
+        region_count += len(line["regions"])
+        overlay = cv2.imread(str(out / "overlays" / f"{path.stem}.jpg"))
+        assert overlay.shape == (*ref.size, 3)
+    print(f"{fmt}: masks agree on {agree / total:.6%} of {total} pixels; {region_count} regions")
+    assert agree / total >= 0.999
+    assert region_count >= 2 * len(cpp_inputs), "the model must find regions for this test to mean something"
+    report = json.loads((out / "report.json").read_text())
+    assert (report["backend"], report["device"]) == (fmt, "cpu")
+    assert report["images"] == lines
+
+
+def test_cpp_letterbox_is_pythons(cpp_runs, cpp_models, cpp_inputs):
+    """The letterboxed pixels (--save-input) against preprocess.letterbox on the same decoded image."""
+    from unet_deploy.fileio import read_image
+    from unet_deploy.meta import ModelMeta
+    from unet_deploy.preprocess import letterbox, to_model_color
+
+    out, _ = cpp_runs["torchscript"]
+    meta = ModelMeta.load(cpp_models["aoti"].with_suffix(".json"))
+    diffs = {}
+    for path in cpp_inputs:
+        image = read_image(path)
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = to_model_color(image, "BGR")
+        ref, _ = letterbox(image, meta.input_size, meta.pad, meta.letterbox["fill"])
+        got = cv2.imread(str(out / "inputs" / f"{path.stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert got.shape == ref.shape and got.dtype == ref.dtype, path.name
+        diffs[path.name] = float(np.abs(got.astype(np.int64) - ref.astype(np.int64)).mean())
+    print("mean |C++ - Python| letterbox pixel difference:", diffs)
+    # JPEG decoders (system OpenCV vs opencv-python) may differ by a grey level; the resize itself is exact.
+    assert max(diffs.values()) <= 0.5, diffs
+    assert all(v == 0 for name, v in diffs.items() if name.endswith(".png")), diffs
+
+
+def test_cpp_min_area_drops_small_regions(unet_infer, cpp_models, cpp_inputs, cpp_runs):
+    _, lines = cpp_runs["torchscript"]
+    areas = sorted(r["area"] for line in lines for r in line["regions"])
+    min_area = areas[len(areas) // 2]
+    done = _run(unet_infer, cpp_models["torchscript"], *cpp_inputs, "--min-area", min_area, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    kept = [json.loads(line)["regions"] for line in done.stdout.splitlines()]
+    for before, after in zip(lines, kept):
+        assert after == [r for r in before["regions"] if r["area"] >= min_area]
+
+
+def test_cpp_clear_errors(unet_infer, cpp_models, cpp_inputs, tmp_path, tiny_checkpoint):
+    model = cpp_models["torchscript"]
+    done = _run(unet_infer, tmp_path / "missing.torchscript.pt", cpp_inputs[0])
+    assert done.returncode == 1 and "missing.torchscript.pt: model file not found" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not done.stdout
+
+    for state in (tiny_checkpoint, _state_dict(tiny_checkpoint, tmp_path / "weights.pth")):
+        done = _run(unet_infer, state, cpp_inputs[0])
+        assert done.returncode == 1 and "not an exported model" in done.stderr and "unet-export" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    done = _run(unet_infer, model, bad, tmp_path / "gone.jpg", cpp_inputs[0], "--device", "cpu")
+    assert done.returncode == 1
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines[0] == {"file": str(bad), "error": f"{bad}: not a readable image (corrupt or unsupported format)"}
+    assert "image file not found" in lines[1]["error"]
+    assert "regions" in lines[2]  # the good image after the bad ones still went through
+
+    done = _run(unet_infer, model, cpp_inputs[0], "--min-area", "lots")
+    assert done.returncode == 1 and "--min-area 'lots' is not a non-negative integer" in done.stderr
+    done = _run(unet_infer, cpp_models["aoti"], cpp_inputs[0], "--device", "cuda")
+    assert done.returncode == 1 and ("compiled for cpu, not cuda" in done.stderr or "no CUDA device" in done.stderr)
+
+
+def _state_dict(checkpoint: Path, path: Path) -> Path:
+    import torch
+
+    from unet_deploy.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    torch.save(model.state_dict(), path)
+    return path
