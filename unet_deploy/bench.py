@@ -439,14 +439,15 @@ def _runtime_name(backend: str) -> str:
 
 
 def _load_backend(case: Case, source: "_ModelSource", threads: int | None = None) -> Runner:
-    """Load the case's model with the runtime's own backend (``unet_deploy.runtime.base.BACKENDS``)."""
-    from .runtime.base import backend_class
+    """Load the case's model with the runtime's ``Segmenter`` (its backend registry, its re-batching)."""
+    from .runtime import Segmenter
 
     path = source.artefact(case)
-    backend = backend_class(path, _runtime_name(case.backend))(path, device=case.device, threads=threads)
+    seg = Segmenter(path, device=case.device, backend=_runtime_name(case.backend), threads=threads,
+                    input_size=source.meta.input_size)  # fmt: skip
     if case.precision != "fp32" and case.backend in _CAST_AT_LOAD:
-        _cast(backend, case.precision)
-    return Runner(getattr(backend, "forward", backend), source.meta, path)
+        _cast(seg._backend, case.precision)  # the torch backends have no precision option (yet)
+    return Runner(seg.infer, source.meta, path)
 
 
 def _cast(backend: Any, precision: str) -> None:
@@ -522,7 +523,8 @@ def _export(checkpoint: Path, fmt: str, out_dir: Path, meta: ModelMeta, device: 
 
 def _open_model(path: Path, img_size: Sequence[int] | None, workdir: Path) -> _ModelSource:
     """Read the metadata of a checkpoint or an exported model; ``img_size`` overrides a checkpoint's."""
-    from .runtime.base import backend_class, sidecar_meta
+    from .runtime import Segmenter
+    from .runtime.base import backend_class
 
     if not path.is_file():
         raise UnetDeployError(f"{path}: file not found; pass a checkpoint (.pt) or an exported model")
@@ -534,9 +536,7 @@ def _open_model(path: Path, img_size: Sequence[int] | None, workdir: Path) -> _M
         if img_size is not None:
             meta.input_size = check_size(img_size, "--img-size")
         return _ModelSource(path, meta, checkpoint=path, workdir=workdir)
-    meta = cls(path, device="auto").meta or sidecar_meta(path)
-    if meta is None:
-        raise UnetDeployError(f"{path}: carries no unet-deploy metadata and has no sidecar JSON; re-export it")
+    meta = Segmenter(path, device="auto").meta
     if img_size is not None and check_size(img_size, "--img-size") != tuple(meta.input_size):
         raise UnetDeployError(
             f"{path}: exported for {meta.input_size[0]}x{meta.input_size[1]} input, not "
@@ -652,7 +652,10 @@ def run_case(
         row["fps"] = 1000.0 / e2e if e2e else None
         row["throughput"] = []
         for b in settings.batches:
-            row["throughput"].append(_throughput(runner, image, b, settings, e2e, deadline, case.device))
+            try:
+                row["throughput"].append(_throughput(runner, image, b, settings, e2e, deadline, case.device))
+            except UnetDeployError as e:  # e.g. a model exported for one batch size only
+                row["throughput"].append({"batch": b, "status": f"error: {e.message}"})
     row["memory_mb"] = {"rss_peak_delta": rss.delta_mb}
     if torch is not None:
         row["memory_mb"]["cuda_max_allocated"] = torch.cuda.max_memory_allocated() / 2**20
