@@ -402,3 +402,22 @@ def test_aoti_package_metadata_device_and_fixed_batch(tmp_path, monkeypatch):
         Segmenter(tmp_path / "bare.pt2")
     meta.save(tmp_path / "bare.json")
     assert Segmenter(tmp_path / "bare.pt2").meta == meta
+
+
+def test_every_format_of_the_shared_export_fixture_agrees(request, labelme_dir):
+    """The export engineer's artefacts (``exported_tiny``: format -> path, AOTI included) through the
+    runtime, against the checkpoint they were made from (``tiny_checkpoint`` unless it lists one)."""
+    try:
+        exported = request.getfixturevalue("exported_tiny")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py has no exported_tiny fixture yet (the exporter adds it)")
+    images = sorted(labelme_dir.glob("*/*.jpg"))
+    source = exported.get("checkpoint") or request.getfixturevalue("tiny_checkpoint")
+    reference = [r.mask for r in Segmenter(source).predict_batch(images)]
+    for fmt, path in exported.items():
+        if Path(path).suffix in (".json", ".bin") or backend_class(path).name == "checkpoint":
+            continue
+        seg = Segmenter(path)
+        masks = [r.mask for r in seg.predict_batch(images)]
+        agree = np.mean(np.concatenate([(a == b).ravel() for a, b in zip(masks, reference)]))
+        assert agree >= 0.999, f"{fmt} ({seg.backend}): {agree:.5f} of pixels agree with the checkpoint"
