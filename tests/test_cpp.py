@@ -191,6 +191,43 @@ def test_cpp_letterbox_is_pythons(cpp_runs, cpp_models, cpp_inputs):
     assert all(v == 0 for name, v in diffs.items() if name.endswith(".png")), diffs
 
 
+def test_cpp_follows_every_metadata_option(unet_infer, cpp_inputs, tmp_path):
+    """The other ModelMeta paths: gray model input, centred padding, a non-square input, mean/std
+    normalisation and a one-logit sigmoid head (random weights, warmed BatchNorm)."""
+    import torch
+
+    from unet_deploy.data.palette import read_mask
+    from unet_deploy.fileio import read_image
+    from unet_deploy.meta import TORCHSCRIPT_EXTRA_FILE, ModelMeta
+    from unet_deploy.model import UNet
+    from unet_deploy.preprocess import preprocess
+    from unet_deploy.runtime import Segmenter
+
+    meta = ModelMeta(classes=["background", "defect"], input_size=(48, 80), letterbox={"pad": "center", "fill": 114},
+                     color="GRAY", mean=[0.45], std=[0.25], head="sigmoid",
+                     arch={"base_channels": 8, "in_channels": 1})  # fmt: skip
+    torch.manual_seed(1)
+    model = UNet(1, in_channels=1, base_channels=8)
+    warm_batchnorm(model, in_channels=1)
+    with torch.no_grad():  # centre the logits so that both classes occur
+        x = torch.from_numpy(np.stack([preprocess(read_image(p), meta)[0] for p in cpp_inputs]))
+        model.out.bias -= model(x).median()
+    path = tmp_path / "gray.torchscript.pt"
+    torch.jit.save(torch.jit.script(model), str(path), _extra_files={TORCHSCRIPT_EXTRA_FILE: meta.to_json()})
+    done = _run(unet_infer, path, *cpp_inputs, "--out", tmp_path / "out", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    seg = Segmenter(path, device="cpu")
+    agree = total = defect = 0
+    for image, line in zip(cpp_inputs, map(json.loads, done.stdout.splitlines())):
+        ref = seg(image)
+        mask = read_mask(tmp_path / "out" / "masks" / f"{image.stem}.png")
+        agree, total, defect = agree + int((mask == ref.mask).sum()), total + mask.size, defect + int(mask.sum())
+        assert line["regions"] == ref.to_dict()["regions"], image.name
+    print(f"gray/center/sigmoid model: masks agree on {agree / total:.6%}, {defect / total:.1%} defect pixels")
+    assert agree / total >= 0.999
+    assert 0.05 < defect / total < 0.95, "both classes must occur for this test to mean something"
+
+
 def test_cpp_min_area_drops_small_regions(unet_infer, cpp_models, cpp_inputs, cpp_runs):
     _, lines = cpp_runs["torchscript"]
     areas = sorted(r["area"] for line in lines for r in line["regions"])
