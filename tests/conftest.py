@@ -53,3 +53,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     meta = ModelMeta(classes=["background", "scratch", "spot"], input_size=(64, 64),
                      arch={"base_channels": 8})
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, meta, epoch=1)
+
+
+@pytest.fixture(scope="session")
+def exported_tiny(tiny_checkpoint, tmp_path_factory) -> dict:
+    """``tiny_checkpoint`` exported once per run to every format, parity-checked: ``{format: path}``.
+
+    Keys ``torchscript`` (``tiny.torchscript.pt``), ``onnx`` (``tiny.onnx``), ``aoti``
+    (``tiny.pt2``, host-tuned CPU package); the ``tiny.json`` sidecar sits beside them
+    (``unet_deploy.meta.sidecar_path``). The AOTInductor compile dominates (~1 minute).
+    """
+    from unet_deploy.export import export_model
+
+    return export_model(tiny_checkpoint, "all", out_dir=tmp_path_factory.mktemp("exported"), verbose=False)
