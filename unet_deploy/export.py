@@ -28,6 +28,7 @@ from .exporters import EXAMPLE_BATCH, ExportOptions, _echo
 from .meta import DIVISOR, ModelMeta, check_size, sidecar_path
 
 PRECISIONS = ("fp32", "fp16")
+OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")  # bf16/int8 pass the accuracy gate (unet_deploy.accuracy)
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,12 @@ EXPORT_FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat("AOTInductor", "aoti", ".pt2", True, True, True, PRECISIONS,
                  frozenset({"dynamic", "portable"}), "unet_deploy.exporters.aoti",
                  note="compiled package for one device; aoti_load_package / AOTIModelPackageLoader"),
+    ExportFormat("OpenVINO", "openvino", ".xml", False, True, False, OPENVINO_PRECISIONS,
+                 frozenset(), "unet_deploy.export_openvino", ("torch", "openvino", "nncf"),
+                 note="OpenVINO IR (.xml/.bin) for Intel CPUs; bf16/int8 must pass the accuracy gate"),
 )  # fmt: skip
 # Formats named in the design but not in this table yet: a clean message instead of "unknown".
-PLANNED_FORMATS = {
-    "openvino": "the OpenVINO IR export is not wired into unet-export yet; "
-    "use unet_deploy.export_openvino, or export --format onnx (OpenVINO reads ONNX)",
-}
+PLANNED_FORMATS: dict[str, str] = {}
 # Parity tolerances: max |logit diff| relative to max(1, max |eager logit|), argmax agreement in %.
 TOLERANCE = {"fp32": (1e-4, 99.99), "fp16": (1e-2, 99.5)}
 
@@ -85,14 +86,15 @@ def _missing(fmt: ExportFormat) -> list[str]:
     return [m for m in fmt.requires if importlib.util.find_spec(m) is None]
 
 
-def resolve_formats(formats: str | Iterable[str]) -> list[ExportFormat]:
-    """Rows for ``"onnx"``, ``"onnx,aoti"``, ``["onnx", "aoti"]`` or ``"all"`` (the available ones)."""
+def resolve_formats(formats: str | Iterable[str], precision: str | None = None) -> list[ExportFormat]:
+    """Rows for ``"onnx"``, ``"onnx,aoti"``, ``["onnx", "aoti"]`` or ``"all"`` (the available ones
+    that can export ``precision``, when given)."""
     names = [formats] if isinstance(formats, str) else list(formats)
     names = [n.strip().lower() for name in names for n in str(name).split(",") if n.strip()]
     if not names:
         raise UnetDeployError("no export format given; pass --format torchscript, onnx, aoti or all")
     if "all" in names:
-        return [f for f in EXPORT_FORMATS if not _missing(f)]
+        return [f for f in EXPORT_FORMATS if not _missing(f) and (precision is None or precision in f.precisions)]
     rows = list(dict.fromkeys(get_format(n) for n in names))
     for fmt in rows:
         if _missing(fmt):
@@ -105,8 +107,9 @@ def resolve_formats(formats: str | Iterable[str]) -> list[ExportFormat]:
 
 def _check_options(rows: list[ExportFormat], opts: ExportOptions) -> None:
     """One-line errors for options that no chosen format can honour."""
-    if opts.precision not in PRECISIONS:
-        raise UnetDeployError(f"--precision {opts.precision!r} is not one of {'|'.join(PRECISIONS)}")
+    known = tuple(dict.fromkeys(p for f in EXPORT_FORMATS for p in f.precisions))
+    if opts.precision not in known:
+        raise UnetDeployError(f"--precision {opts.precision!r} is not one of {'|'.join(known)}")
     for fmt in rows:
         if opts.precision not in fmt.precisions:
             raise UnetDeployError(f"--format {fmt.arg} cannot export {opts.precision}; use {'|'.join(fmt.precisions)}")
@@ -269,6 +272,10 @@ def export_model(
     check: bool = True,
     portable: bool = False,
     verbose: bool = True,
+    calib: str | Path | None = None,
+    val: str | Path | None = None,
+    min_agreement: float | None = None,
+    max_miou_drop: float | None = None,
 ) -> dict[str, Path]:
     """Export a checkpoint (ours or a seed ``unet.pth``), a ``UNet`` or ``(UNet, ModelMeta)`` to ``formats``.
 
@@ -276,10 +283,11 @@ def export_model(
     ``<stem>.json`` sidecar into ``out_dir`` (default: beside the checkpoint). ``img_size``
     (H, W multiples of 16) sets the metadata's input size and the export example;
     ``dynamic=False`` fixes H and W there. With ``check`` each artefact is reloaded and
-    compared with the eager model before it is kept. Returns ``{format: path}``.
+    compared with the eager model before it is kept. ``openvino`` at bf16/int8 also needs
+    ``calib`` (int8) and ``val`` for its accuracy gate (``unet_deploy.export_openvino``). Returns ``{format: path}``.
     """
     t_start = time.perf_counter()
-    rows = resolve_formats(formats)
+    rows = resolve_formats(formats, precision)
     opts = ExportOptions(dynamic, precision, opset, device, portable, _echo if verbose else (lambda _: None))
     _check_options(rows, opts)
     size = check_size(img_size, "--img-size") if img_size is not None else None
@@ -319,11 +327,27 @@ def export_model(
     for fmt in rows:
         if fmt.arg == "torchscript":
             opts.log("TorchScript: deprecated upstream; it stays for libtorch users, --format aoti is its successor")
+        if fmt.arg == "openvino":  # its own staging, fp32 parity, NNCF int8 and accuracy gate; writes its sidecar
+            results[fmt.arg] = _export_openvino(model, meta, out, stem, opts, check, calib, val, min_agreement, max_miou_drop)
+            continue
         results[fmt.arg] = _export_one(fmt, exported, meta, fmt.path(out, stem), opts, checking)
         meta.save(sidecar_path(results[fmt.arg]))
     written = [str(p) for p in results.values()] + [str(sidecar_path(results[rows[0].arg]))]
     opts.log(f"Export complete in {time.perf_counter() - t_start:.1f} s: {', '.join(written)}")
     return results
+
+
+def _export_openvino(model: Any, meta: ModelMeta, out: Path, stem: str, opts: ExportOptions, check: bool,
+                     calib: Any, val: Any, min_agreement: float | None, max_miou_drop: float | None) -> Path:  # fmt: skip
+    from . import accuracy
+    from .export_openvino import export_openvino, ir_path
+
+    return export_openvino(
+        model, meta, ir_path(out, stem, opts.precision), precision=opts.precision, calib=calib, val=val,
+        min_agreement=accuracy.DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
+        max_miou_drop=accuracy.DEFAULT_MAX_MIOU_DROP if max_miou_drop is None else max_miou_drop,
+        check=check, log=opts.log,
+    )  # fmt: skip
 
 
 def _format_help() -> str:
@@ -333,23 +357,31 @@ def _format_help() -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=f"Formats: {_format_help()}.")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--format", "-f", "formats", multiple=True, default=("torchscript",), show_default=True,
-              help="torchscript, onnx, aoti, all; repeat or comma-separate for several.")
+              help="torchscript, onnx, aoti, openvino, all; repeat or comma-separate for several.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder [default: beside the checkpoint].")
 @click.option("--img-size", nargs=2, type=int, metavar="H W",
               help="Input size in the metadata (multiples of 16) [default: the checkpoint's].")
 @click.option("--dynamic/--static", default=True, show_default=True,
               help="Dynamic H/W (multiples of 16) or fixed at --img-size; the batch is always dynamic.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32, or fp16 for GPU deployment.")
+@click.option("--precision", default="fp32", show_default=True,
+              help="fp32; fp16 for GPU deployment; bf16 or int8 for --format openvino (accuracy-gated).")
 @click.option("--opset", type=int, help="ONNX opset [default: 18].")
 @click.option("--device", default="cpu", show_default=True, help="Device to export on (an aoti package runs there).")
 @click.option("--classes", help="Class names a,b,c (a seed unet.pth has none; must match the class count).")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Reload each artefact and compare it with the eager model (kept only if it agrees).")
 @click.option("--portable", is_flag=True, help="aoti: AVX2 (x86-64-v3) kernels instead of host-tuned ones.")
+@click.option("--calib", type=click.Path(path_type=Path), metavar="DATA",
+              help="openvino int8: dataset whose training images calibrate (a few dozen are used).")
+@click.option("--val", type=click.Path(path_type=Path), metavar="DATA",
+              help="openvino bf16/int8: validation images for the accuracy gate [default: held back from --calib].")
+@click.option("--min-agreement", type=float, help="Accuracy gate: least pixel agreement with fp32, % [default: 99.0].")
+@click.option("--max-miou-drop", type=float, help="Accuracy gate: most mIoU lost against fp32, points [default: 1.0].")
 def command(checkpoint: Path, formats: tuple[str, ...], out_dir: Path | None, img_size: tuple[int, int] | None,
             dynamic: bool, precision: str, opset: int | None, device: str, classes: str | None, check: bool,
-            portable: bool) -> None:  # fmt: skip
+            portable: bool, calib: Path | None, val: Path | None, min_agreement: float | None,
+            max_miou_drop: float | None) -> None:  # fmt: skip
     """Export CHECKPOINT (a unet-train checkpoint or a seed unet.pth) for deployment.
 
     Writes <stem>.torchscript.pt / <stem>.onnx / <stem>.pt2 plus the <stem>.json sidecar,
@@ -364,9 +396,11 @@ def command(checkpoint: Path, formats: tuple[str, ...], out_dir: Path | None, im
       unet-export unet.pth --classes background,scratch,spot --img-size 256 256 -f onnx
       unet-export runs/a/best.pt -f aoti --portable            # AVX2 package for other CPUs
       unet-export runs/a/best.pt -f onnx --precision fp16      # for ONNX Runtime CUDA
+      unet-export runs/a/best.pt -f openvino --precision int8 --calib data/voc   # Intel CPUs, gated
     """
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     results = export_model(checkpoint, formats, out_dir, img_size, dynamic, precision, opset, device, names,
-                           check, portable)  # fmt: skip
+                           check, portable, calib=calib, val=val, min_agreement=min_agreement,
+                           max_miou_drop=max_miou_drop)  # fmt: skip
     for path in results.values():
         click.echo(str(path))
