@@ -64,11 +64,19 @@ def model_meta(voc_dir):
 
 
 @pytest.fixture(scope="module")
-def fp32_ir(model_meta, tmp_path_factory) -> Path:
-    from unet_deploy.export_openvino import export_openvino
+def checkpoint(model_meta, tmp_path_factory) -> Path:
+    from unet_deploy.checkpoint import save_checkpoint
 
     model, meta = model_meta
-    return export_openvino(model, meta, tmp_path_factory.mktemp("ov") / "tiny.xml", log=lambda line: None)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, meta)
+
+
+@pytest.fixture(scope="module")
+def fp32_ir(checkpoint, tmp_path_factory) -> Path:
+    """``unet-export tiny.pt --format openvino`` through the exporter's table (fp32, parity-checked)."""
+    from unet_deploy.export import export_model
+
+    return export_model(checkpoint, "openvino", out_dir=tmp_path_factory.mktemp("ov"), verbose=False)["openvino"]
 
 
 def _rt_meta(xml: Path) -> ModelMeta:
@@ -170,6 +178,19 @@ def test_reduced_precision_needs_data_and_sane_thresholds(model_meta, tmp_path):
         with pytest.raises(UnetDeployError, match=expected.replace("|", r"\|")):
             export_openvino(model, meta, tmp_path / "m.xml", log=lambda line: None, **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_int8_without_calibration_is_one_line(checkpoint, tmp_path):
+    from click.testing import CliRunner
+
+    from unet_deploy.export import command
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(command, [str(checkpoint), "-f", "openvino", "--precision", "int8", "--out", str(out)])
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last == f"Error: {out / 'tiny.int8.xml'}: int8 needs calibration images: pass --calib DATA (a few dozen training images)"
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_gate_arithmetic_on_known_maps():
