@@ -7,6 +7,7 @@ failure fails it.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import shutil
@@ -81,7 +82,7 @@ def cpp_inputs(tmp_path_factory, labelme_dir) -> list[Path]:
     variants = {
         "gray.png": cv2.cvtColor(base, cv2.COLOR_BGR2GRAY),
         "bgra.png": cv2.cvtColor(base, cv2.COLOR_BGR2BGRA),
-        "deep16.png": base.astype(np.uint16) * 257 + 100,
+        "deep16.png": base.astype(np.uint16) * 256 + 100,
         "small_crop.png": base[100:141, 200:253],
     }
     for name, img in variants.items():
@@ -93,6 +94,11 @@ def cpp_inputs(tmp_path_factory, labelme_dir) -> list[Path]:
 def cpp_models(tmp_path_factory, labelme_dir) -> dict[str, Path]:
     """A tiny UNet trained a few steps on the real images to find dark and bright areas, exported as
     TorchScript (ModelMeta in the extra file) and as an AOTInductor .pt2 (ModelMeta in the sidecar)."""
+    with _one_torch_thread():
+        return _train_and_export(tmp_path_factory.mktemp("cpp_models"), _real_images(labelme_dir))
+
+
+def _train_and_export(out: Path, images: list[Path]) -> dict[str, Path]:
     import torch
 
     from unet_deploy.fileio import read_image
@@ -100,9 +106,8 @@ def cpp_models(tmp_path_factory, labelme_dir) -> dict[str, Path]:
     from unet_deploy.model import UNet
     from unet_deploy.preprocess import preprocess
 
-    out = tmp_path_factory.mktemp("cpp_models")
     meta = ModelMeta(classes=CLASSES, input_size=(64, 64), arch={"base_channels": 8})
-    x = torch.from_numpy(np.stack([preprocess(read_image(p), meta)[0] for p in _real_images(labelme_dir)]))
+    x = torch.from_numpy(np.stack([preprocess(read_image(p), meta)[0] for p in images]))
     gray = x.mean(1)
     y = torch.where(gray < 0.25, 1, torch.where(gray > 0.6, 2, 0))
     torch.manual_seed(0)
@@ -125,7 +130,21 @@ def cpp_models(tmp_path_factory, labelme_dir) -> dict[str, Path]:
 
 
 def _run(exe: Path, *args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300)
+    """`unet_infer` with one inference thread: OpenMP threads spin against each other on a busy 2-core CI box."""
+    return subprocess.run([str(exe), *map(str, args), "--threads", "1"], capture_output=True, text=True, timeout=300)
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch on one thread in this process (as `_run`), the previous setting restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +160,7 @@ def cpp_runs(unet_infer, cpp_models, cpp_inputs, tmp_path_factory) -> dict[str, 
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
+@_one_torch_thread()
 def test_cpp_masks_and_regions_match_the_python_runtime(fmt, cpp_runs, cpp_models, cpp_inputs):
     from unet_deploy.data.palette import read_mask
     from unet_deploy.runtime import Segmenter
@@ -191,6 +211,7 @@ def test_cpp_letterbox_is_pythons(cpp_runs, cpp_models, cpp_inputs):
     assert all(v == 0 for name, v in diffs.items() if name.endswith(".png")), diffs
 
 
+@_one_torch_thread()
 def test_cpp_follows_every_metadata_option(unet_infer, cpp_inputs, tmp_path):
     """The other ModelMeta paths: gray model input, centred padding, a non-square input, mean/std
     normalisation and a one-logit sigmoid head (random weights, warmed BatchNorm)."""
@@ -260,9 +281,16 @@ def test_cpp_clear_errors(unet_infer, cpp_models, cpp_inputs, tmp_path, tiny_che
     assert "regions" in lines[2]  # the good image after the bad ones still went through
 
     done = _run(unet_infer, model, cpp_inputs[0], "--min-area", "lots")
-    assert done.returncode == 1 and "--min-area 'lots' is not a non-negative integer" in done.stderr
+    assert done.returncode == 1 and "--min-area 'lots' is not an integer >= 0" in done.stderr
     done = _run(unet_infer, cpp_models["aoti"], cpp_inputs[0], "--device", "cuda")
     assert done.returncode == 1 and ("compiled for cpu, not cuda" in done.stderr or "no CUDA device" in done.stderr)
+
+
+def test_cpp_repeated_names_get_suffixes(unet_infer, cpp_models, cpp_inputs, tmp_path):
+    image = cpp_inputs[0]
+    done = _run(unet_infer, cpp_models["torchscript"], image, image, "--out", tmp_path, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"{image.stem}.png", f"{image.stem}_1.png"]
 
 
 def _state_dict(checkpoint: Path, path: Path) -> Path:

@@ -1,6 +1,6 @@
 // unet_infer: segment images with an exported unet-deploy model from the command line.
 //
-//   unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--save-input]
+//   unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--threads N] [--save-input]
 //
 // Prints one JSON line per image (file, size, regions, timings; or file and error). With --out
 // it also writes DIR/masks/<stem>.png (palette PNG, pixel = class id), DIR/overlays/<stem>.jpg
@@ -8,6 +8,7 @@
 // 1 on a user error (one line on stderr) or when any image failed.
 #include <filesystem>
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -21,7 +22,7 @@ namespace fs = std::filesystem;
 namespace {
 
 const char* kUsage =
-    "Usage: unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--save-input]\n"
+    "Usage: unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--threads N] [--save-input]\n"
     "\n"
     "  Segment IMAGE(s) with MODEL (model.torchscript.pt or an AOTInductor model.pt2 from unet-export),\n"
     "  preparing pixels exactly as the Python runtime does. One JSON line per image on stdout.\n"
@@ -29,6 +30,7 @@ const char* kUsage =
     "  --out DIR       write DIR/masks/<stem>.png, DIR/overlays/<stem>.jpg and DIR/report.json\n"
     "  --device D      auto (CUDA when libtorch sees a GPU; default), cpu or cuda\n"
     "  --min-area N    drop regions smaller than N pixels (default 0)\n"
+    "  --threads N     CPU threads for inference (default: libtorch's, one per core)\n"
     "  --save-input    also write DIR/inputs/<stem>.png: the letterboxed image the network sees\n"
     "\n"
     "Examples:\n"
@@ -38,13 +40,24 @@ const char* kUsage =
 struct Options {
   std::string model, out, device = "auto";
   std::vector<std::string> images;
-  int min_area = 0;
+  int min_area = 0, threads = 0;
   bool save_input = false;
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
-  std::cerr << "Error: " << message << "\n(run unet_infer --help for the usage)\n";
+  std::cerr << "Error: " << message << " (run unet_infer --help for the usage)\n";
   std::exit(1);
+}
+
+// The integer value of ``flag``, at least ``least``.
+int count(const std::string& flag, const std::string& v, int least) {
+  try {
+    size_t used = 0;
+    const int n = std::stoi(v, &used);
+    if (used == v.size() && n >= least) return n;
+  } catch (const std::exception&) {
+  }
+  usage_error(flag + " '" + v + "' is not an integer >= " + std::to_string(least));
 }
 
 Options parse_args(int argc, char** argv) {
@@ -64,14 +77,9 @@ Options parse_args(int argc, char** argv) {
     } else if (a == "--device") {
       o.device = value(a);
     } else if (a == "--min-area") {
-      const std::string v = value(a);
-      try {
-        size_t used = 0;
-        o.min_area = std::stoi(v, &used);
-        if (used != v.size() || o.min_area < 0) throw std::invalid_argument(v);
-      } catch (const std::exception&) {
-        usage_error("--min-area '" + v + "' is not a non-negative integer");
-      }
+      o.min_area = count(a, value(a), 0);
+    } else if (a == "--threads") {
+      o.threads = count(a, value(a), 1);
     } else if (a == "--save-input") {
       o.save_input = true;
     } else if (a.size() > 1 && a[0] == '-') {
@@ -93,6 +101,20 @@ std::vector<unsigned char> encode(const std::string& ext, const cv::Mat& img, co
   return bytes;
 }
 
+// ``<stem>`` per input for masks/<stem>.png; a repeated stem gets _1, _2, ... (as unet-predict).
+std::vector<std::string> output_stems(const std::vector<std::string>& files) {
+  std::set<std::string> seen;
+  std::vector<std::string> stems;
+  for (const auto& f : files) {
+    const std::string base = fs::path(f).stem().string();
+    std::string stem = base;
+    for (int k = 1; seen.count(stem); ++k) stem = base + "_" + std::to_string(k);
+    seen.insert(stem);
+    stems.push_back(stem);
+  }
+  return stems;
+}
+
 // First line of an exception's message (libtorch appends backtraces).
 std::string one_line(const std::exception& e) {
   std::string s = e.what();
@@ -105,21 +127,24 @@ int main(int argc, char** argv) {
   const Options opt = parse_args(argc, argv);
   std::unique_ptr<unet::Segmenter> seg;
   try {
+    if (opt.threads) unet::set_num_threads(opt.threads);
     seg = std::make_unique<unet::Segmenter>(opt.model, opt.device);
   } catch (const std::exception& e) {
     std::cerr << "Error: " << one_line(e) << "\n";
     return 1;
   }
   const fs::path out(opt.out);
+  const std::vector<std::string> stems = output_stems(opt.images);
   std::vector<std::string> lines;
   int failed = 0;
-  for (const std::string& file : opt.images) {
+  for (size_t i = 0; i < opt.images.size(); ++i) {
+    const std::string& file = opt.images[i];
+    const std::string& stem = stems[i];
     std::string line;
     try {
       const cv::Mat image = unet::read_image(file);
       const unet::Result r = (*seg)(image, opt.min_area);
       if (!opt.out.empty()) {
-        const std::string stem = fs::path(file).stem().string();
         unet::write_file_atomic((out / "masks" / (stem + ".png")).string(), unet::encode_palette_png(r.mask));
         const cv::Mat picture = unet::overlay(image, r.mask, r.regions);
         unet::write_file_atomic((out / "overlays" / (stem + ".jpg")).string(),

@@ -16,6 +16,7 @@
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -481,6 +482,11 @@ std::string sidecar_path(const std::string& model_path) {
     }
   }
   return (p.parent_path() / (name + ".json")).string();
+}
+
+void set_num_threads(int threads) {
+  if (threads < 1) throw Error("threads must be at least 1, not " + std::to_string(threads));
+  at::set_num_threads(threads);
 }
 
 // -- Segmenter ------------------------------------------------------------------------------------

@@ -117,6 +117,9 @@ std::string error_json(const std::string& file, const std::string& message);
 /// ``dir/model.torchscript.pt`` -> ``dir/model.json`` (as meta.sidecar_path does).
 std::string sidecar_path(const std::string& model_path);
 
+/// Threads for CPU inference (at::set_num_threads); by default libtorch takes one per core.
+void set_num_threads(int threads);
+
 // -- the model ----------------------------------------------------------------------------------
 
 /// Loads an exported model (``.torchscript.pt`` or AOTInductor ``.pt2``) with its ModelMeta and
