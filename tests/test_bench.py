@@ -69,18 +69,18 @@ def test_bench_on_exported_onnx_prints_the_table_and_writes_every_field(exported
 
 def test_bench_on_checkpoint_exports_and_compares_with_the_seed_pipeline(tiny_checkpoint, tmp_path):
     out = tmp_path / "bench.json"
-    result = _invoke(str(tiny_checkpoint), *FAST, "--backend", "eager,seed,onnxruntime", "--device", "all",
+    result = _invoke(str(tiny_checkpoint), *FAST, "--backend", "eager,seed,torchscript", "--device", "all",
                      "--json", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     _check_head(report)
     ok = {r["backend"]: r for r in report["results"] if r["device"] == "cpu" and r["precision"] == "fp32"}
-    for name in ("eager", "seed", "onnxruntime"):
+    for name in ("eager", "seed", "torchscript"):
         _check_ok_row(ok[name])
     assert report["reference"] == "eager fp32 cpu" and ok["eager"]["pixel_agreement"] == 1.0
-    assert ok["onnxruntime"]["pixel_agreement"] > 0.999  # the same weights, exported
+    assert ok["torchscript"]["pixel_agreement"] > 0.999  # the same weights, exported
     assert ok["seed"]["pixel_agreement"] > 0.5  # the seed resamples the letterbox its own way
-    assert ok["onnxruntime"]["format"] == "onnx" and ok["onnxruntime"]["artefact"].endswith(".onnx")
+    assert ok["torchscript"]["artefact"].endswith(".torchscript.pt") and "torchscript cpu fp32" in report["export_ms"]
     summary = report["summary"]["cpu"]
     assert summary["speedup_vs_seed"] == pytest.approx(summary["seed_end_to_end_ms"] / summary["best_end_to_end_ms"])
     assert f"{summary['speedup_vs_seed']:.2f}x faster" in result.output

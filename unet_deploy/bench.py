@@ -78,7 +78,9 @@ CASES: list[Case] = [
     Case("torchscript", "fp32", "cuda", "torchscript"),
     Case("torchscript", "fp16", "cuda", "torchscript"),
     Case("onnxruntime", "fp32", "cuda", "onnx"),
+    Case("onnxruntime", "fp16", "cuda", "onnx"),
     Case("aoti", "fp32", "cuda", "aoti"),
+    Case("aoti", "fp16", "cuda", "aoti"),
 ]
 
 # Exported model file suffix -> the format its cases run (a checkpoint is anything else).
@@ -429,9 +431,9 @@ def _seed_predict(model: Any, img: Any, meta: ModelMeta, device: str) -> tuple[S
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Bench names that the runtime registry (``runtime.base.BACKENDS``) knows by another name.
 _RUNTIME_NAMES = {"eager": "checkpoint"}
-# Backends whose precision is a cast when loading (torch modules); the others run an export
-# made at that precision.
-_CAST_AT_LOAD = ("eager", "torchscript")
+# Backends whose precision is a cast when loading; the others run an export made at that
+# precision (``export_model(precision=...)``).
+_CAST_AT_LOAD = ("eager",)
 
 
 def _runtime_name(backend: str) -> str:
@@ -499,8 +501,9 @@ class _ModelSource:
         """The file ``case`` runs: the input itself, or an export made now into ``workdir``."""
         if self.checkpoint is None or case.fmt is None:
             return self.path
-        device = case.device if case.fmt == "aoti" else "cpu"  # an AOTI package is compiled per device
         precision = "fp32" if case.backend in _CAST_AT_LOAD else case.precision
+        # An AOTI package is compiled for one device; reduced precision is exported where it runs.
+        device = case.device if case.fmt == "aoti" or precision != "fp32" else "cpu"
         key = (case.fmt, device, precision)
         if key not in self._exported:
             t0 = time.perf_counter()
@@ -511,14 +514,14 @@ class _ModelSource:
 
 
 def _export(checkpoint: Path, fmt: str, out_dir: Path, meta: ModelMeta, device: str, precision: str) -> Path:
-    """Export ``checkpoint`` to ``fmt`` at ``meta.input_size`` with ``unet_deploy.export.export_model``."""
-    from .export import export_model
+    """Export ``checkpoint`` to ``fmt`` with ``unet_deploy.export.export_model``, as deployed: height
+    and width fixed at ``meta.input_size`` (the runtime always letterboxes to it), batch dynamic."""
+    from .export import export_model, get_format
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = export_model(checkpoint, fmt, out_dir=out_dir, img_size=meta.input_size, device=device)
-    if isinstance(result, dict):
-        return Path(result[fmt])
-    return Path(result[0] if isinstance(result, (list, tuple)) else result)
+    static = "dynamic" in get_format(fmt).options  # the formats that can fix H and W do
+    result = export_model(checkpoint, fmt, out_dir=out_dir, img_size=meta.input_size, dynamic=not static,
+                          precision=precision, device=device, check=False, verbose=False)  # fmt: skip
+    return Path(result[fmt])
 
 
 def _open_model(path: Path, img_size: Sequence[int] | None, workdir: Path) -> _ModelSource:
@@ -737,10 +740,9 @@ def benchmark(
                 continue
             try:
                 row = run_case(case, source, image, settings, reference, log)
-            except UnetDeployError:
-                raise
             except Exception as e:  # a backend that fails here is a finding, not the end of the run
-                msg = " ".join(str(e).split())[:300] or type(e).__name__
+                text = e.message if isinstance(e, UnetDeployError) else str(e)
+                msg = " ".join(text.split())[:300] or type(e).__name__
                 row = {"backend": case.backend, "precision": case.precision, "device": case.device,
                        "format": case.fmt, "status": f"error: {type(e).__name__}: {msg}"}  # fmt: skip
                 log(f"  error: {msg}")
