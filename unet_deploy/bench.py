@@ -656,7 +656,7 @@ def run_case(
         row["throughput"] = []
         for b in settings.batches:
             try:
-                row["throughput"].append(_throughput(runner, image, b, settings, e2e, deadline, case.device))
+                row["throughput"].append(_throughput(runner, image, b, settings, row, deadline, case.device))
             except UnetDeployError as e:  # e.g. a model exported for one batch size only
                 row["throughput"].append({"batch": b, "status": f"error: {e.message}"})
     row["memory_mb"] = {"rss_peak_delta": rss.delta_mb}
@@ -673,9 +673,16 @@ def run_case(
     return row
 
 
-def _throughput(runner: Runner, image: np.ndarray, batch: int, settings: BenchSettings, e2e_ms: float,
+def _throughput(runner: Runner, image: np.ndarray, batch: int, settings: BenchSettings, single: dict[str, Any],
                 deadline: float, device: str) -> dict[str, Any]:  # fmt: skip
-    """Images/s at ``batch`` images per call, unless its projected time passes ``deadline``."""
+    """Images/s at ``batch`` images per call, unless its projected time passes ``deadline``.
+
+    ``single`` is the batch-1 latency measurement (``latency_ms`` and ``runs``), reused for batch 1.
+    """
+    e2e_ms = single["latency_ms"]["end_to_end"]["p50"]
+    if batch == 1:
+        return {"batch": 1, "status": "ok", "runs": single["runs"], "images_per_s": 1000.0 / e2e_ms,
+                "ms_per_image": e2e_ms, "latency_ms": single["latency_ms"]}  # fmt: skip
     runs = max(2, min(settings.runs, math.ceil(settings.runs / batch)))
     projected = (1 + runs) * batch * e2e_ms / 1000.0
     if time.perf_counter() + projected > deadline:
