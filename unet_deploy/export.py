@@ -11,6 +11,7 @@ export leaves no file behind.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import os
@@ -19,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import click
 
@@ -69,6 +70,10 @@ EXPORT_FORMATS: tuple[ExportFormat, ...] = (
 PLANNED_FORMATS: dict[str, str] = {}
 # Parity tolerances: max |logit diff| relative to max(1, max |eager logit|), argmax agreement in %.
 TOLERANCE = {"fp32": (1e-4, 99.99), "fp16": (1e-2, 99.5)}
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def get_format(arg: str) -> ExportFormat:
@@ -161,13 +166,11 @@ def _source(checkpoint_or_model: Any, classes: Sequence[str] | None) -> tuple[An
         if len(classes) != meta.num_classes:
             raise UnetDeployError(f"the model has {meta.num_classes} classes {meta.classes}, not {len(classes)}")
         meta = replace(meta, classes=list(classes))
-    return model.cpu().eval(), meta, "model", None
+    return copy.deepcopy(model).cpu().eval(), meta, "model", None  # the caller's model stays as it was
 
 
 def _half_precision(model: Any) -> Any:
     """A copy of ``model`` that runs in fp16 but takes float32 images and returns float32 logits."""
-    import copy
-
     import torch
 
     class HalfPrecision(torch.nn.Module):
@@ -203,13 +206,13 @@ def parity(reference: list[Any], run: Any, inputs: list[Any], precision: str) ->
     import torch
 
     atol, min_agree = TOLERANCE[precision]
+    labels = (lambda t: (t[:, 0] > 0) if t.shape[1] == 1 else t.argmax(1))  # noqa: E731 - one-logit head: > 0
     worst, agree, total = 0.0, 0, 0
     with torch.inference_mode():
         for x, ref in zip(inputs, reference):
             got = run(x).float().cpu()
             scale = max(1.0, float(ref.abs().max()))
             worst = max(worst, float((got - ref).abs().max()) / scale)
-            labels = (lambda t: (t[:, 0] > 0) if t.shape[1] == 1 else t.argmax(1))
             agree += int((labels(got) == labels(ref)).sum())
             total += ref.shape[0] * ref.shape[2] * ref.shape[3]
     pct = 100.0 * agree / total
@@ -276,6 +279,7 @@ def export_model(
     val: str | Path | None = None,
     min_agreement: float | None = None,
     max_miou_drop: float | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Export a checkpoint (ours or a seed ``unet.pth``), a ``UNet`` or ``(UNet, ModelMeta)`` to ``formats``.
 
@@ -284,11 +288,12 @@ def export_model(
     (H, W multiples of 16) sets the metadata's input size and the export example;
     ``dynamic=False`` fixes H and W there. With ``check`` each artefact is reloaded and
     compared with the eager model before it is kept. ``openvino`` at bf16/int8 also needs
-    ``calib`` (int8) and ``val`` for its accuracy gate (``unet_deploy.export_openvino``). Returns ``{format: path}``.
+    ``calib`` (int8) and ``val`` for its accuracy gate (``unet_deploy.export_openvino``). Progress goes to stderr, one line per
+    stage (``log`` replaces that, ``verbose=False`` silences it). Returns ``{format: path}``.
     """
     t_start = time.perf_counter()
     rows = resolve_formats(formats, precision)
-    opts = ExportOptions(dynamic, precision, opset, device, portable, _echo if verbose else (lambda _: None))
+    opts = ExportOptions(dynamic, precision, opset, device, portable, log or (_echo if verbose else _quiet))
     _check_options(rows, opts)
     size = check_size(img_size, "--img-size") if img_size is not None else None
     opts.device = _check_device(device, rows)
