@@ -92,8 +92,8 @@ def cpp_inputs(tmp_path_factory, labelme_dir) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def cpp_models(tmp_path_factory, labelme_dir) -> dict[str, Path]:
-    """A tiny UNet trained a few steps on the real images to find dark and bright areas, exported as
-    TorchScript (ModelMeta in the extra file) and as an AOTInductor .pt2 (ModelMeta in the sidecar)."""
+    """A tiny UNet trained a few steps on the real images to find dark and bright areas, exported by
+    `unet-export`'s export_model to TorchScript and AOTInductor (.pt2), ModelMeta inside each."""
     with _one_torch_thread():
         return _train_and_export(tmp_path_factory.mktemp("cpp_models"), _real_images(labelme_dir))
 
@@ -101,8 +101,9 @@ def cpp_models(tmp_path_factory, labelme_dir) -> dict[str, Path]:
 def _train_and_export(out: Path, images: list[Path]) -> dict[str, Path]:
     import torch
 
+    from unet_deploy.export import export_model
     from unet_deploy.fileio import read_image
-    from unet_deploy.meta import TORCHSCRIPT_EXTRA_FILE, ModelMeta
+    from unet_deploy.meta import ModelMeta
     from unet_deploy.model import UNet
     from unet_deploy.preprocess import preprocess
 
@@ -120,13 +121,7 @@ def _train_and_export(out: Path, images: list[Path]) -> dict[str, Path]:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     model.eval()
-    paths = {"torchscript": out / "tiny.torchscript.pt", "aoti": out / "tiny.pt2"}
-    torch.jit.save(torch.jit.script(model), str(paths["torchscript"]), _extra_files={TORCHSCRIPT_EXTRA_FILE: meta.to_json()})
-    with torch.no_grad():
-        program = torch.export.export(model, (x[:1],))
-    torch._inductor.aoti_compile_and_package(program, package_path=str(paths["aoti"]))
-    meta.save(out / "tiny.json")
-    return paths
+    return export_model((model, meta), ["torchscript", "aoti"], out_dir=out, verbose=False)
 
 
 def _run(exe: Path, *args: str | Path) -> subprocess.CompletedProcess:
@@ -166,11 +161,10 @@ def test_cpp_masks_and_regions_match_the_python_runtime(fmt, cpp_runs, cpp_model
     from unet_deploy.runtime import Segmenter
 
     out, lines = cpp_runs[fmt]
-    seg = Segmenter(cpp_models[fmt], device="cpu")
+    refs = Segmenter(cpp_models[fmt], device="cpu").predict_batch(cpp_inputs, batch_size=8)
     assert [line["file"] for line in lines] == [str(p) for p in cpp_inputs]
     agree, total, region_count = 0, 0, 0
-    for path, line in zip(cpp_inputs, lines):
-        ref = seg(path)
+    for path, line, ref in zip(cpp_inputs, lines, refs):
         mask = read_mask(out / "masks" / f"{path.stem}.png")  # a palette PNG: pixel = class id
         assert mask.shape == ref.mask.shape and line["size"] == list(ref.size)
         agree += int((mask == ref.mask).sum())
@@ -191,11 +185,11 @@ def test_cpp_masks_and_regions_match_the_python_runtime(fmt, cpp_runs, cpp_model
 def test_cpp_letterbox_is_pythons(cpp_runs, cpp_models, cpp_inputs):
     """The letterboxed pixels (--save-input) against preprocess.letterbox on the same decoded image."""
     from unet_deploy.fileio import read_image
-    from unet_deploy.meta import ModelMeta
+    from unet_deploy.meta import ModelMeta, sidecar_path
     from unet_deploy.preprocess import letterbox, to_model_color
 
     out, _ = cpp_runs["torchscript"]
-    meta = ModelMeta.load(cpp_models["aoti"].with_suffix(".json"))
+    meta = ModelMeta.load(sidecar_path(cpp_models["torchscript"]))
     diffs = {}
     for path in cpp_inputs:
         image = read_image(path)
@@ -214,12 +208,13 @@ def test_cpp_letterbox_is_pythons(cpp_runs, cpp_models, cpp_inputs):
 @_one_torch_thread()
 def test_cpp_follows_every_metadata_option(unet_infer, cpp_inputs, tmp_path):
     """The other ModelMeta paths: gray model input, centred padding, a non-square input, mean/std
-    normalisation and a one-logit sigmoid head (random weights, warmed BatchNorm)."""
+    normalisation, a one-logit sigmoid head (random weights, warmed BatchNorm), and the metadata
+    read from the <stem>.json sidecar of a TorchScript file that has no extra file."""
     import torch
 
     from unet_deploy.data.palette import read_mask
     from unet_deploy.fileio import read_image
-    from unet_deploy.meta import TORCHSCRIPT_EXTRA_FILE, ModelMeta
+    from unet_deploy.meta import ModelMeta, sidecar_path
     from unet_deploy.model import UNet
     from unet_deploy.preprocess import preprocess
     from unet_deploy.runtime import Segmenter
@@ -234,7 +229,8 @@ def test_cpp_follows_every_metadata_option(unet_infer, cpp_inputs, tmp_path):
         x = torch.from_numpy(np.stack([preprocess(read_image(p), meta)[0] for p in cpp_inputs]))
         model.out.bias -= model(x).median()
     path = tmp_path / "gray.torchscript.pt"
-    torch.jit.save(torch.jit.script(model), str(path), _extra_files={TORCHSCRIPT_EXTRA_FILE: meta.to_json()})
+    torch.jit.save(torch.jit.script(model), str(path))
+    meta.save(sidecar_path(path))
     done = _run(unet_infer, path, *cpp_inputs, "--out", tmp_path / "out", "--device", "cpu")
     assert done.returncode == 0, done.stderr
     seg = Segmenter(path, device="cpu")

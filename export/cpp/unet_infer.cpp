@@ -14,6 +14,9 @@
 #include <regex>
 #include <sstream>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <ATen/Parallel.h>
@@ -159,6 +162,27 @@ ArchiveKind archive_kind(const std::string& path) {
     return ArchiveKind::NotZip;
   }
 }
+
+// Silences file descriptor 2 while alive (the AOTI runtime logs a refused input before throwing).
+class QuietStderr {
+ public:
+  QuietStderr() : saved_(dup(2)) {
+    const int null = open("/dev/null", O_WRONLY);
+    if (saved_ >= 0 && null >= 0) dup2(null, 2);
+    if (null >= 0) close(null);
+  }
+  ~QuietStderr() {
+    if (saved_ >= 0) {
+      dup2(saved_, 2);
+      close(saved_);
+    }
+  }
+  QuietStderr(const QuietStderr&) = delete;
+  QuietStderr& operator=(const QuietStderr&) = delete;
+
+ private:
+  int saved_;
+};
 
 }  // namespace
 
@@ -499,7 +523,8 @@ struct Segmenter::Impl {
   c10::ScalarType dtype = c10::kFloat;
   std::optional<torch::jit::Module> module;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> aoti;
-  int64_t fixed_batch = 0;  // an AOTI package compiled for one batch size (learnt on first run)
+  int64_t pad_batch = 0;  // the batch an AOTI package accepts when 1 is not (learnt on the first run)
+  bool probed = false;
 
   ModelMeta meta_from_sidecar(const std::string& why) const {
     const std::string side = sidecar_path(path);
@@ -553,23 +578,29 @@ struct Segmenter::Impl {
   }
 
   at::Tensor run_aoti(const at::Tensor& x) {
-    if (fixed_batch > 1) {  // pad to the package's batch size, keep the first rows
-      at::Tensor padded = at::zeros({fixed_batch, x.size(1), x.size(2), x.size(3)}, x.options());
+    if (x.size(0) < pad_batch) {  // pad to the batch the package accepts, keep the first rows
+      at::Tensor padded = at::zeros({pad_batch, x.size(1), x.size(2), x.size(3)}, x.options());
       padded.narrow(0, 0, x.size(0)).copy_(x);
       return aoti->run({padded})[0].narrow(0, 0, x.size(0));
     }
     try {
+      if (probed) return aoti->run({x})[0];
+      probed = true;  // the first run may be refused for its batch size: keep the runtime's log line quiet
+      QuietStderr quiet;
       return aoti->run({x})[0];
     } catch (const std::exception& e) {
-      static const std::regex fixed(R"(unmatched dim value at (\d+), expected: (\d+), but got: (\d+))");
+      // With AOTI_RUNTIME_CHECK_INPUTS the package names the size it wants: a fixed batch
+      // ("unmatched dim value at 0, expected: 4") or a least batch of a dynamic one
+      // (torch.export makes dynamic dims >= 2: "dim value is too small at 0, expected it to be >= 2").
+      static const std::regex wanted(R"((?:unmatched dim value|dim value is too small) at (\d+), expected(?: it to be >=|:) (\d+), but got: (\d+))");
       std::smatch m;
       const std::string what = e.what();
-      if (!std::regex_search(what, m, fixed)) throw;
-      if (std::stoi(m[1]) == 0 && fixed_batch == 0) {
-        fixed_batch = std::stoll(m[2]);
+      if (!std::regex_search(what, m, wanted)) throw;
+      if (std::stoi(m[1]) == 0 && pad_batch == 0 && std::stoll(m[2]) > x.size(0)) {
+        pad_batch = std::stoll(m[2]);
         return run_aoti(x);
       }
-      throw Error(path + ": the package fixes input dim " + m[1].str() + " at " + m[2].str() + ", got " + m[3].str() +
+      throw Error(path + ": the package wants input dim " + m[1].str() + " = " + m[2].str() + ", got " + m[3].str() +
                   "; re-export it for this input size");
     }
   }
