@@ -55,17 +55,19 @@ def _cpu(*rows: tuple[str, str, str | None]) -> list[Case]:
 
 
 _MAIN_CPU = _cpu(("eager", "fp32", None), ("seed", "fp32", None), ("eager", "bf16", None),
-                 ("torchscript", "fp32", "torchscript"), ("onnxruntime", "fp32", "onnx"))  # fmt: skip
+                 ("torchscript", "fp32", "torchscript"), ("onnxruntime", "fp32", "onnx"),
+                 ("openvino", "fp32", "openvino"))  # fmt: skip
 _ALL_CPU = _MAIN_CPU + _cpu(("aoti", "fp32", "aoti"))
 
 # The standard CPU matrix. The seed-size model at 512 px costs 4x the 256 px one per image, so
-# it runs the baseline and the two backends that matter most, at batch 1. AOTInductor compiles
+# it runs the baseline and the backends that matter most, at batch 1. AOTInductor compiles
 # for minutes on 2 cores: it runs on the seed-size model at 256 px, last, so that an overrun
 # costs the other rows nothing.
 CPU_MATRIX: list[Config] = [
     Config("seed-size UNet, 256x256", 64, 256, _ALL_CPU, batches=(1, 4), runs=8, warmup=2, share=0.55, acceptance=True),
     Config("seed-size UNet, 512x512", 64, 512, _cpu(("eager", "fp32", None), ("seed", "fp32", None),
-           ("onnxruntime", "fp32", "onnx")), batches=(1,), runs=5, warmup=1, share=0.3),  # fmt: skip
+           ("onnxruntime", "fp32", "onnx"), ("openvino", "fp32", "openvino")), batches=(1,), runs=5, warmup=1,
+           share=0.3),  # fmt: skip
     Config("base-16 UNet, 256x256", 16, 256, _MAIN_CPU, batches=(1, 4, 16), runs=20, warmup=3, share=0.15),
 ]
 

@@ -31,7 +31,7 @@ _ALL_CUDA = _cuda(("eager", "fp32", None), ("seed", "fp32", None), ("eager", "fp
                   ("torchscript", "fp32", "torchscript"), ("torchscript", "fp16", "torchscript"),
                   ("onnxruntime", "fp32", "onnx"), ("aoti", "fp32", "aoti"))  # fmt: skip
 _MAIN_CPU = [Case("eager", "fp32", "cpu"), Case("seed", "fp32", "cpu"), Case("eager", "bf16", "cpu"),
-             Case("onnxruntime", "fp32", "cpu", "onnx")]  # fmt: skip
+             Case("onnxruntime", "fp32", "cpu", "onnx"), Case("openvino", "fp32", "cpu", "openvino")]  # fmt: skip
 
 GPU_MATRIX: list[Config] = [
     Config("seed-size UNet, 256x256", 64, 256, _ALL_CUDA + _MAIN_CPU, batches=(1, 4, 16), runs=50, warmup=5,

@@ -15,6 +15,7 @@ an inference stage returns host memory, so CUDA work is synchronised inside it.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import json
 import math
 import os
@@ -71,6 +72,7 @@ CASES: list[Case] = [
     Case("torchscript", "fp32", "cpu", "torchscript"),
     Case("onnxruntime", "fp32", "cpu", "onnx"),
     Case("aoti", "fp32", "cpu", "aoti"),
+    Case("openvino", "fp32", "cpu", "openvino"),
     Case("eager", "fp32", "cuda"),
     Case("seed", "fp32", "cuda"),
     Case("eager", "fp16", "cuda"),
@@ -431,6 +433,8 @@ def _seed_predict(model: Any, img: Any, meta: ModelMeta, device: str) -> tuple[S
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Bench names that the runtime registry (``runtime.base.BACKENDS``) knows by another name.
 _RUNTIME_NAMES = {"eager": "checkpoint"}
+# Backends that run without torch.
+_TORCH_FREE = ("onnxruntime", "openvino")
 # Backends whose precision is a cast when loading; the others run an export made at that
 # precision (``export_model(precision=...)``).
 _CAST_AT_LOAD = ("eager",)
@@ -552,12 +556,18 @@ def _open_model(path: Path, img_size: Sequence[int] | None, workdir: Path) -> _M
 def _skip_reason(case: Case, source: _ModelSource, explicit_precision: bool) -> str | None:
     """Why ``case`` cannot run here (``None``: it can)."""
     if source.checkpoint is None and _runtime_name(case.backend) != source.backend:
-        return f"needs the checkpoint (the input is a {source.backend} model)"
+        return f"needs the checkpoint (the input is an exported {source.backend} model)"
     if case.backend not in _backend_names():
         return f"the runtime has no backend {case.backend!r}"
-    needs_torch = case.backend != "onnxruntime"
-    if needs_torch and _torch() is None:
+    if case.backend not in _TORCH_FREE and _torch() is None:
         return "torch is not installed"
+    if case.backend in _TORCH_FREE and importlib.util.find_spec(case.backend) is None:
+        return f"{case.backend} is not installed"
+    if source.checkpoint is not None and case.fmt is not None:
+        from .export import EXPORT_FORMATS
+
+        if case.fmt not in {f.arg for f in EXPORT_FORMATS}:
+            return f"export_model cannot make {case.fmt} yet"
     if case.device == "cuda":
         if case.backend == "onnxruntime":
             import onnxruntime as ort
@@ -664,13 +674,21 @@ def run_case(
         row["memory_mb"]["cuda_max_allocated"] = torch.cuda.max_memory_allocated() / 2**20
         row["memory_mb"]["cuda_used_delta"] = (cuda_free0 - torch.cuda.mem_get_info()[0]) / 2**20
     row["artefact"] = str(runner.artefact) if runner.artefact else None
-    row["size_mb"] = runner.artefact.stat().st_size / 2**20 if runner.artefact and runner.artefact.is_file() else None
+    row["size_mb"] = _size_mb(runner.artefact)
     row["pixel_agreement"] = float((masks[0] == reference).mean()) if reference is not None else None
     row["mask"] = masks[0]  # removed before the report is written; the first row's is the reference
     row["status"] = "ok"
     row["seconds"] = time.perf_counter() - start
     log(f"  {case.name}: e2e p50 {e2e:.1f} ms, first result {row['first_result_ms']:.0f} ms, {row['runs']} runs")
     return row
+
+
+def _size_mb(path: Path | None) -> float | None:
+    """Size of a model file in MiB (an OpenVINO ``.xml`` with its ``.bin`` weights)."""
+    if path is None or not path.is_file():
+        return None
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(p.stat().st_size for p in files if p.is_file()) / 2**20
 
 
 def _throughput(runner: Runner, image: np.ndarray, batch: int, settings: BenchSettings, single: dict[str, Any],
@@ -723,7 +741,9 @@ def benchmark(
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as tmp:
         source = _open_model(Path(model), img_size, Path(tmp))
         if source.checkpoint is None:  # an exported model: its own backend, and the seed row saying why not
-            cases = [c for c in cases if _runtime_name(c.backend) == source.backend or c.backend == "seed"]
+            precision = str(source.meta.extra.get("precision", "fp32"))  # what the export wrote
+            devices = list(dict.fromkeys(c.device for c in cases))
+            cases = [Case(source.backend, precision, d) for d in devices] + [c for c in cases if c.backend == "seed"]
         report = _report_head(source, image, image_desc, settings)
         if hw_limit and source.checkpoint is not None:
             devices = sorted({c.device for c in cases} & set(DEVICES) - ({"cuda"} if not _cuda_available() else set()))
