@@ -725,7 +725,7 @@ def benchmark(
     log: Callable[[str], None] = lambda s: None,
     image_desc: str | None = None,
 ) -> dict[str, Any]:
-    """Benchmark ``model`` (a checkpoint, or an exported .onnx/.torchscript.pt/.pt2) over ``cases``.
+    """Benchmark ``model`` (a checkpoint, or an exported .onnx/.torchscript.pt/.pt2/.xml) over ``cases``.
 
     A checkpoint is exported to each format a case needs, into a temporary folder. ``image``
     is the source image (default ``source_image()`` 1920x1080); ``img_size`` overrides a
@@ -1002,7 +1002,7 @@ def _split(values: Sequence[str]) -> list[str]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--backend", "backends", multiple=True, metavar="NAME[,NAME]",
-              help="Backends to run (default all that apply): eager, seed, torchscript, onnxruntime, aoti, ...")
+              help="Backends to run (default all that apply): eager, seed, torchscript, onnxruntime, aoti, openvino.")
 @click.option("--precision", "precisions", multiple=True, metavar="P[,P]",
               help="fp32, bf16, fp16 (default: fp32 and what the device computes natively).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "all"]), default="auto", show_default=True,
@@ -1025,7 +1025,7 @@ def _split(values: Sequence[str]) -> list[str]:
 def command(model: Path, backends: tuple[str, ...], precisions: tuple[str, ...], device: str, batches: tuple[str, ...],
             runs: int, warmup: int, img_size: tuple[int, int] | None, source_size: tuple[int, int], image: Path | None,
             threads: int | None, budget: float, hw_limit: bool, json_path: Path | None, md_path: Path | None, quiet: bool) -> None:  # fmt: skip
-    """Benchmark MODEL (a checkpoint or an exported .onnx/.torchscript.pt/.pt2) per backend and stage.
+    """Benchmark MODEL (a checkpoint, or an exported .onnx/.torchscript.pt/.pt2/.xml) per backend and stage.
 
     For each backend and precision: preprocess, inference, postprocess and end-to-end latency
     (p50/p90/p99) on a full-size source image, images/s per batch size, first-result time
