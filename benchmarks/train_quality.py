@@ -86,20 +86,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--base-channels", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=14)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--loss", default="ce+dice")
-    ap.add_argument("--precisions", default="fp32,bf16", help="trainings to run (throughput is measured for both)")
+    ap.add_argument("--class-weights", default="auto")
+    ap.add_argument("--dropout", type=float, default=0.0, help="Dropout2d rate while training (seed: 0.3)")
+    ap.add_argument("--precisions", default="fp32,bf16", help="trainings to run")
+    ap.add_argument("--throughput", default="fp32,bf16", help="precisions whose training-step images/s is measured")
     ap.add_argument("--budget", type=float, default=BUDGET_S, help="training seconds allowed")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--record", type=Path, default=None, help=f"write the Markdown record (e.g. {RECORD})")
     ap.add_argument("--note", default="", help="a line added to the record (e.g. machine load)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     voc = prepare_data(args.work, args.count, args.size, seed=0)
     classes = (voc / "class_names.txt").read_text().split()
     load_before = _load()
     throughput = {p: step_throughput(p, len(classes), args.base_channels, args.size, args.batch_size)
-                  for p in ("fp32", "bf16")}
+                  for p in args.throughput.split(",") if p}
     print("training-step throughput:", {k: f"{v:.2f} img/s" for k, v in throughput.items()}, flush=True)
 
     results = {}
@@ -107,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         run = args.work / f"run_{precision}_{args.epochs}e"
         t0 = time.perf_counter()
         train(voc, run, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, img_size=args.size,
-              base_channels=args.base_channels, loss=args.loss, amp=precision == "bf16", seed=0,
+              base_channels=args.base_channels, loss=args.loss, class_weights=args.class_weights, dropout=args.dropout,
+              amp=precision == "bf16", seed=0,
               overwrite=True, progress=False)
         results[precision] = summarise(run, args.budget)
         results[precision]["total"] = time.perf_counter() - t0
@@ -132,7 +139,8 @@ def render(args, classes, throughput, results, load_before, load_after) -> str:
         f"`python benchmarks/train_quality.py --epochs {args.epochs} --record ...` — {args.count} synthetic images "
         f"{args.size}x{args.size} (`unet-deploy synth`, seed 0) converted with `unet-deploy labelme`, classes "
         f"{', '.join(classes)}; 20% held out for validation (seeded). UNet base_channels {args.base_channels}, "
-        f"batch {args.batch_size}, Adam lr {args.lr} (warm-up + cosine), loss {args.loss}, augmentation on, "
+        f"batch {args.batch_size}, Adam lr {args.lr} (warm-up + cosine), loss {args.loss}, class weights "
+        f"{args.class_weights}, dropout {args.dropout}, augmentation on, "
         f"deterministic mode. Target: val mIoU >= {TARGET_MIOU} within {args.budget:.0f} s of training.",
         "",
         f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "

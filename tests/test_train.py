@@ -54,7 +54,7 @@ def _python(*args, **kw) -> subprocess.Popen:
 
 def test_two_epochs_then_resume_a_third(voc, tmp_path):
     run = tmp_path / "run"
-    best = train(voc, run, epochs=2, **TINY_KW)
+    best = train(voc, run, epochs=2, dropout=0.1, **TINY_KW)
     assert best == run / "best.pt"
     assert len(read_metrics_csv(run / "metrics.csv")) == 2
 
@@ -71,6 +71,7 @@ def test_two_epochs_then_resume_a_third(voc, tmp_path):
         assert meta.arch["base_channels"] == 8 and model.out.out_channels == 3
     last = read_checkpoint(run / "last.pt")  # weights_only=True: all training state is plain data
     assert last["epoch"] == 3 and last["config"]["epochs"] == 3 and len(last["history"]) == 3
+    assert last["config"]["dropout"] == 0.1  # a resumed run keeps its settings
     best_row = max(rows, key=lambda r: r["miou"])
     assert read_checkpoint(run / "best.pt")["metrics"]["miou"] == pytest.approx(best_row["miou"], abs=1e-6)
     assert sorted(p.name for p in (run / "samples").iterdir()) == [f"epoch_00{i}.jpg" for i in (1, 2, 3)]
@@ -141,6 +142,7 @@ def test_init_from_a_checkpoint_with_other_classes_and_bf16(voc, tiny_checkpoint
     (["--class-weights", "1,2"], "2 values for 3 classes"),
     (["--img-size", "50"], "not a multiple of 16"),
     (["--val-split", "1.5"], "must lie in [0, 1)"),
+    (["--dropout", "1"], "must lie in [0, 1)"),
 ])
 def test_user_errors_are_one_line(voc, tmp_path, args, message):
     result = CliRunner().invoke(command, [str(voc), "--out", str(tmp_path / "r"), "--epochs", "1", *args])

@@ -53,6 +53,7 @@ class TrainOptions:
     loss: str = "ce"
     class_weights: str | None = None
     augment: bool = True
+    dropout: float | None = None
     device: str = "auto"
     amp: bool | None = None
     workers: int | None = None
@@ -73,6 +74,8 @@ class TrainOptions:
             raise UnetDeployError(f"upsample {self.upsample!r} must be one of {UPSAMPLE_MODES}")
         if self.pad not in PAD_MODES:
             raise UnetDeployError(f"pad {self.pad!r} must be one of {PAD_MODES}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise UnetDeployError(f"--dropout {self.dropout} must lie in [0, 1)")
         if self.epochs is not None and self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UnetDeployError("--epochs, --batch-size and --lr must be positive")
 
@@ -419,6 +422,8 @@ class _Trainer:
         weights = _class_weights(opts.class_weights, train_set)
         loss_weight = torch.tensor(weights, device=self.device) if weights else None
 
+        if opts.dropout is not None:
+            set_dropout(model, opts.dropout)
         model.to(self.device)
         net = model
         if dist.world > 1:
@@ -582,6 +587,15 @@ class _Trainer:
         write_image(self.out / "samples" / f"epoch_{epoch:03d}.jpg", np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
+def set_dropout(model: "torch.nn.Module", p: float) -> None:
+    """Set the rate of every Dropout2d (the seed's blocks use 0.3); weights and exports are unaffected."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout2d):
+            module.p = p
+
+
 def _load_state(model, state_dict, source) -> Any:
     try:
         model.load_state_dict(state_dict)
@@ -694,6 +708,9 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
 @click.option("--loss", type=click.Choice(LOSSES), default="ce", help="Cross-entropy (ignore 255), or plus soft Dice.")
 @click.option("--class-weights", default=None, help="'auto' (inverse sqrt pixel frequency) or one weight per class: 1,4,4.")
 @click.option("--augment/--no-augment", default=True, help="Flips, 90-degree turns, scale/shift, brightness/contrast.")
+@click.option("--dropout", type=float, default=None,
+              help="Dropout2d rate in the UNet blocks while training (no effect on weights or exports).  "
+                   "[default: the seed's 0.3]")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU).")
 @click.option("--amp/--no-amp", default=None,
               help="Mixed precision: fp16 + GradScaler on CUDA, bf16 on CPU.  [default: on for CUDA and bf16-capable CPUs]")
