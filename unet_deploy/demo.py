@@ -1,0 +1,162 @@
+"""`unet-deploy demo`: the whole pipeline on built-in synthetic data, ending in an HTML report.
+
+synth (images + labelme JSON) -> labelme conversion -> short training -> export to every
+format -> prediction on held-back images -> latency benchmark -> ``OUT/report.html``.
+"""
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+# Small enough for ~5 minutes of training on a 2-core CPU, big enough to learn the defects.
+DEMO = {"train_images": 96, "holdout_images": 8, "size": (256, 256), "img_size": 128,
+        "base_channels": 16, "epochs": 12, "batch_size": 8, "seed": 0}
+
+
+def _stage(name: str):
+    """Print one line per stage with the seconds it took."""
+
+    class _Timer:
+        def __enter__(self):
+            self.t = time.perf_counter()
+            click.echo(f"[demo] {name} ...")
+            return self
+
+        def __exit__(self, *exc):
+            if exc[0] is None:
+                click.echo(f"[demo] {name}: done in {time.perf_counter() - self.t:.1f} s")
+
+    return _Timer()
+
+
+def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
+    """Run the pipeline into ``out`` and return the path of ``report.html``.
+
+    ``quick`` shrinks everything (tests use it); the default settles in a few minutes on a
+    2-core CPU.
+    """
+    from .data.labelme import convert_folder, labelme_to_mask, read_class_names
+    from .data.synthetic import generate
+    from .export import export_model
+    from .runtime import Segmenter
+    from .train import read_metrics_csv, train
+
+    cfg = dict(DEMO)
+    if quick:
+        cfg.update(train_images=12, holdout_images=2, size=(96, 96), img_size=64, base_channels=8,
+                   epochs=1, batch_size=4)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *args, **kwargs):
+        t = time.perf_counter()
+        with _stage(name):
+            result = fn(*args, **kwargs)
+        timings[name] = round(time.perf_counter() - t, 1)
+        return result
+
+    raw, holdout = out / "raw", out / "holdout"
+    timed("synthetic images + labelme JSON", generate, raw, cfg["train_images"], size=cfg["size"], seed=cfg["seed"])
+    timed("held-back images", generate, holdout, cfg["holdout_images"], size=cfg["size"], seed=cfg["seed"] + 1000)
+    dataset = out / "dataset"
+    timed("labelme -> VOC dataset", convert_folder, raw, dataset, labels_file=raw / "labels.txt")
+    classes = read_class_names(dataset)
+    best = timed("training", train, dataset, out / "run", epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                 img_size=cfg["img_size"], base_channels=cfg["base_channels"], seed=cfg["seed"],
+                 overwrite=True)
+    exported = timed("export (every format)", export_model, best, "all", out_dir=out / "export")
+    onnx_path = exported["onnx"]
+
+    seg = Segmenter(onnx_path, device="auto")
+    images = sorted(holdout.glob("*.json"))
+    rows, confusion = [], np.zeros((len(classes), len(classes)), np.int64)
+    predict_dir = out / "predict"
+
+    def predict_all():
+        from .postprocess import overlay
+        from .fileio import write_image
+
+        for js in images:
+            image, truth = labelme_to_mask(js, {c: i for i, c in enumerate(classes)})
+            res = seg(image)
+            keep = truth != 255
+            confusion[:] += np.bincount(truth[keep].astype(np.int64) * len(classes) + res.mask[keep],
+                                        minlength=len(classes) ** 2).reshape(len(classes), len(classes))
+            stem = js.stem
+            write_image(predict_dir / "overlays" / f"{stem}.jpg", res.overlay())
+            write_image(predict_dir / "truth" / f"{stem}.jpg", overlay(image, np.where(truth == 255, 0, truth).astype(np.uint8)))
+            rows.append({"stem": stem, "regions": len(res.regions), "timings": res.timings})
+
+    timed("prediction on held-back images (ONNX Runtime)", predict_all)
+    iou = np.diag(confusion) / np.maximum(confusion.sum(0) + confusion.sum(1) - np.diag(confusion), 1)
+    bench = timed("latency benchmark", _benchmark, best, out / "bench.json", quick)
+    report = _write_report(out, classes, iou, rows, read_metrics_csv(out / "run" / "metrics.csv"), bench,
+                           exported, seg, timings)
+    click.echo(f"[demo] held-back mIoU {iou.mean():.3f} ({', '.join(f'{c} {v:.3f}' for c, v in zip(classes, iou))})")
+    click.echo(f"[demo] report: {report}")
+    return report
+
+
+def _benchmark(checkpoint: Path, json_path: Path, quick: bool) -> str:
+    from .bench import format_table, run_benchmark
+
+    report = run_benchmark(checkpoint, runs=2 if quick else 10, warmup=1, batches=(1,),
+                           budget_s=30 if quick else 150, json_path=json_path)
+    return format_table(report)
+
+
+def _write_report(out: Path, classes, iou, rows, history, bench, exported, seg, timings) -> Path:
+    from .fileio import atomic_write_text
+
+    esc = html.escape
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>unet-deploy demo</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:320px}</style>",
+        "<h1>unet-deploy demo</h1>",
+        f"<p>Model: {esc(str(exported.get('onnx')))} on {esc(seg.backend)} / {esc(seg.device)}.</p>",
+        "<h2>Held-back images: ground truth | prediction</h2><table><tr><th>image</th><th>ground truth</th>"
+        "<th>prediction</th><th>regions</th><th>ms (pre / infer / post)</th></tr>",
+    ]
+    for r in rows:
+        t = r["timings"]
+        parts.append(
+            f"<tr><td>{esc(r['stem'])}</td><td><img src='predict/truth/{esc(r['stem'])}.jpg'></td>"
+            f"<td><img src='predict/overlays/{esc(r['stem'])}.jpg'></td><td>{r['regions']}</td>"
+            f"<td>{t['preprocess']:.1f} / {t['inference']:.1f} / {t['postprocess']:.1f}</td></tr>"
+        )
+    parts.append("</table><h2>Held-back IoU</h2><table><tr>")
+    parts.append("".join(f"<th>{esc(c)}</th>" for c in classes) + "<th>mIoU</th></tr><tr>")
+    parts.append("".join(f"<td>{v:.3f}</td>" for v in iou) + f"<td>{iou.mean():.3f}</td></tr></table>")
+    if history:
+        keys = [k for k in ("epoch", "train_loss", "val_loss", "miou") if k in history[0]]
+        parts.append("<h2>Training</h2><img src='run/curves.png' style='max-width:640px'><table><tr>")
+        parts.append("".join(f"<th>{k}</th>" for k in keys) + "</tr>")
+        for h in history:
+            parts.append("<tr>" + "".join(f"<td>{h[k]:.4g}</td>" for k in keys) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Latency (unet-bench)</h2><pre>" + esc(bench) + "</pre>")
+    parts.append("<h2>Pipeline stages (s)</h2><pre>" + esc(json.dumps(timings, indent=1)) + "</pre>")
+    return atomic_write_text(out / "report.html", "\n".join(parts))
+
+
+@click.command("demo")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
+              show_default=True, help="Folder for every artefact and report.html.")
+@click.option("--quick", is_flag=True, help="A tiny run (seconds), for smoke tests.")
+def command(out: Path, quick: bool) -> None:
+    """Run the whole pipeline on built-in synthetic data.
+
+    \b
+    Examples:
+      unet-deploy demo                  # writes demo_out/report.html
+      unet-deploy demo --out /tmp/demo --quick
+    """
+    run_demo(out, quick=quick)
