@@ -28,8 +28,10 @@ from unet_deploy import bench  # noqa: E402
 from unet_deploy.export import EXPORT_FORMATS, export_model  # noqa: E402
 
 CLASSES = ("background", "scratch", "spot")
-_EXPORTED = re.compile(r"^(\S+): exported in ([\d.]+) s")
-_PARITY = re.compile(r"^(\S+): parity ok in ([\d.]+) s, (.*)$")
+# Stage lines of the export log with the seconds each exporter states ("exported in 2.9 s",
+# OpenVINO's "converted in 10.8 s"; "parity ok in 19.0 s, ..." or OpenVINO's "parity ... (10.5 s)").
+_EXPORTED = re.compile(r": (?:exported|converted) in (?P<s>[\d.]+) s")
+_PARITY = re.compile(r"parity (?:ok in (?P<a>[\d.]+) s, )?(?P<numbers>.*?)(?: \((?P<b>[\d.]+) s\))?$")
 
 
 def _load() -> str:
@@ -52,29 +54,33 @@ def run(out_md: Path, portable: bool, size: int) -> None:
             load_before = _load()
             t0 = time.perf_counter()
             out = Path(tmp) / f"{fmt}{'-portable' if options else ''}"
-            path = export_model(ckpt, fmt, out_dir=out, log=log, **options)[fmt]
+            export_model(ckpt, fmt, out_dir=out, log=log, **options)
             total = time.perf_counter() - t0
-            export_s = next(float(m[2]) for m in map(_EXPORTED.match, lines) if m)
-            check_s, parity = next((float(m[2]), m[3]) for m in map(_PARITY.match, lines) if m)
-            size_mb = path.stat().st_size / 1e6
+            export_s = next(float(m["s"]) for m in map(_EXPORTED.search, lines) if m)
+            checked = next(m for m in map(_PARITY.search, lines) if m)
+            check_s, parity = float(checked["a"] or checked["b"]), checked["numbers"]
+            size_mb = sum(p.stat().st_size for p in out.iterdir() if p.suffix != ".json") / 1e6  # .xml + .bin
             name = fmt + (" --portable" if options else "")
-            rows.append((name, export_s, check_s, total, path.name, size_mb, parity, load_before, _load()))
+            files = " + ".join(f"`{p.name}`" for p in sorted(out.iterdir()) if p.suffix != ".json")
+            rows.append((name, export_s, check_s, total, files, size_mb, parity, load_before, _load()))
 
     text = [
         "# Export of the seed-size UNet (CPU)",
         "",
         f"`python benchmarks/export_seed_size.py` on {info['date']}: {info['cpu']}, {info['cores']} cores, "
-        f"torch {info['versions'].get('torch', '?')}, CPU capability {info.get('torch_cpu_capability', '?')}. Model: UNet base 64, 3 classes (37.66 M parameters, the seed's), "
+        f"torch {info['versions'].get('torch', '?')} (CPU capability {info.get('torch_cpu_capability', '?')}). "
+        "Model: UNet base 64, 3 classes (37.66 M parameters, the seed's), "
         f"input {size}x{size}, dynamic N/H/W, fp32, random weights with warmed BatchNorm (sizes and times "
         "do not depend on the weights). Each format exported alone with the parity check on (eager vs "
         f"artefact at {size}x{size} and {size + 16}x{size + 32}, batch 1 and 3).",
         "",
-        "| format | export s | parity check s | total s | file | size MB | parity | load avg before -> after |",
+        "| format | export s | parity check s | total s (load, eager reference, export, check) | files | size MB | parity "
+        "| load avg before -> after |",
         "|---|---:|---:|---:|---|---:|---|---|",
     ]
     for name, export_s, check_s, total, file, size_mb, parity, before, after in rows:
-        parity = parity.split(" at ")[0]
-        text.append(f"| {name} | {export_s:.1f} | {check_s:.1f} | {total:.1f} | `{file}` | {size_mb:.1f} | "
+        parity = parity.split(" at ")[0].replace("|", "\\|")
+        text.append(f"| {name} | {export_s:.1f} | {check_s:.1f} | {total:.1f} | {file} | {size_mb:.1f} | "
                     f"{parity} | {before} -> {after} |")  # fmt: skip
     text += [
         "",

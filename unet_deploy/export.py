@@ -1,8 +1,8 @@
-"""Export a UNet checkpoint to TorchScript, ONNX and AOTInductor, metadata inside, parity checked (`unet-export`).
+"""Export a UNet checkpoint to TorchScript, ONNX, AOTInductor (and OpenVINO), metadata inside, parity checked.
 
-One table, ``EXPORT_FORMATS``, says what each format is (CLI name, file suffix, whether
-torch is needed to run it, CPU/GPU, precisions and options); the argument checks, the
-exporter and the benchmarks read it. A new format is one row plus a module with
+The ``unet-export`` command. One table, ``EXPORT_FORMATS``, says what each format is (CLI
+name, file suffix, whether torch is needed to run it, CPU/GPU, precisions and options); the
+argument checks, the exporter and the benchmarks read it. A new format is one row plus a module with
 ``export(model, example, path, meta, opts)`` and ``load(path, device)``.
 
 Every artefact is written under a temporary name beside its target, reloaded, compared
@@ -66,8 +66,6 @@ EXPORT_FORMATS: tuple[ExportFormat, ...] = (
                  frozenset(), "unet_deploy.export_openvino", ("torch", "openvino", "nncf"),
                  note="OpenVINO IR (.xml/.bin) for Intel CPUs; bf16/int8 must pass the accuracy gate"),
 )  # fmt: skip
-# Formats named in the design but not in this table yet: a clean message instead of "unknown".
-PLANNED_FORMATS: dict[str, str] = {}
 # Parity tolerances: max |logit diff| relative to max(1, max |eager logit|), argmax agreement in %.
 TOLERANCE = {"fp32": (1e-4, 99.99), "fp16": (1e-2, 99.5)}
 
@@ -81,8 +79,6 @@ def get_format(arg: str) -> ExportFormat:
     for fmt in EXPORT_FORMATS:
         if fmt.arg == arg:
             return fmt
-    if arg in PLANNED_FORMATS:
-        raise UnetDeployError(f"--format {arg}: {PLANNED_FORMATS[arg]}")
     choices = ", ".join([f.arg for f in EXPORT_FORMATS] + ["all"])
     raise UnetDeployError(f"unknown export format {arg!r}; choose from {choices} (comma-separated for several)")
 
