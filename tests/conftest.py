@@ -60,8 +60,9 @@ def exported_tiny(tiny_checkpoint, tmp_path_factory) -> dict:
     """``tiny_checkpoint`` exported once per run to every format, parity-checked: ``{format: path}``.
 
     Keys ``torchscript`` (``tiny.torchscript.pt``), ``onnx`` (``tiny.onnx``), ``aoti``
-    (``tiny.pt2``, host-tuned CPU package); the ``tiny.json`` sidecar sits beside them
-    (``unet_deploy.meta.sidecar_path``). The AOTInductor compile dominates (~1 minute).
+    (``tiny.pt2``, host-tuned CPU package) and, where OpenVINO is installed, ``openvino``
+    (``tiny.xml`` + ``.bin``); the ``tiny.json`` sidecar sits beside them
+    (``unet_deploy.meta.sidecar_path``). The AOTInductor compile dominates (~1.5 CPU-minutes).
     """
     from unet_deploy.export import export_model
 
