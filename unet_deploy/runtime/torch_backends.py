@@ -110,6 +110,9 @@ class AOTIBackend(_TorchBackend):
 
     name = "aoti"
     _FIXED = re.compile(r"unmatched dim value at (\d+), expected: (\d+), but got: (\d+)")
+    # Inductor specialises a dynamic batch to >= 2 (0/1 specialisation) although export allowed 1.
+    _TOO_SMALL = re.compile(r"dim value is too small at 0, expected it to be >= (\d+)")
+    min_batch = 1
 
     def __init__(self, path: Path, device: str = "auto", threads: int | None = None, **options: Any) -> None:
         os.environ.setdefault("AOTI_RUNTIME_CHECK_INPUTS", "1")  # read once per process by each package
@@ -140,9 +143,16 @@ class AOTIBackend(_TorchBackend):
         size = self.fixed_batch
         if size is not None and x.shape[0] != size:
             return self._run_fixed(x, size)
+        n = x.shape[0]
+        if n < self.min_batch:  # pad with zeros up to the least batch the package takes
+            x = self.torch.cat([x, x.new_zeros((self.min_batch - n, *x.shape[1:]))])
         try:
-            return self.compiled(x)
+            return self.compiled(x)[:n]
         except RuntimeError as e:
+            small = self._TOO_SMALL.search(str(e))
+            if small and self.min_batch == 1:
+                self.min_batch = int(small.group(1))  # learnt once
+                return self._run(x)
             found = self._FIXED.search(str(e))
             if not found:
                 raise
