@@ -115,16 +115,24 @@ class AOTIBackend(_TorchBackend):
     min_batch = 1
 
     def __init__(self, path: Path, device: str = "auto", threads: int | None = None, **options: Any) -> None:
-        os.environ.setdefault("AOTI_RUNTIME_CHECK_INPUTS", "1")  # read once per process by each package
         wish = parse_device(device)
         super().__init__(path, "cpu" if wish[0] == "auto" else device, threads)
         torch = self.torch
+        # Input checks for this package only: the variable is read when a package loads, and
+        # other code in the process (a user's own aoti_load_package) must keep its defaults.
+        previous = os.environ.get("AOTI_RUNTIME_CHECK_INPUTS")
+        os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "1"
         try:
             self.compiled = torch._inductor.aoti_load_package(str(self.path))
             metadata = self.compiled.get_metadata()
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise UnetDeployError(f"{self.path}: not a loadable AOTInductor package ({first})") from None
+        finally:
+            if previous is None:
+                os.environ.pop("AOTI_RUNTIME_CHECK_INPUTS", None)
+            else:
+                os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = previous
         built_for = "cuda" if metadata.get("AOTI_DEVICE_KEY", "cpu").startswith("cuda") else "cpu"
         if wish[0] != "auto" and wish[0] != built_for:
             raise UnetDeployError(
