@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import UnetDeployError
 from ..fileio import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text, write_image
-from .palette import blend, save_palette_png
+from .palette import save_palette_png
 
 IGNORE_LABEL = "__ignore__"
 IGNORE_ID = 255
@@ -563,12 +563,9 @@ def _write_image(folder: Path, stem: str, loaded: LabelmeImage) -> Path:
 
 
 def _viz(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    from ..preprocess import to_model_color
+    from ..postprocess import overlay
 
-    bgr = to_model_color(image, "BGR")
-    if bgr.dtype == np.uint16:
-        bgr = (bgr >> 8).astype(np.uint8)
-    return blend(bgr, mask, alpha=0.5)
+    return overlay(image, mask, regions=[], alpha=0.5)
 
 
 # ---------------------------------------------------------------- command

@@ -33,23 +33,6 @@ def voc_palette(n: int = 256) -> np.ndarray:
     return cmap.astype(np.uint8)
 
 
-def colorize(mask: np.ndarray) -> np.ndarray:
-    """Return the class-id ``mask`` as an HxWx3 BGR image in VOC colours (for OpenCV drawing)."""
-    return voc_palette()[np.asarray(mask, dtype=np.uint8)][:, :, ::-1].copy()
-
-
-def blend(image_bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Return ``image_bgr`` (8-bit HxWx3) with non-background classes tinted in VOC colours.
-
-    Pixels with class 0 keep their colour; the others become ``(1 - alpha) * image +
-    alpha * colour``. Used for ground-truth visualisations.
-    """
-    out = image_bgr.astype(np.float32)
-    sel = np.asarray(mask) != 0
-    out[sel] = (1.0 - alpha) * out[sel] + alpha * colorize(mask)[sel].astype(np.float32)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
 def encode_palette_png(mask: np.ndarray) -> bytes:
     """Return the bytes of a palette PNG holding the uint8 class-id ``mask`` (VOC colours)."""
     from PIL import Image
