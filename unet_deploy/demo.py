@@ -19,7 +19,7 @@ import numpy as np
 # learn them in a short CPU run (an epoch is ~7 s on 2 quiet cores).
 DEMO = {"train_images": 96, "holdout_images": 8, "size": (256, 256), "img_size": 128,
         "base_channels": 16, "epochs": 20, "batch_size": 8, "seed": 0}
-TRAIN_OPTIONS = {"loss": "ce+dice", "class_weights": "auto", "dropout": 0.1}
+TRAIN_OPTIONS = {"loss": "ce+dice", "class_weights": "auto", "dropout": 0.0, "lr": 3e-3}
 
 
 def _stage(name: str):
