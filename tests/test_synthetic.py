@@ -72,3 +72,16 @@ def test_synth_command(tmp_path):
     assert (tmp_path / "out" / "labels.txt").is_file()
     with pytest.raises(UnetDeployError, match="at least 32x32"):
         sample(0, 0, (16, 16))
+
+
+def test_only_spots_are_rust_coloured():
+    """A rust-brown surface would make `spot` a colour, not a defect: backgrounds stay neutral or cool."""
+    background_red, spot_red = [], []
+    for i in range(60):
+        s = sample(0, i, (256, 256))
+        red_minus_blue = s.image[:, :, 2].astype(np.float32) - s.image[:, :, 0]
+        background_red.append(np.median(red_minus_blue[s.mask == 0]))
+        if (s.mask == 2).any():
+            spot_red.append(np.median(red_minus_blue[s.mask == 2]))
+    assert len(spot_red) >= 10
+    assert max(background_red) < 15 < min(spot_red), (max(background_red), min(spot_red))

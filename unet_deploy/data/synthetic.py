@@ -1,7 +1,7 @@
 """Synthetic inspection images (textured metal or fabric, uneven light) with defects, as labelme JSON.
 
 Each image shows a brushed-metal or woven-fabric surface under a random light
-gradient, with up to four defects of three classes:
+gradient, with up to five defects of three classes:
 
 * ``scratch``: a bright, silvery curved stroke 8-14 px wide (at 256 px);
 * ``spot``: a dark rust-brown round blob;
@@ -64,7 +64,7 @@ def sample(seed: int, index: int, size: tuple[int, int] = (256, 256)) -> Sample:
     image = base.copy()
     shapes: list[dict[str, Any]] = []
     occupied = np.zeros((h, w), bool)
-    n_defects = int(rng.choice([0, 1, 2, 3, 4], p=[0.05, 0.3, 0.3, 0.2, 0.15]))
+    n_defects = int(rng.choice([0, 1, 2, 3, 4, 5], p=[0.05, 0.15, 0.25, 0.25, 0.2, 0.1]))
     for _ in range(n_defects):
         class_id = int(rng.integers(1, len(CLASSES)))
         for _attempt in range(12):  # find a free place
@@ -146,7 +146,9 @@ def _surface(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
         weave = np.sin(2 * math.pi * u / period) * np.sin(2 * math.pi * v / period)
         fuzz = cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0), 1.0)
         gray = 1.0 + 0.08 * weave + 0.05 * fuzz
-        color = rng.uniform([90, 90, 90], [175, 170, 165]).astype(np.float32)
+        color = rng.uniform([90, 90, 90], [175, 170, 165]).astype(np.float32)  # BGR
+        if color[2] > color[0] + 10:  # no rust-brown cloth: a brown surface would be a spot everywhere
+            color = color[[2, 1, 0]]
         img = gray[:, :, None] * color
     return img.astype(np.float32)
 
