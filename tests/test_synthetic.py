@@ -44,6 +44,7 @@ def test_same_seed_same_files(tmp_path):
 def test_defects_are_large_and_look_different_per_class():
     areas: dict[int, list[int]] = {1: [], 2: [], 3: []}
     contrast: dict[int, list[float]] = {1: [], 2: [], 3: []}
+    dent_rims = []
     textures = set()
     for i in range(40):
         s = sample(0, i, (256, 256))
@@ -56,11 +57,16 @@ def test_defects_are_large_and_look_different_per_class():
                 n, _, stats, _ = cv2.connectedComponentsWithStats(sel.astype(np.uint8), connectivity=8)
                 areas[c] += [int(a) for a in stats[1:, cv2.CC_STAT_AREA]]
                 contrast[c].append(float(gray[sel].mean() - background))
+        dent = (s.mask == 3).astype(np.uint8)
+        if dent.any():  # a dent's outline is shadowed all round, not only on its dark side
+            rim = dent.astype(bool) & ~cv2.erode(dent, np.ones((3, 3), np.uint8)).astype(bool)
+            dent_rims.append(float(np.median(gray[rim]) - background))
     assert all(len(areas[c]) >= 5 for c in areas), {c: len(v) for c, v in areas.items()}
     assert min(areas[1]) >= 100 and min(areas[2]) >= 100 and min(areas[3]) >= 500  # no 1-px lines
     assert np.median(contrast[1]) > 40  # scratches bright
     assert np.median(contrast[2]) < -40  # spots dark
     assert len(textures) == 2  # both smooth-ish fabric and streaky metal occur
+    assert max(dent_rims) < -30, dent_rims
 
 
 def test_synth_command(tmp_path):
