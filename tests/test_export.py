@@ -86,6 +86,14 @@ def test_torchscript_has_no_device_constant_and_stays_in_eval_mode(exported_tiny
     assert device_constants(torch.jit.script(Baked()))
 
 
+def test_torchscript_refuses_a_wrong_input_size_in_one_line(exported_tiny):
+    module = torch.jit.load(str(exported_tiny["torchscript"]), map_location="cpu")
+    with pytest.raises(torch.jit.Error, match="multiples of 16 \\(at least 32\\), got 40x64; letterbox"):
+        module(torch.rand(1, 3, 40, 64))
+    with pytest.raises(torch.jit.Error, match=r"expects N x 3 x H x W input, got \[3, 64, 64\]"):
+        module(torch.rand(3, 64, 64))
+
+
 def test_onnx_is_one_checked_file_with_named_dynamic_io(exported_tiny):
     import onnx
 

@@ -67,8 +67,6 @@ class UNet(nn.Module):
     37,658,179 parameters for 3 classes). ``base_channels`` scales every width.
     """
 
-    divisor: int = DIVISOR  # input H and W must be multiples of this
-
     def __init__(
         self,
         num_classes: int,
@@ -83,6 +81,7 @@ class UNet(nn.Module):
         self.num_classes, self.in_channels, self.base_channels, self.upsample = (
             num_classes, in_channels, base_channels, upsample,
         )  # fmt: skip
+        self.divisor, self.min_size = DIVISOR, MIN_SIZE  # input H and W: multiples of divisor, >= min_size
         self.c1 = Conv_Block(in_channels, b)
         self.d1 = DownSample(b)
         self.c2 = Conv_Block(b, 2 * b)
@@ -103,8 +102,8 @@ class UNet(nn.Module):
         self.out = nn.Conv2d(b, num_classes, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
-            _check_input(x, self.in_channels)
+        if not torch.compiler.is_compiling():  # scripted too, so libtorch callers get the same message
+            _check_input(x, self.in_channels, self.divisor, self.min_size)
         r1 = self.c1(x)
         r2 = self.c2(self.d1(r1))
         r3 = self.c3(self.d2(r2))
@@ -127,14 +126,15 @@ class UNet(nn.Module):
         return logits.argmax(1).to(torch.uint8)
 
 
-def _check_input(x: torch.Tensor, in_channels: int) -> None:
-    if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"UNet expects N x {in_channels} x H x W input, got {tuple(x.shape)}")
-    h, w = int(x.shape[2]), int(x.shape[3])
-    if h % DIVISOR or w % DIVISOR or h < MIN_SIZE or w < MIN_SIZE:
+def _check_input(x: torch.Tensor, in_channels: int, divisor: int, min_size: int) -> None:
+    """Raise a one-line ValueError for a wrong input shape (TorchScript-compatible)."""
+    if x.dim() != 4 or x.size(1) != in_channels:
+        raise ValueError(f"UNet expects N x {in_channels} x H x W input, got {list(x.shape)}")
+    h, w = x.size(2), x.size(3)
+    if h % divisor != 0 or w % divisor != 0 or h < min_size or w < min_size:
         raise ValueError(
-            f"UNet input height and width must be multiples of {DIVISOR} (at least {MIN_SIZE}), got {h}x{w}; "
-            "letterbox the image to a multiple of 16 first"
+            f"UNet input height and width must be multiples of {divisor} (at least {min_size}), got {h}x{w}; "
+            + "letterbox the image to a multiple of 16 first"
         )
 
 
