@@ -232,18 +232,12 @@ def _paint_dent(rng: np.random.Generator, image: np.ndarray, region: np.ndarray,
     ramp = ((xs - cx) * math.cos(angle) + (ys - cy) * math.sin(angle)) / extent  # -1..1 across the dent
     flat = image[region].mean(axis=0)  # the texture is pressed flat ...
     image[region] = 0.9 * flat[None, :] + rng.uniform(65, 85) * ramp[:, None]  # ... and lit from one side,
-    rim = region & ~_shrink(region, max(2, round(extent / 12)))  # with a shadowed rim where the sheet bends
+    rim = region & _grow(~region, max(2, round(extent / 12)))  # with a shadowed rim where the sheet bends
     image[rim] *= 0.55
 
 
 _POLYGONS = {1: _scratch_polygon, 2: _spot_polygon, 3: _dent_polygon}
 _PAINTERS = {1: _paint_scratch, 2: _paint_spot, 3: _paint_dent}
-
-
-def _shrink(region: np.ndarray, px: int) -> np.ndarray:
-    import cv2
-
-    return cv2.erode(region.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)).astype(bool)
 
 
 def _grow(region: np.ndarray, px: int) -> np.ndarray:
