@@ -226,8 +226,7 @@ def to_markdown(matrix: dict[str, Any], title: str, command: str, devices: Seque
         lines += ["", "## Acceptance", "", *acc]
     lines += ["", "## Hardware limit", "",
               "Model GFLOPs (FlopCounterMode, multiply-add = 2) over torch's measured matrix-product rate: "
-              "a reference, not a bound - kernels nearer the FMA peak than torch's matmul, or doing fewer "
-              "multiplications (Winograd 3x3 convolutions), go under it (efficiency > 100%). Measured matmul GFLOP/s: "
+              f"{bench.LIMIT_CAVEAT} (efficiency > 100%). Measured matmul GFLOP/s: "
               + "; ".join(f"{d} {p} {r:.3g}" for d, per in matrix["matmul_gflops"].items() for p, r in per.items())
               + ". `efficiency` = fp32 limit / measured inference of the fastest fp32 backend.", "",
               "| model | GFLOPs/image | device | limit fp32 ms | limit bf16 ms | fastest inference ms | efficiency |",
