@@ -1,14 +1,19 @@
 """The one exception type for errors a user can cause (bad file, bad option, bad data)."""
 from __future__ import annotations
 
-import click
 
-
-class UnetDeployError(click.ClickException):
+class UnetDeployError(Exception):
     """A user error: the message names the file, the problem and the fix.
 
-    It is a ``click.ClickException`` so every command turns it into one line on
-    stderr and exit code 1, with no traceback; Python callers catch it as usual.
+    A plain ``Exception``: the library knows no CLI. The commands in ``unet_deploy.cli`` turn
+    it into one line on stderr and exit code 1, with no traceback.
     """
 
     exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = str(message)
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,4 +1,8 @@
-"""The `unet-deploy` command group; subcommands load lazily so `--help` never imports torch."""
+"""The command line: the `unet-deploy` group and the stand-alone commands; the only package that knows click.
+
+One module per command (``cli/<name>.py`` defines ``command``); they load lazily so `--help`
+never imports torch.
+"""
 from __future__ import annotations
 
 import importlib
@@ -7,14 +11,14 @@ import click
 
 # name -> "module:attribute" of a click command. A command is one row here.
 COMMANDS: dict[str, str] = {
-    "labelme": "unet_deploy.data.labelme:command",
-    "crop": "unet_deploy.data.crop:command",
-    "synth": "unet_deploy.data.synthetic:command",
-    "train": "unet_deploy.train:command",
-    "export": "unet_deploy.export:command",
-    "predict": "unet_deploy.predict:command",
-    "bench": "unet_deploy.bench:command",
-    "demo": "unet_deploy.demo:command",
+    "labelme": "unet_deploy.cli.labelme:command",
+    "crop": "unet_deploy.cli.crop:command",
+    "synth": "unet_deploy.cli.synth:command",
+    "train": "unet_deploy.cli.train:command",
+    "export": "unet_deploy.cli.export:command",
+    "predict": "unet_deploy.cli.predict:command",
+    "bench": "unet_deploy.cli.bench:command",
+    "demo": "unet_deploy.cli.demo:command",
 }
 
 
