@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import metrics
 from .errors import UnetDeployError
 from .fileio import IMAGE_SUFFIXES, read_image
 from .meta import ModelMeta
@@ -26,7 +27,6 @@ from .preprocess import preprocess, unletterbox_mask
 
 DEFAULT_MIN_AGREEMENT = 99.0  # percent of original-size pixels whose class equals fp32's
 DEFAULT_MAX_MIOU_DROP = 1.0  # mIoU points (percent) the candidate may lose against fp32
-IGNORE_ID = 255
 VAL_EVERY = 5  # without an ImageSets split, every 5th image (sorted by name) is held back
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 NCHW batch -> logits NCHW
@@ -116,20 +116,6 @@ def predict_class_map(predict: Predict, image: np.ndarray, meta: ModelMeta) -> n
     return unletterbox_mask(argmax(predict(x[None]))[0], t)
 
 
-def confusion(gt: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
-    """``k x k`` pixel counts (row: ground truth, column: prediction); ignore (255) and unknown ids skipped."""
-    valid = gt < k  # drops IGNORE_ID and ids the model does not know
-    return np.bincount(gt[valid].astype(np.int64) * k + pred[valid], minlength=k * k).reshape(k, k)
-
-
-def miou(confusion: np.ndarray) -> float:
-    """Mean IoU in percent over the classes present in ground truth or prediction."""
-    tp = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    present = union > 0
-    return float(100.0 * (tp[present] / union[present]).mean()) if present.any() else float("nan")
-
-
 @dataclass
 class GateResult:
     """What the gate measured (percentages and mIoU points) and whether the candidate passed."""
@@ -206,12 +192,12 @@ def evaluate(
         same, total = same + agree, total + ref.size
         worst = min(worst, (100.0 * agree / ref.size, s.name))
         if with_masks:
-            conf_ref += confusion(s.mask, ref, k)
-            conf_cand += confusion(s.mask, cand, k)
+            conf_ref += metrics.confusion(s.mask, ref, k)
+            conf_cand += metrics.confusion(s.mask, cand, k)
     agreement = 100.0 * same / total
     m_ref = m_cand = drop = None
     if with_masks:
-        m_ref, m_cand = miou(conf_ref), miou(conf_cand)
+        m_ref, m_cand = 100.0 * metrics.mean_iou(conf_ref), 100.0 * metrics.mean_iou(conf_cand)  # points
         drop = m_ref - m_cand
     passed = agreement >= min_agreement and (drop is None or drop <= max_miou_drop)
     return GateResult(

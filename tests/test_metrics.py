@@ -1,0 +1,61 @@
+"""unet_deploy.metrics against confusion matrices counted by hand: absent classes, ignore 255, torch = numpy."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unet_deploy import metrics
+
+# 2x4 truth/prediction over 3 classes; 255 is ignored, class 2 never occurs.
+TRUTH = np.array([[0, 0, 1, 1], [0, 255, 1, 0]], np.uint8)
+PRED = np.array([[0, 1, 1, 1], [0, 2, 0, 0]], np.uint8)
+# Counted by hand (row: truth, column: prediction); the 255 pixel (predicted 2) is not counted.
+HAND = np.array([[3, 1, 0], [1, 2, 0], [0, 0, 0]])
+
+
+def test_confusion_counts_as_by_hand_and_skips_ignore():
+    conf = metrics.confusion(TRUTH, PRED, 3)
+    assert conf.dtype == np.int64 and conf.tolist() == HAND.tolist()
+
+
+def test_torch_and_numpy_inputs_give_the_same_matrix():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, (2, 17, 23)).astype(np.uint8)
+    truth[0, :3] = 255
+    pred = rng.integers(0, 4, truth.shape).astype(np.int64)
+    from_numpy = metrics.confusion(truth, pred, 4)
+    from_torch = metrics.confusion(torch.from_numpy(truth), torch.from_numpy(pred), 4)
+    assert isinstance(from_torch, np.ndarray) and from_torch.tolist() == from_numpy.tolist()
+    assert from_numpy.sum() == truth.size - 3 * 23  # exactly the ignored pixels are missing
+
+
+def test_absent_class_is_nan_and_left_out_of_the_mean():
+    iou = metrics.iou_per_class(HAND)
+    # class 0: tp 3, union 3 + 1 + 1 = 5; class 1: tp 2, union 2 + 1 + 1 = 4; class 2: absent.
+    assert iou[:2].tolist() == [3 / 5, 2 / 4] and math.isnan(iou[2])
+    dice = metrics.dice_per_class(HAND)
+    assert dice[:2].tolist() == [6 / 8, 4 / 6] and math.isnan(dice[2])
+    assert metrics.mean_iou(HAND) == pytest.approx((3 / 5 + 2 / 4) / 2)
+    assert metrics.pixel_accuracy(HAND) == pytest.approx(5 / 7)
+
+
+def test_a_class_only_predicted_counts_as_zero_iou():
+    conf = np.array([[4, 1], [0, 0]])  # class 1 predicted once, never true
+    assert metrics.iou_per_class(conf).tolist() == [4 / 5, 0.0]
+    assert metrics.mean_iou(conf) == pytest.approx(0.4)
+
+
+def test_summary_names_and_empty_matrix():
+    s = metrics.summary(HAND, ["bg", "scratch", "spot"])
+    assert list(s) == ["miou", "iou_bg", "iou_scratch", "iou_spot", "dice_bg", "dice_scratch", "dice_spot"]
+    assert s["iou_scratch"] == 0.5 and math.isnan(s["iou_spot"])
+    empty = np.zeros((3, 3), np.int64)
+    assert math.isnan(metrics.mean_iou(empty)) and math.isnan(metrics.pixel_accuracy(empty))
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.confusion(TRUTH, PRED[:, :3], 3)
