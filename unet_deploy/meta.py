@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,30 +15,137 @@ FORMAT = "unet-deploy/1"
 DIVISOR = 16
 # At 16 px the deepest feature map is 1x1 and reflect padding needs 2 pixels: 32 is the least.
 MIN_SIZE = 2 * DIVISOR
-PAD_MODES = ("top-left", "center")
+# Largest input side: 8192x8192x3 float32 is 0.8 GB per image before the network's features;
+# anything larger is a typo or a hostile file, not a model.
+MAX_SIZE = 8192
+# Masks are uint8 with 255 as the ignore value (training) and the runtime's class maps are
+# uint8: class ids 0..254, so at most 255 classes.
+MAX_CLASSES = 255
+MAX_BASE_CHANNELS = 512
+MIN_TILE_SCALE, MAX_TILE_SCALE = 1e-3, 4.0
+PAD_MODES = ("top-left", "center", "rect")
 COLORS = ("RGB", "BGR", "GRAY")
 HEADS = ("softmax", "sigmoid")
 UPSAMPLE_MODES = ("transpose", "bilinear")
+DEFAULT_LETTERBOX = {"pad": "top-left", "fill": 0}
+DEFAULT_ARCH = {"base_channels": 64, "upsample": "transpose", "in_channels": 3}
+DEFAULT_OVERLAP = 0.25
+# Normalisation constants outside these bounds overflow float32 or make every input the same.
+_NORM_RANGE = (1e-6, 1e6)
 
 # Key of the metadata in each artefact: TorchScript _extra_files, ONNX metadata_props.
 TORCHSCRIPT_EXTRA_FILE = "unet_deploy.json"
 ONNX_METADATA_KEY = "unet_deploy"
 
 
-def check_size(size: Any, what: str = "input size") -> tuple[int, int]:
-    """Return ``size`` as ``(height, width)``, or raise if it is not two positive multiples of 16."""
-    if isinstance(size, int):
-        size = (size, size)
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: one line, escapes included."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int: ints and integral floats only (no bool, no truncation of 64.7)."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            hint = f"; use e.g. {round(value)}" if math.isfinite(value) else ""
+            raise UnetDeployError(f"{what} {_short(value)} is not an integer{hint}")
+        return int(value)
     try:
-        h, w = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise UnetDeployError(f"{what} {size!r} is not two integers (height width)") from None
+        if isinstance(value, bool):
+            raise TypeError
+        return int(value.__index__())  # int and numpy integers; not str, bool or arrays
+    except (AttributeError, TypeError):
+        raise UnetDeployError(f"{what} {_short(value)} is not an integer") from None
+
+
+def _number(value: Any, what: str, low: float | None = None, high: float | None = None) -> float:
+    """``value`` as a finite float in ``[low, high]`` (no bool, no string, no NaN)."""
+    if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__"):
+        raise UnetDeployError(f"{what} {_short(value)} is not a number")
+    try:
+        x = float(value)
+    except (OverflowError, TypeError, ValueError):
+        raise UnetDeployError(f"{what} {_short(value)} is not a finite number") from None
+    if not math.isfinite(x):
+        raise UnetDeployError(f"{what} {_short(value)} is not a finite number")
+    if (low is not None and x < low) or (high is not None and x > high):
+        raise UnetDeployError(f"{what} {x!r} is outside [{low:g}, {high:g}]")
+    return x
+
+
+def _sequence(value: Any, what: str) -> list[Any]:
+    """A list or tuple (not a string, not a dict) as a list."""
+    if not isinstance(value, (list, tuple)):
+        raise UnetDeployError(f"{what} {_short(value)} is not a list")
+    return list(value)
+
+
+def _mapping(value: Any, what: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A dict with only the keys of ``defaults``, missing ones filled from it."""
+    if not isinstance(value, dict):
+        raise UnetDeployError(f"{what} {_short(value)} is not a JSON object")
+    unknown = sorted(str(k) for k in value if k not in defaults)
+    if unknown:
+        raise UnetDeployError(f"{what} has unknown keys {_short(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **value}
+
+
+def _choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise UnetDeployError(f"{what} {_short(value)} must be one of {choices}")
+    return value
+
+
+def check_size(size: Any, what: str = "input size") -> tuple[int, int]:
+    """Return ``size`` as ``(height, width)``, or raise if it is not two multiples of 16 in [32, 8192]."""
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2:
+            raise UnetDeployError(f"{what} {_short(size)} is not two integers (height width)")
+        h, w = (_integer(v, what) for v in size)
+    else:
+        h = w = _integer(size, what)
+    fix_h, fix_w = (min(MAX_SIZE, max(MIN_SIZE, round(v / DIVISOR) * DIVISOR)) for v in (h, w))
     if h < MIN_SIZE or w < MIN_SIZE or h % DIVISOR or w % DIVISOR:
-        fix_h, fix_w = (max(MIN_SIZE, round(v / DIVISOR) * DIVISOR) for v in (h, w))
         raise UnetDeployError(
             f"{what} {h}x{w} is not a multiple of {DIVISOR} (at least {MIN_SIZE}); use e.g. {fix_h}x{fix_w}"
         )
+    if h > MAX_SIZE or w > MAX_SIZE:
+        raise UnetDeployError(f"{what} {h}x{w} exceeds {MAX_SIZE} per side; use e.g. {fix_h}x{fix_w}")
     return h, w
+
+
+def check_class_names(classes: Any, what: str = "classes") -> list[str]:
+    """Return ``classes`` as a list of 1..255 distinct, non-empty, one-line, unpadded names, or raise."""
+    names = _sequence(classes, what)
+    if not 1 <= len(names) <= MAX_CLASSES:
+        raise UnetDeployError(
+            f"{what}: {len(names)} names, need 1 to {MAX_CLASSES} (class ids are uint8, 255 is the ignore value)"
+        )
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise UnetDeployError(f"{what}[{i}] {_short(name)} is not a string")
+        if not name or not name.isprintable() or name != name.strip():
+            raise UnetDeployError(
+                f"{what}[{i}] {_short(name)} must be non-empty, printable, without newlines or edge spaces"
+            )
+        if name in seen:
+            raise UnetDeployError(f"{what}[{i}] {_short(name)} appears twice; class names must be distinct")
+        seen.add(name)
+    return names
+
+
+def check_tiling(tiling: Any, what: str = "tiling") -> dict[str, float] | None:
+    """``None`` (letterbox the whole image) or ``{"scale": 0.001 <= s <= 4, "overlap": 0 <= o < 1}``, or raise."""
+    if tiling is None:
+        return None
+    d = _mapping(tiling, what, {"scale": None, "overlap": DEFAULT_OVERLAP})
+    scale = _number(d["scale"], f"{what}.scale (1.0 = native pixels)", MIN_TILE_SCALE, MAX_TILE_SCALE)
+    overlap = _number(d["overlap"], f"{what}.overlap", 0.0, 1.0)
+    if overlap >= 1:
+        raise UnetDeployError(f"{what}.overlap {overlap!r} must be below 1 (a fraction of a tile)")
+    return {"scale": scale, "overlap": overlap}
 
 
 @dataclass
@@ -45,65 +153,74 @@ class ModelMeta:
     """What a model needs to be used correctly: classes, input size, letterbox and normalisation.
 
     ``input = (pixel / scale - mean) / std`` per channel, after the letterbox, in ``color`` order.
-    Class 0 is the background.
+    Class 0 is the background. Every field is checked on construction (``UnetDeployError``
+    naming the field); nothing is coerced except integral floats to ints.
     """
 
     classes: list[str]
     input_size: tuple[int, int] = (256, 256)
-    letterbox: dict[str, Any] = field(default_factory=lambda: {"pad": "top-left", "fill": 0})
+    letterbox: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_LETTERBOX))
     color: str = "RGB"
     mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     scale: float = 255.0
     head: str = "softmax"
-    arch: dict[str, Any] = field(
-        default_factory=lambda: {"base_channels": 64, "upsample": "transpose", "in_channels": 3}
-    )
+    arch: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ARCH))
+    tiling: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
     def __post_init__(self) -> None:
-        self.input_size = check_size(self.input_size)
-        self.classes = [str(c) for c in self.classes]
-        self.letterbox = {"pad": "top-left", "fill": 0, **dict(self.letterbox)}
-        self.arch = {"base_channels": 64, "upsample": "transpose", "in_channels": 3, **dict(self.arch)}
-        self.mean = [float(v) for v in self.mean]
-        self.std = [float(v) for v in self.std]
-        self.scale = float(self.scale)
         self.validate()
 
     # -- checks ---------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ``UnetDeployError`` naming the first field that is wrong."""
+        """Check and normalise every field; raise ``UnetDeployError`` naming the first one that is wrong."""
         if self.format != FORMAT:
             raise UnetDeployError(
-                f"metadata format {self.format!r} is not supported (this is {FORMAT}); "
+                f"metadata format {_short(self.format)} is not supported (this is {FORMAT}); "
                 "upgrade unet-deploy or re-export the model"
             )
-        if not self.classes or len(set(self.classes)) != len(self.classes):
-            raise UnetDeployError(f"classes {self.classes!r} must be a non-empty list of distinct names")
-        if self.letterbox["pad"] not in PAD_MODES:
-            raise UnetDeployError(f"letterbox pad {self.letterbox['pad']!r} must be one of {PAD_MODES}")
-        if self.color not in COLORS:
-            raise UnetDeployError(f"color {self.color!r} must be one of {COLORS}")
-        if self.head not in HEADS:
-            raise UnetDeployError(f"head {self.head!r} must be one of {HEADS}")
-        if self.arch["upsample"] not in UPSAMPLE_MODES:
-            raise UnetDeployError(f"arch.upsample {self.arch['upsample']!r} must be one of {UPSAMPLE_MODES}")
-        channels = self.in_channels
+        self.classes = check_class_names(self.classes)
+        self.input_size = check_size(self.input_size)
+        box = _mapping(self.letterbox, "letterbox", DEFAULT_LETTERBOX)
+        fill = _number(box["fill"], "letterbox.fill", 0.0, 255.0)
+        box_fill = int(fill) if fill.is_integer() else fill
+        self.letterbox = {"pad": _choice(box["pad"], "letterbox.pad", PAD_MODES), "fill": box_fill}
+        self.color = _choice(self.color, "color", COLORS)
+        self.head = _choice(self.head, "head", HEADS)
+        if self.head == "sigmoid" and len(self.classes) != 2:
+            raise UnetDeployError(f"head sigmoid needs exactly 2 classes, not {len(self.classes)}; use softmax")
+        arch = _mapping(self.arch, "arch", DEFAULT_ARCH)
+        base = _integer(arch["base_channels"], "arch.base_channels")
+        if not 1 <= base <= MAX_BASE_CHANNELS:
+            raise UnetDeployError(f"arch.base_channels {base} is outside [1, {MAX_BASE_CHANNELS}]")
+        channels = _integer(arch["in_channels"], "arch.in_channels")
+        if channels not in (1, 3):
+            raise UnetDeployError(f"arch.in_channels {channels} must be 1 (GRAY) or 3 (RGB/BGR)")
+        upsample = _choice(arch["upsample"], "arch.upsample", UPSAMPLE_MODES)
+        self.arch = {"base_channels": base, "upsample": upsample, "in_channels": channels}
         if (self.color == "GRAY") != (channels == 1):
-            raise UnetDeployError(f"color {self.color} does not fit in_channels={channels}")
-        if len(self.mean) != channels or len(self.std) != channels or 0.0 in self.std:
-            raise UnetDeployError(f"mean/std need {channels} values each (std non-zero)")
-        if self.scale <= 0:
-            raise UnetDeployError(f"scale {self.scale} must be positive")
+            raise UnetDeployError(f"color {self.color} does not fit arch.in_channels={channels}")
+        self.mean = self._constants(self.mean, "mean", -_NORM_RANGE[1])
+        self.std = self._constants(self.std, "std", _NORM_RANGE[0])
+        self.scale = _number(self.scale, "scale", *_NORM_RANGE)
+        self.tiling = check_tiling(self.tiling)
+        if not isinstance(self.extra, dict):
+            raise UnetDeployError(f"extra {_short(self.extra)} is not a JSON object")
+
+    def _constants(self, values: Any, what: str, low: float) -> list[float]:
+        out = [_number(v, f"{what}[{i}]", low, _NORM_RANGE[1]) for i, v in enumerate(_sequence(values, what))]
+        if len(out) != self.in_channels:
+            raise UnetDeployError(f"{what} has {len(out)} values, the model has {self.in_channels} input channels")
+        return out
 
     def check_num_outputs(self, n: int, source: str = "the weights") -> None:
         """Raise if ``n`` output channels of ``source`` disagree with the class list."""
         if n != self.num_outputs:
             raise UnetDeployError(
                 f"{source} have {n} output channels but the metadata lists {self.num_classes} "
-                f"classes {self.classes}; pass the matching class names"
+                f"classes {_short(self.classes)}; pass the matching class names"
             )
 
     # -- derived --------------------------------------------------------------------------
@@ -130,6 +247,8 @@ class ModelMeta:
         d["input_size"] = list(self.input_size)
         if not d["extra"]:
             del d["extra"]
+        if d["tiling"] is None:  # absent means letterbox: old readers keep reading new files
+            del d["tiling"]
         return {"format": d.pop("format"), **d}
 
     def to_json(self, indent: int | None = None) -> str:
@@ -140,10 +259,9 @@ class ModelMeta:
         """Build from a dict; unknown keys are an error that names ``source``."""
         if not isinstance(d, dict):
             raise UnetDeployError(f"{source}: metadata is not a JSON object")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
+        unknown = sorted(str(k) for k in d if k not in cls.__dataclass_fields__)
         if unknown:
-            raise UnetDeployError(f"{source}: unknown metadata keys {unknown}; upgrade unet-deploy")
+            raise UnetDeployError(f"{source}: unknown metadata keys {_short(unknown)}; upgrade unet-deploy")
         if "classes" not in d:
             raise UnetDeployError(f"{source}: metadata has no 'classes'")
         try:
@@ -156,7 +274,9 @@ class ModelMeta:
         try:
             d = json.loads(text)
         except (ValueError, UnicodeDecodeError) as e:
-            raise UnetDeployError(f"{source}: metadata is not valid JSON ({e})") from None
+            raise UnetDeployError(f"{source}: metadata is not valid JSON ({_short(str(e), 120)})") from None
+        except RecursionError:
+            raise UnetDeployError(f"{source}: metadata JSON is nested too deeply") from None
         return cls.from_dict(d, source)
 
     def save(self, path: str | Path) -> Path:
