@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from tests.test_dataset import CLASSES, make_voc
 from unet_deploy.checkpoint import load_checkpoint, read_checkpoint
 from unet_deploy.data.dataset import SegmentationDataset, split_samples
-from unet_deploy.train import command, evaluate, read_metrics_csv, train
+from unet_deploy.cli.train import command
+from unet_deploy.train import evaluate, read_metrics_csv, train
 
 TINY = ["--img-size", "64", "--base-channels", "8", "--batch-size", "4"]
 TINY_KW = dict(img_size=64, base_channels=8, batch_size=4, progress=False)
