@@ -294,11 +294,9 @@ class ModelMeta:
 
 
 def sidecar_path(model_path: str | Path) -> Path:
-    """``dir/model.onnx`` -> ``dir/model.json`` (also strips ``.torchscript.pt``)."""
+    """``dir/model.onnx`` -> ``dir/model.json``: the name without its format registry suffix
+    (``.torchscript.pt``, ``.pt2``, ``model.int8.xml`` -> ``model.int8.json``)."""
+    from .formats import strip_suffix  # import-light: the registry imports no torch/onnx/openvino
+
     p = Path(model_path)
-    name = p.name
-    for suffix in (".torchscript.pt", ".onnx", ".pt2", ".xml", ".pt", ".pth"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return p.with_name(name + ".json")
+    return p.with_name(strip_suffix(p.name) + ".json")
