@@ -84,3 +84,30 @@ def exported_tiny(tiny_checkpoint, tmp_path_factory) -> dict:
     from unet_deploy.export import export_model
 
     return export_model(tiny_checkpoint, "all", out_dir=tmp_path_factory.mktemp("exported"), verbose=False)
+
+
+@pytest.fixture(scope="session")
+def color_checkpoint(tmp_path_factory) -> Path:
+    """``tests.models.color_unet()`` saved as a checkpoint: 4 classes, each large on ordinary images.
+
+    Its mask is ``tests.models.color_classes(image)`` at the network's resolution (exact ties
+    aside), and it is translation-equivariant; ``ModelMeta`` from ``tests.models.color_meta()``
+    (64x64 input, RGB, ``pixel / 255``).
+    """
+    from unet_deploy.checkpoint import save_checkpoint
+
+    from .models import color_meta, color_unet
+
+    return save_checkpoint(tmp_path_factory.mktemp("color") / "color.pt", color_unet(), color_meta(), epoch=1)
+
+
+@pytest.fixture(scope="session")
+def exported_color(color_checkpoint, tmp_path_factory) -> dict:
+    """``color_checkpoint`` exported to ONNX, parity-checked: ``{"onnx": color.onnx}``, sidecar beside it.
+
+    About 10-15 s once per run; TorchScript adds ~8 s and AOTInductor ~40 s, so a test that
+    needs those exports them itself (AOTInductor: marked slow).
+    """
+    from unet_deploy.export import export_model
+
+    return export_model(color_checkpoint, "onnx", out_dir=tmp_path_factory.mktemp("exported_color"), verbose=False)
