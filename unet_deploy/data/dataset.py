@@ -19,7 +19,7 @@ from ..errors import UnetDeployError
 from ..fileio import IMAGE_SUFFIXES, read_image
 from ..meta import ModelMeta
 from ..preprocess import LetterboxTransform, letterbox, normalize, to_model_color
-from .labelme import CLASS_NAMES_FILE, read_class_names
+from .classes import CLASS_NAMES_FILE, read_class_names
 from .palette import read_mask
 
 IGNORE_INDEX = 255

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from ..errors import UnetDeployError
 from ..fileio import atomic_write_text, write_image
-from .labelme import BACKGROUND, IGNORE_LABEL, draw_shape
+from .classes import BACKGROUND, IGNORE_LABEL
+from .rasterize import draw_shape
 
 CLASSES = ["background", "scratch", "spot", "dent"]
 LABELME_VERSION = "5.7.0"
@@ -244,27 +244,3 @@ def _grow(region: np.ndarray, px: int) -> np.ndarray:
     import cv2
 
     return cv2.dilate(region.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)).astype(bool)
-
-
-# ---------------------------------------------------------------- command
-
-
-@click.command("synth")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--count", type=click.IntRange(min=1), default=200, show_default=True, help="Number of images.")
-@click.option("--size", type=(int, int), default=(256, 256), show_default=True, metavar="W H",
-              help="Image width and height.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same images.")
-def command(out: Path, count: int, size: tuple[int, int], seed: int) -> None:
-    """Write synthetic inspection images with scratch/spot/dent defects as labelme JSON into OUT.
-
-    OUT gets synth_NNNN.jpg + synth_NNNN.json (labelme polygons) and labels.txt, ready
-    for `unet-deploy labelme OUT DATASET`.
-
-    \b
-    Examples:
-      unet-deploy synth data/raw --count 200 --size 256 256 --seed 0
-      unet-deploy labelme data/raw data/voc
-    """
-    paths = generate(out, count, size, seed)
-    click.echo(f"{len(paths)} images with labelme JSON ({', '.join(CLASSES[1:])}) -> {out}")
