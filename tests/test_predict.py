@@ -15,7 +15,8 @@ from PIL import Image
 from tests.test_runtime import RECTS, red_image, red_model
 from unet_deploy import Segmenter
 from unet_deploy.data.palette import read_mask
-from unet_deploy.predict import collect_images, command, output_stems
+from unet_deploy.cli.predict import command
+from unet_deploy.predict import collect_images, output_stems
 
 ROOT = Path(__file__).resolve().parents[1]
 
