@@ -9,10 +9,11 @@ import html
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
-import click
 import numpy as np
+
+from . import metrics
 
 # Small enough for a short CPU run, big enough to learn the defects: on 2 quiet cores training
 # takes ~165 s (20 epochs of ~8 s), the whole demo ~4.7 min, held-back mIoU 0.87. Defects cover
@@ -22,28 +23,14 @@ DEMO = {"train_images": 96, "holdout_images": 8, "size": (256, 256), "img_size":
 TRAIN_OPTIONS = {"loss": "ce+dice", "class_weights": "auto", "dropout": 0.0, "lr": 3e-3}
 
 
-def _stage(name: str):
-    """Print one line per stage with the seconds it took."""
-
-    class _Timer:
-        def __enter__(self):
-            self.t = time.perf_counter()
-            click.echo(f"[demo] {name} ...")
-            return self
-
-        def __exit__(self, *exc):
-            if exc[0] is None:
-                click.echo(f"[demo] {name}: done in {time.perf_counter() - self.t:.1f} s")
-
-    return _Timer()
-
-
-def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
+def run_demo(out: str | Path = "demo_out", quick: bool = False, log: Callable[[str], None] | None = None) -> Path:
     """Run the pipeline into ``out`` and return the path of ``report.html``.
 
     ``quick`` shrinks everything (tests use it); the default settles in a few minutes on a
-    2-core CPU.
+    2-core CPU. ``log`` gets one line per stage and the result (default: ``tqdm.write``).
     """
+    from tqdm import tqdm
+
     from .data.labelme import convert_folder, labelme_to_mask, read_class_names
     from .data.synthetic import generate
     from .export import export_model
@@ -57,12 +44,15 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    say = log or tqdm.write
 
     def timed(name: str, fn, *args, **kwargs):
+        """Run one stage: a line before and after it, its seconds into ``timings``."""
+        say(f"[demo] {name} ...")
         t = time.perf_counter()
-        with _stage(name):
-            result = fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
         timings[name] = round(time.perf_counter() - t, 1)
+        say(f"[demo] {name}: done in {time.perf_counter() - t:.1f} s")
         return result
 
     raw, holdout = out / "raw", out / "holdout"
@@ -89,21 +79,19 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
         for js in images:
             image, truth = labelme_to_mask(js, {c: i for i, c in enumerate(classes)})
             res = seg(image)
-            keep = truth != 255
-            confusion[:] += np.bincount(truth[keep].astype(np.int64) * len(classes) + res.mask[keep],
-                                        minlength=len(classes) ** 2).reshape(len(classes), len(classes))
+            confusion[:] += metrics.confusion(truth, res.mask, len(classes))
             stem = js.stem
             write_image(predict_dir / "overlays" / f"{stem}.jpg", res.overlay())
             write_image(predict_dir / "truth" / f"{stem}.jpg", overlay(image, np.where(truth == 255, 0, truth).astype(np.uint8)))
             rows.append({"stem": stem, "regions": len(res.regions), "timings": res.timings})
 
     timed("prediction on held-back images (ONNX Runtime)", predict_all)
-    iou = np.diag(confusion) / np.maximum(confusion.sum(0) + confusion.sum(1) - np.diag(confusion), 1)
+    iou, miou = metrics.iou_per_class(confusion), metrics.mean_iou(confusion)  # absent classes: NaN, left out
     bench = timed("latency benchmark", _benchmark, best, out / "bench.json", quick)
-    report = _write_report(out, classes, iou, rows, read_metrics_csv(out / "run" / "metrics.csv"), bench,
+    report = _write_report(out, classes, iou, miou, rows, read_metrics_csv(out / "run" / "metrics.csv"), bench,
                            exported, seg, timings)
-    click.echo(f"[demo] held-back mIoU {iou.mean():.3f} ({', '.join(f'{c} {v:.3f}' for c, v in zip(classes, iou))})")
-    click.echo(f"[demo] report: {report}")
+    say(f"[demo] held-back mIoU {miou:.3f} ({', '.join(f'{c} {v:.3f}' for c, v in zip(classes, iou))})")
+    say(f"[demo] report: {report}")
     return report
 
 
@@ -117,7 +105,7 @@ def _benchmark(checkpoint: Path, json_path: Path, quick: bool) -> str:
     return format_table(report)
 
 
-def _write_report(out: Path, classes, iou, rows, history, bench, exported, seg, timings) -> Path:
+def _write_report(out: Path, classes, iou, miou, rows, history, bench, exported, seg, timings) -> Path:
     from .fileio import atomic_write_text
 
     esc = html.escape
@@ -139,7 +127,7 @@ def _write_report(out: Path, classes, iou, rows, history, bench, exported, seg, 
         )
     parts.append("</table><h2>Held-back IoU</h2><table><tr>")
     parts.append("".join(f"<th>{esc(c)}</th>" for c in classes) + "<th>mIoU</th></tr><tr>")
-    parts.append("".join(f"<td>{v:.3f}</td>" for v in iou) + f"<td>{iou.mean():.3f}</td></tr></table>")
+    parts.append("".join(f"<td>{v:.3f}</td>" for v in iou) + f"<td>{miou:.3f}</td></tr></table>")
     if history:
         keys = [k for k in ("epoch", "train_loss", "val_loss", "miou") if k in history[0]]
         parts.append("<h2>Training</h2><img src='run/curves.png' style='max-width:640px'><table><tr>")
@@ -150,18 +138,3 @@ def _write_report(out: Path, classes, iou, rows, history, bench, exported, seg, 
     parts.append("<h2>Latency (unet-bench)</h2><pre>" + esc(bench) + "</pre>")
     parts.append("<h2>Pipeline stages (s)</h2><pre>" + esc(json.dumps(timings, indent=1)) + "</pre>")
     return atomic_write_text(out / "report.html", "\n".join(parts))
-
-
-@click.command("demo")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
-              show_default=True, help="Folder for every artefact and report.html.")
-@click.option("--quick", is_flag=True, help="A tiny run (seconds), for smoke tests.")
-def command(out: Path, quick: bool) -> None:
-    """Run the whole pipeline on built-in synthetic data.
-
-    \b
-    Examples:
-      unet-deploy demo                  # writes demo_out/report.html
-      unet-deploy demo --out /tmp/demo --quick
-    """
-    run_demo(out, quick=quick)
