@@ -1,4 +1,4 @@
-"""THE letterbox (the seed's pad-to-square-then-resize) and its exact inverse; numpy/OpenCV only.
+"""THE letterbox (the seed's pad-to-square-then-resize, or pad to a multiple of 16) and its exact inverse.
 
 Training, export checks, the runtime, the benchmarks and the C++ consumer all prepare pixels
 with these functions (C++ mirrors ``letterbox_geometry`` line by line), so a model never sees
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .errors import UnetDeployError
-from .meta import PAD_MODES, ModelMeta
+from .meta import DIVISOR, MIN_SIZE, PAD_MODES, ModelMeta
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,10 @@ def letterbox_geometry(
 
     Scale ``s = min(H'/H, W'/W)``; the resized size is ``floor(H*s + 0.5)`` (at least 1) so
     C++ and Python round alike; ``pad="top-left"`` puts it at (0, 0) like the seed,
-    ``"center"`` splits the padding (the extra pixel goes bottom/right).
+    ``"center"`` splits the padding (the extra pixel goes bottom/right). ``"rect"`` resizes
+    alike but pads (bottom/right) only up to the next multiple of ``DIVISOR`` (at least
+    ``MIN_SIZE``): the network input is then smaller than ``size``, e.g. 1920x1080 into 256
+    gives 144x256 (H x W).
     """
     h, w = int(src_hw[0]), int(src_hw[1])
     dh, dw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
@@ -57,6 +60,8 @@ def letterbox_geometry(
     nh = min(dh, max(1, int(math.floor(h * s + 0.5))))
     nw = min(dw, max(1, int(math.floor(w * s + 0.5))))
     top, left = ((dh - nh) // 2, (dw - nw) // 2) if pad == "center" else (0, 0)
+    if pad == "rect":  # nh <= dh, and dh is a multiple of DIVISOR >= MIN_SIZE: never larger than size
+        dh, dw = (max(MIN_SIZE, -(-v // DIVISOR) * DIVISOR) for v in (nh, nw))
     return LetterboxTransform((h, w), (dh, dw), (nh, nw), (top, left))
 
 
@@ -71,7 +76,7 @@ def letterbox(
 
     Works on any HxW or HxWxC array (images and masks alike). ``interpolation=None`` resamples
     as the seed did (PIL's antialiased bicubic, see ``_resize``); pass ``cv2.INTER_NEAREST_EXACT``
-    for class masks.
+    for class masks. ``fill`` is in 8-bit levels: a 16-bit image is padded with ``fill * 257``.
     Returns the padded image and the transform that ``unletterbox_mask`` undoes.
     """
     t = letterbox_geometry(image.shape[:2], size, pad)
@@ -79,6 +84,8 @@ def letterbox(
     if (nh, nw) != t.src_hw:
         image = _resize(image, (nh, nw), interpolation)
     if (nh, nw) != (dh, dw):
+        if image.dtype == np.uint16:
+            fill = fill * 257
         channels = 1 if image.ndim == 2 else image.shape[2]
         value = (fill,) * min(channels, 4) if channels <= 4 else fill
         squeezed = image.ndim == 3 and image.shape[2] == 1
@@ -91,16 +98,24 @@ def letterbox(
 
 
 def _resize(image: np.ndarray, hw: tuple[int, int], interpolation: int | None) -> np.ndarray:
-    """Resize to ``hw``. By default 8-bit gray/3-channel images go through PIL's antialiased
-    bicubic, the seed's own resize (``reducing_gap=3`` box-reduces large factors first: 2.6x
-    faster on 1080p, 0.19 grey levels from the exact result); other images use OpenCV's area
-    (shrink) or bilinear (enlarge) filter."""
+    """Resize to ``hw``. By default images go through PIL's antialiased bicubic, the seed's own
+    resize (``reducing_gap=3`` box-reduces large factors first: 2.6x faster on 1080p, 0.19 grey
+    levels from the exact result): 8-bit gray/3-channel images as they are, 16-bit ones channel
+    by channel in PIL's float mode (same filter, no intermediate rounding), so one scene at two
+    bit depths gives network inputs within 1.1 8-bit levels (the 8-bit path rounds between its
+    two passes). Other images use OpenCV's area (shrink) or bilinear (enlarge) filter."""
     nh, nw = hw
-    if interpolation is None and image.dtype == np.uint8 and (image.ndim == 2 or image.shape[2] == 3):
+    if interpolation is None and image.dtype in (np.uint8, np.uint16) and (image.ndim == 2 or image.shape[2] == 3):
         from PIL import Image
 
-        pil = Image.fromarray(image).resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
-        return np.asarray(pil)
+        def pil_resize(plane: np.ndarray) -> np.ndarray:
+            return np.asarray(Image.fromarray(plane).resize((nw, nh), Image.BICUBIC, reducing_gap=3.0))
+
+        if image.dtype == np.uint8:
+            return pil_resize(image)
+        planes = [image] if image.ndim == 2 else [image[:, :, c] for c in range(image.shape[2])]
+        out = [np.clip(np.rint(pil_resize(p.astype(np.float32))), 0, 65535).astype(np.uint16) for p in planes]
+        return out[0] if image.ndim == 2 else np.dstack(out)
     if interpolation is None:
         interpolation = cv2.INTER_AREA if nh < image.shape[0] else cv2.INTER_LINEAR
     squeezed = image.ndim == 3 and image.shape[2] == 1
@@ -163,8 +178,31 @@ def normalize(image: np.ndarray, meta: ModelMeta) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def check_image(image: object) -> np.ndarray:
+    """Return ``image`` if it is an image as OpenCV reads it (HxW, HxWx1/3/4; uint8/uint16; not empty).
+
+    Otherwise raise ``UnetDeployError`` in one line: the narrow set of failures a caller (the
+    runtime's batch loop) turns into that image's error without hiding bugs.
+    """
+    if not isinstance(image, np.ndarray):
+        raise UnetDeployError(f"image is a {type(image).__name__}, not a numpy array as cv2.imread returns")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise UnetDeployError(
+            f"image dtype {image.dtype} is not supported; pass 8- or 16-bit pixels as OpenCV reads them"
+        )
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise UnetDeployError(f"image of shape {image.shape} is not gray, BGR or BGRA (HxW or HxWx1/3/4)")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise UnetDeployError(f"image of shape {image.shape} is empty")
+    return image
+
+
 def preprocess(image: np.ndarray, meta: ModelMeta) -> tuple[np.ndarray, LetterboxTransform]:
-    """One image as OpenCV reads it -> (float32 CxHxW network input, letterbox transform)."""
+    """One image as OpenCV reads it -> (float32 CxHxW network input, letterbox transform).
+
+    With ``letterbox.pad == "rect"`` the network input's H and W depend on the image's aspect ratio.
+    """
+    check_image(image)
     if image.ndim == 3 and image.shape[2] == 4:
         image = to_model_color(image, "BGR")  # drop alpha before resizing: less to resize
     boxed, t = letterbox(image, meta.input_size, meta.pad, meta.letterbox.get("fill", 0))
@@ -174,6 +212,9 @@ def preprocess(image: np.ndarray, meta: ModelMeta) -> tuple[np.ndarray, Letterbo
 def preprocess_batch(
     images: Sequence[np.ndarray], meta: ModelMeta
 ) -> tuple[np.ndarray, list[LetterboxTransform]]:
-    """Several images -> (float32 NxCxHxW, transforms)."""
+    """Several images -> (float32 NxCxHxW, transforms); with ``"rect"`` they must share one input size."""
     pairs = [preprocess(im, meta) for im in images]
+    shapes = sorted({p[0].shape for p in pairs})
+    if len(shapes) > 1:
+        raise UnetDeployError(f"rect letterbox gives different input sizes {shapes}; batch images of one size")
     return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
