@@ -1,132 +1,87 @@
-"""Export a UNet checkpoint to TorchScript, ONNX, AOTInductor (and OpenVINO), metadata inside, parity checked.
+"""Export a UNet checkpoint to every format of the registry, metadata inside, parity-checked through the runtime.
 
-The ``unet-export`` command. One table, ``EXPORT_FORMATS``, says what each format is (CLI
-name, file suffix, whether torch is needed to run it, CPU/GPU, precisions and options); the
-argument checks, the exporter and the benchmarks read it. A new format is one row plus a module with
-``export(model, example, path, meta, opts)`` and ``load(path, device)``.
-
-Every artefact is written under a temporary name beside its target, reloaded, compared
-with the eager model (two input sizes x two batch sizes), and only then renamed: a failed
-export leaves no file behind.
+``export_model(checkpoint, "onnx,aoti")``. Which formats exist, their suffixes, precisions,
+devices and options are ``unet_deploy.formats``' table; each format's module writes its file
+(``export(model, example, path, meta, opts)``). Every artefact is written under its own name
+into a staging folder beside its target, loaded with the runtime backend users run (numpy in,
+numpy out), compared with the eager model (two input sizes x two batch sizes), and only then
+moved into place with its ``<stem>.json`` sidecar: a failed export leaves no file behind.
+Precisions without a parity tolerance here (OpenVINO bf16/int8) are checked by their
+exporter's accuracy gate. No click: progress goes to ``log`` (stderr by default).
 """
 from __future__ import annotations
 
 import copy
-import importlib
 import importlib.util
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import click
+import numpy as np
 
+from . import formats as registry
 from .errors import UnetDeployError
-from .exporters import EXAMPLE_BATCH, ExportOptions, _echo
+from .formats import Format
+from .formats._common import EXAMPLE_BATCH, ExportOptions, quiet, stderr_log
 from .meta import DIVISOR, ModelMeta, check_size, sidecar_path
 
-PRECISIONS = ("fp32", "fp16")
-OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")  # bf16/int8 pass the accuracy gate (unet_deploy.accuracy)
-
-
-@dataclass(frozen=True)
-class ExportFormat:
-    """One row of ``EXPORT_FORMATS``."""
-
-    name: str  # for log lines: "TorchScript"
-    arg: str  # --format value and key of export_model's result: "torchscript"
-    suffix: str  # "<stem><suffix>"
-    needs_torch: bool  # running the artefact needs torch (libtorch in C++)
-    cpu: bool
-    gpu: bool
-    precisions: tuple[str, ...]
-    options: frozenset[str]  # which of "dynamic", "opset", "portable" it honours
-    module: str  # defines export(model, example, path, meta, opts) and load(path, device)
-    requires: tuple[str, ...] = ("torch",)  # Python modules the export needs
-    note: str = ""  # shown in --help
-
-    def path(self, out_dir: Path, stem: str) -> Path:
-        return out_dir / f"{stem}{self.suffix}"
-
-
-EXPORT_FORMATS: tuple[ExportFormat, ...] = (
-    ExportFormat("TorchScript", "torchscript", ".torchscript.pt", True, True, True, PRECISIONS,
-                 frozenset(), "unet_deploy.exporters.torchscript",
-                 note="libtorch torch::jit::load; deprecated upstream, aoti is its successor"),
-    ExportFormat("ONNX", "onnx", ".onnx", False, True, True, PRECISIONS,
-                 frozenset({"dynamic", "opset"}), "unet_deploy.exporters.onnx", ("torch", "onnx", "onnxscript"),
-                 note="ONNX Runtime CPU/CUDA, OpenCV DNN; needs no torch to run"),
-    ExportFormat("AOTInductor", "aoti", ".pt2", True, True, True, PRECISIONS,
-                 frozenset({"dynamic", "portable"}), "unet_deploy.exporters.aoti",
-                 note="compiled package for one device; aoti_load_package / AOTIModelPackageLoader"),
-    ExportFormat("OpenVINO", "openvino", ".xml", False, True, False, OPENVINO_PRECISIONS,
-                 frozenset(), "unet_deploy.export_openvino", ("torch", "openvino", "nncf"),
-                 note="OpenVINO IR (.xml/.bin) for Intel CPUs; bf16/int8 must pass the accuracy gate"),
-)  # fmt: skip
 # Parity tolerances: max |logit diff| relative to max(1, max |eager logit|), argmax agreement in %.
 TOLERANCE = {"fp32": (1e-4, 99.99), "fp16": (1e-2, 99.5)}
+# Options the CLI spells differently from ExportOptions' fields.
+_SHOWN = {"dynamic": "--static", "calib": "--calib"}
 
 
-def _quiet(message: str) -> None:
-    pass
-
-
-def get_format(arg: str) -> ExportFormat:
-    """The row whose CLI name is ``arg``; a one-line error names the choices otherwise."""
-    for fmt in EXPORT_FORMATS:
-        if fmt.arg == arg:
-            return fmt
-    choices = ", ".join([f.arg for f in EXPORT_FORMATS] + ["all"])
-    raise UnetDeployError(f"unknown export format {arg!r}; choose from {choices} (comma-separated for several)")
-
-
-def _missing(fmt: ExportFormat) -> list[str]:
+def _missing(fmt: Format) -> list[str]:
     return [m for m in fmt.requires if importlib.util.find_spec(m) is None]
 
 
-def resolve_formats(formats: str | Iterable[str], precision: str | None = None) -> list[ExportFormat]:
-    """Rows for ``"onnx"``, ``"onnx,aoti"``, ``["onnx", "aoti"]`` or ``"all"`` (the available ones
-    that can export ``precision``, when given)."""
+def resolve_formats(formats: str | Iterable[str], precision: str | None = None) -> list[Format]:
+    """Rows for ``"onnx"``, ``"onnx,aoti"``, ``["onnx", "aoti"]`` or ``"all"`` (the installed exportable
+    ones that can export ``precision``, when given)."""
     names = [formats] if isinstance(formats, str) else list(formats)
     names = [n.strip().lower() for name in names for n in str(name).split(",") if n.strip()]
+    exportable = registry.exportable()
+    choices = ", ".join([f.name for f in exportable] + ["all"])
     if not names:
-        raise UnetDeployError("no export format given; pass --format torchscript, onnx, aoti or all")
+        raise UnetDeployError(f"no export format given; pass --format {choices}")
     if "all" in names:
-        return [f for f in EXPORT_FORMATS if not _missing(f) and (precision is None or precision in f.precisions)]
-    rows = list(dict.fromkeys(get_format(n) for n in names))
-    for fmt in rows:
+        return [f for f in exportable if not _missing(f) and (precision is None or precision in f.precisions)]
+    rows = []
+    for name in names:
+        fmt = next((f for f in exportable if name in (f.name, *f.aliases)), None)
+        if fmt is None:
+            raise UnetDeployError(f"unknown export format {name!r}; choose from {choices} (comma-separated for several)")
         if _missing(fmt):
             raise UnetDeployError(
-                f"--format {fmt.arg} needs {', '.join(_missing(fmt))}, which is not installed: "
+                f"--format {fmt.name} needs {', '.join(_missing(fmt))}, which is not installed: "
                 "pip install 'unet-deploy[torch]'"
             )
-    return rows
+        rows.append(fmt)
+    return list(dict.fromkeys(rows))
 
 
-def _check_options(rows: list[ExportFormat], opts: ExportOptions) -> None:
+def _check_options(rows: list[Format], opts: ExportOptions) -> None:
     """One-line errors for options that no chosen format can honour."""
-    known = tuple(dict.fromkeys(p for f in EXPORT_FORMATS for p in f.precisions))
+    known = tuple(dict.fromkeys(p for f in rows for p in f.precisions))
     if opts.precision not in known:
         raise UnetDeployError(f"--precision {opts.precision!r} is not one of {'|'.join(known)}")
     for fmt in rows:
         if opts.precision not in fmt.precisions:
-            raise UnetDeployError(f"--format {fmt.arg} cannot export {opts.precision}; use {'|'.join(fmt.precisions)}")
-    asked = {"opset": opts.opset is not None, "portable": opts.portable, "dynamic": not opts.dynamic}
+            raise UnetDeployError(f"--format {fmt.name} cannot export {opts.precision}; use {'|'.join(fmt.precisions)}")
+    asked = {"opset": opts.opset is not None, "portable": opts.portable, "dynamic": not opts.dynamic,
+             "calib": opts.calib is not None}  # fmt: skip
     for option, given in asked.items():
         if given and not any(option in f.options for f in rows):
-            shown = "--static" if option == "dynamic" else f"--{option}"
-            users = ", ".join(f.arg for f in EXPORT_FORMATS if option in f.options)
-            raise UnetDeployError(f"{shown} applies to --format {users} only, not {', '.join(f.arg for f in rows)}")
-    if opts.opset is not None and any(f.arg == "onnx" for f in rows):
-        from .exporters.onnx import check_opset
-
-        check_opset(opts.opset)
+            users = ", ".join(f.name for f in registry.exportable() if option in f.options)
+            shown = _SHOWN.get(option, f"--{option}")
+            raise UnetDeployError(f"{shown} applies to --format {users} only, not {', '.join(f.name for f in rows)}")
 
 
-def _check_device(device: str, rows: list[ExportFormat]) -> str:
+def _check_device(device: str, rows: list[Format]) -> str:
     import torch
 
     try:
@@ -138,8 +93,8 @@ def _check_device(device: str, rows: list[ExportFormat]) -> str:
     if dev.type not in ("cpu", "cuda"):
         raise UnetDeployError(f"--device {device}: export supports cpu and cuda")
     for fmt in rows:
-        if not (fmt.gpu if dev.type == "cuda" else fmt.cpu):
-            raise UnetDeployError(f"--format {fmt.arg} cannot be exported for {dev.type}")
+        if dev.type not in fmt.devices:
+            raise UnetDeployError(f"--format {fmt.name} cannot be exported for {dev.type}")
     return str(dev)
 
 
@@ -165,23 +120,9 @@ def _source(checkpoint_or_model: Any, classes: Sequence[str] | None) -> tuple[An
     return copy.deepcopy(model).cpu().eval(), meta, "model", None  # the caller's model stays as it was
 
 
-def _half_precision(model: Any) -> Any:
-    """A copy of ``model`` that runs in fp16 but takes float32 images and returns float32 logits."""
-    import torch
-
-    class HalfPrecision(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.model = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model(x.half()).float()
-
-    return HalfPrecision(copy.deepcopy(model).half()).eval()
-
-
-def _check_inputs(meta: ModelMeta, dynamic: bool, device: str) -> list[Any]:
-    """Parity inputs: preprocessed-looking tensors at two sizes (one if static) x batch 1 and 3."""
+def reference_logits(model: Any, meta: ModelMeta, dynamic: bool, device: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Parity cases ``(input, eager fp32 logits)``: preprocessed-looking inputs at two sizes (one if
+    static) x batch 1 and 3."""
     import torch
 
     h, w = meta.input_size
@@ -189,70 +130,114 @@ def _check_inputs(meta: ModelMeta, dynamic: bool, device: str) -> list[Any]:
     g = torch.Generator().manual_seed(0)
     mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
     std = torch.tensor(meta.std).view(1, -1, 1, 1)
-    inputs = []
-    for size in sizes:
-        for batch in (1, 3):
-            pixels = torch.randint(0, 256, (batch, meta.in_channels, *size), generator=g).float()
-            inputs.append(((pixels / meta.scale - mean) / std).to(device))
-    return inputs
+    cases = []
+    with torch.inference_mode():
+        for size in sizes:
+            for batch in (1, 3):
+                pixels = torch.randint(0, 256, (batch, meta.in_channels, *size), generator=g).float()
+                x = (pixels / meta.scale - mean) / std
+                cases.append((x.numpy(), model(x.to(device)).float().cpu().numpy()))
+    return cases
 
 
-def parity(reference: list[Any], run: Any, inputs: list[Any], precision: str) -> tuple[bool, str]:
-    """Compare ``run`` with the eager ``reference`` logits; return (within tolerance, one-line summary)."""
-    import torch
-
+def parity(cases: list[tuple[np.ndarray, np.ndarray]], run: Callable[[np.ndarray], np.ndarray],
+           precision: str) -> tuple[bool, str]:  # fmt: skip
+    """Compare ``run`` (numpy in, numpy out) with the eager logits; return (within tolerance, one-line summary)."""
     atol, min_agree = TOLERANCE[precision]
     labels = (lambda t: (t[:, 0] > 0) if t.shape[1] == 1 else t.argmax(1))  # noqa: E731 - one-logit head: > 0
     worst, agree, total = 0.0, 0, 0
-    with torch.inference_mode():
-        for x, ref in zip(inputs, reference):
-            got = run(x).float().cpu()
-            scale = max(1.0, float(ref.abs().max()))
-            worst = max(worst, float((got - ref).abs().max()) / scale)
-            agree += int((labels(got) == labels(ref)).sum())
-            total += ref.shape[0] * ref.shape[2] * ref.shape[3]
+    for x, ref in cases:
+        got = np.asarray(run(x), dtype=np.float32)
+        if got.shape != ref.shape:
+            return False, f"output shape {list(got.shape)} instead of {list(ref.shape)}"
+        scale = max(1.0, float(np.abs(ref).max()))
+        worst = max(worst, float(np.abs(got - ref).max()) / scale)
+        agree += int((labels(got) == labels(ref)).sum())
+        total += ref.shape[0] * ref.shape[2] * ref.shape[3]
     pct = 100.0 * agree / total
-    shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs)
+    shapes = ", ".join("x".join(map(str, x.shape)) for x, _ in cases)
     line = (f"max |logit diff| {worst:.1e} (allowed {atol:g}), argmax agreement {pct:.4f}% "
             f"(min {min_agree}%) at {shapes}")  # fmt: skip
     return worst <= atol and pct >= min_agree, line
 
 
-def _size(path: Path) -> str:
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return f"{sum(p.stat().st_size for p in files) / 1e6:.1f} MB"
+def _size(paths: list[Path]) -> str:
+    files = [f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()]
+    return f"{sum(f.stat().st_size for f in files) / 1e6:.1f} MB"
 
 
-def _export_one(fmt: ExportFormat, model: Any, meta: ModelMeta, target: Path, opts: ExportOptions,
-                check: tuple[list[Any], list[Any]] | None) -> Path:  # fmt: skip
-    """Export into a staging folder beside ``target``, check it, then move its files into place."""
+def _stamp(meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
+    """``meta`` with what this export fixes: ``extra.precision`` (and ``extra.dynamic`` when static)."""
+    extra = {**meta.extra, "precision": opts.precision}
+    if not opts.dynamic:
+        extra["dynamic"] = False
+    return replace(meta, extra=extra)
+
+
+def _check_artefact(fmt: Format, staged: Path, target: Path, written: ModelMeta, opts: ExportOptions,
+                    cases: list[tuple[np.ndarray, np.ndarray]]) -> str:  # fmt: skip
+    """Load ``staged`` with the runtime backend of ``fmt`` and compare it with the eager logits."""
+    backend = fmt.load_backend()(staged, device=opts.device)
+    try:
+        if backend.meta != written:
+            raise UnetDeployError(f"{target}: the metadata read back differs from the exported one; report a bug")
+        ok, line = parity(cases, backend.forward, opts.precision)
+    finally:
+        del backend
+    if not ok:
+        raise UnetDeployError(f"{target}: {fmt.title} output differs from the eager model ({line}); "
+                              "nothing was written, report this with the checkpoint")  # fmt: skip
+    return line
+
+
+def check_request(rows: list[Format], opts: ExportOptions, targets: dict[str, Path]) -> None:
+    """Every one-line option error of an export, before anything slow: the table's, then each format's own."""
+    _check_options(rows, opts)
+    for fmt in rows:
+        module = fmt.load_exporter()
+        if hasattr(module, "check_options"):
+            module.check_options(opts, targets[fmt.name])
+
+
+def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: ExportOptions,
+              cases: list[tuple[np.ndarray, np.ndarray]] | None = None, checked: bool = False) -> Path:  # fmt: skip
+    """Export the eager fp32 ``model`` to ``target`` as ``fmt``: stage, check, then move it and its sidecar in place.
+
+    ``cases`` are the parity inputs and eager logits (``reference_logits``; made here when
+    ``opts.check`` and not given); ``checked``: the options were checked already
+    (``check_request``). Errors name ``target``, never the staging folder.
+    """
     import torch
 
-    module = importlib.import_module(fmt.module)
+    module = fmt.load_exporter()
+    if not checked:
+        check_request([fmt], opts, {fmt.name: target})
+    meta = _stamp(meta, opts)
+    checking = opts.check and opts.precision in TOLERANCE
+    if checking and cases is None:
+        cases = reference_logits(model, meta, opts.dynamic, opts.device)
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
+    staged = staging / target.name  # same name: exporters may insist on a suffix (.pt2)
     try:
-        staged = staging / target.name  # same name: exporters may insist on a suffix (.pt2)
         t0 = time.perf_counter()
         example = torch.zeros(EXAMPLE_BATCH, meta.in_channels, *meta.input_size, device=opts.device)
         with torch.no_grad():
-            module.export(model, example, staged, meta, opts)
-        opts.log(f"{fmt.name}: exported in {time.perf_counter() - t0:.1f} s ({_size(staged)})")
-        if check is not None:
+            written = module.export(model, example, staged, meta, opts) or meta
+        files = sorted(staging.iterdir())
+        opts.log(f"{fmt.title}: exported in {time.perf_counter() - t0:.1f} s ({_size(files)})")
+        if checking:
             t0 = time.perf_counter()
-            run, loaded_meta = module.load(staged, opts.device)
-            if loaded_meta != meta:
-                raise UnetDeployError(f"{target}: the metadata read back differs from the exported one; report a bug")
-            ok, line = parity(check[1], run, check[0], opts.precision)
-            del run
-            if not ok:
-                raise UnetDeployError(f"{target}: {fmt.name} output differs from the eager model ({line}); "
-                                      "nothing was written, report this with the checkpoint")  # fmt: skip
-            opts.log(f"{fmt.name}: parity ok in {time.perf_counter() - t0:.1f} s, {line}")
-        else:
-            opts.log(f"{fmt.name}: parity check skipped (--no-check)")
-        extras = sorted(p for p in staging.iterdir() if p != staged)  # e.g. ONNX external .data
-        for p in extras + [staged]:
+            line = _check_artefact(fmt, staged, target, written, opts, cases)  # type: ignore[arg-type]
+            opts.log(f"{fmt.title}: parity ok in {time.perf_counter() - t0:.1f} s, {line}")
+        elif opts.precision in TOLERANCE:
+            opts.log(f"{fmt.title}: parity check skipped (--no-check)")
+        written.save(staging / sidecar_path(staged).name)
+        extras = sorted(p for p in staging.iterdir() if p != staged)  # sidecar, OpenVINO .bin, ONNX .data
+        for p in extras + [staged]:  # the artefact last: a reader that finds it finds the rest
             os.replace(p, target.parent / p.name)
+    except UnetDeployError as e:
+        raise UnetDeployError(e.message.replace(str(staged), str(target))) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -279,30 +264,27 @@ def export_model(
 ) -> dict[str, Path]:
     """Export a checkpoint (ours or a seed ``unet.pth``), a ``UNet`` or ``(UNet, ModelMeta)`` to ``formats``.
 
-    Writes ``<stem>.torchscript.pt``, ``<stem>.onnx``, ``<stem>.pt2`` (as asked) and the
-    ``<stem>.json`` sidecar into ``out_dir`` (default: beside the checkpoint). ``img_size``
-    (H, W multiples of 16) sets the metadata's input size and the export example;
-    ``dynamic=False`` fixes H and W there. With ``check`` each artefact is reloaded and
-    compared with the eager model before it is kept. ``openvino`` at bf16/int8 also needs
-    ``calib`` (int8) and ``val`` for its accuracy gate (``unet_deploy.export_openvino``). Progress goes to stderr, one line per
-    stage (``log`` replaces that, ``verbose=False`` silences it). Returns ``{format: path}``.
+    ``formats``: names of ``unet_deploy.formats.exportable()`` (comma-separated or a list) or
+    ``"all"``. Writes ``<stem><suffix>`` per format (``Format.path``) and its ``<stem>.json``
+    sidecar into ``out_dir`` (default: beside the checkpoint). ``img_size`` (H, W multiples of
+    16) sets the metadata's input size and the export example; ``dynamic=False`` fixes H and W
+    there. With ``check`` each artefact is loaded by its runtime backend and compared with the
+    eager model before it is kept. OpenVINO bf16/int8 also need ``calib`` (int8) and ``val``
+    for its accuracy gate. Progress goes to stderr, one line per stage (``log`` replaces that,
+    ``verbose=False`` silences it). Returns ``{format: path}``.
     """
     t_start = time.perf_counter()
     rows = resolve_formats(formats, precision)
-    opts = ExportOptions(dynamic, precision, opset, device, portable, log or (_echo if verbose else _quiet))
-    _check_options(rows, opts)
+    opts = ExportOptions(dynamic, precision, opset, device, portable, log or (stderr_log if verbose else quiet), check,
+                         Path(calib) if calib else None, Path(val) if val else None, min_agreement, max_miou_drop)  # fmt: skip
+    _check_options(rows, opts)  # before loading the checkpoint; check_request below adds the formats' own
     size = check_size(img_size, "--img-size") if img_size is not None else None
     opts.device = _check_device(device, rows)
     model, meta, stem, source = _source(checkpoint_or_model, classes)
-    if any(f.arg == "aoti" for f in rows):
-        from .exporters.aoti import isa_configs
-
-        isa_configs(portable, opts.device)  # fail before loading anything slow
-    extra = {**meta.extra, "precision": precision}
-    if not dynamic:
-        extra["dynamic"] = False
-    meta = replace(meta, input_size=size or meta.input_size, extra=extra)
+    meta = replace(meta, input_size=size or meta.input_size)
     out = Path(out_dir) if out_dir is not None else (source.parent if source else Path.cwd())
+    targets = {fmt.name: fmt.path(out, stem, precision) for fmt in rows}
+    check_request(rows, opts, targets)
     out.mkdir(parents=True, exist_ok=True)
 
     import torch
@@ -310,7 +292,6 @@ def export_model(
     from .model import count_parameters
 
     model = model.to(opts.device).eval()
-    exported = _half_precision(model) if precision == "fp16" else model
     h, w = meta.input_size
     opts.log(
         f"PyTorch: starting from {source or type(model).__name__} with torch {torch.__version__}: UNet base "
@@ -319,89 +300,9 @@ def export_model(
         f"{' (N, H, W dynamic, H and W multiples of 16)' if dynamic else ' (H, W fixed; N dynamic)'}, "
         f"{precision}, on {opts.device}"
     )
-    checking = None
-    if check:
-        inputs = _check_inputs(meta, dynamic, opts.device)
-        with torch.inference_mode():
-            checking = (inputs, [model(x).float().cpu() for x in inputs])
-    results: dict[str, Path] = {}
-    for fmt in rows:
-        if fmt.arg == "torchscript":
-            opts.log("TorchScript: deprecated upstream; it stays for libtorch users, --format aoti is its successor")
-        if fmt.arg == "openvino":  # its own staging, fp32 parity, NNCF int8 and accuracy gate; writes its sidecar
-            results[fmt.arg] = _export_openvino(model, meta, out, stem, opts, check, calib, val, min_agreement, max_miou_drop)
-            continue
-        results[fmt.arg] = _export_one(fmt, exported, meta, fmt.path(out, stem), opts, checking)
-        meta.save(sidecar_path(results[fmt.arg]))
-    written = [str(p) for p in results.values()] + [str(sidecar_path(results[rows[0].arg]))]
+    cases = reference_logits(model, meta, dynamic, opts.device) if check and precision in TOLERANCE else None
+    results = {fmt.name: export_to(fmt, model, meta, targets[fmt.name], opts, cases, checked=True) for fmt in rows}
+    written = [str(p) for p in results.values()] + list(dict.fromkeys(str(sidecar_path(p)) for p in results.values()))
     opts.log(f"Export complete in {time.perf_counter() - t_start:.1f} s: {', '.join(written)}")
     return results
 
-
-def _export_openvino(model: Any, meta: ModelMeta, out: Path, stem: str, opts: ExportOptions, check: bool,
-                     calib: Any, val: Any, min_agreement: float | None, max_miou_drop: float | None) -> Path:  # fmt: skip
-    from . import accuracy
-    from .export_openvino import export_openvino, ir_path
-
-    return export_openvino(
-        model, meta, ir_path(out, stem, opts.precision), precision=opts.precision, calib=calib, val=val,
-        min_agreement=accuracy.DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
-        max_miou_drop=accuracy.DEFAULT_MAX_MIOU_DROP if max_miou_drop is None else max_miou_drop,
-        check=check, log=opts.log,
-    )  # fmt: skip
-
-
-def _format_help() -> str:
-    return "; ".join(f"{f.arg} ({f.suffix}: {f.note})" for f in EXPORT_FORMATS)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=f"Formats: {_format_help()}.")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--format", "-f", "formats", multiple=True, default=("torchscript",), show_default=True,
-              help="torchscript, onnx, aoti, openvino, all; repeat or comma-separate for several.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder [default: beside the checkpoint].")
-@click.option("--img-size", nargs=2, type=int, metavar="H W",
-              help="Input size in the metadata (multiples of 16) [default: the checkpoint's].")
-@click.option("--dynamic/--static", default=True, show_default=True,
-              help="Dynamic H/W (multiples of 16) or fixed at --img-size; the batch is always dynamic.")
-@click.option("--precision", default="fp32", show_default=True,
-              help="fp32; fp16 for GPU deployment; bf16 or int8 for --format openvino (accuracy-gated).")
-@click.option("--opset", type=int, help="ONNX opset [default: 18].")
-@click.option("--device", default="cpu", show_default=True, help="Device to export on (an aoti package runs there).")
-@click.option("--classes", help="Class names a,b,c (a seed unet.pth has none; must match the class count).")
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Reload each artefact and compare it with the eager model (kept only if it agrees).")
-@click.option("--portable", is_flag=True, help="aoti: AVX2 (x86-64-v3) kernels instead of host-tuned ones.")
-@click.option("--calib", type=click.Path(path_type=Path), metavar="DATA",
-              help="openvino int8: dataset whose training images calibrate (a few dozen are used).")
-@click.option("--val", type=click.Path(path_type=Path), metavar="DATA",
-              help="openvino bf16/int8: validation images for the accuracy gate [default: held back from --calib].")
-@click.option("--min-agreement", type=float, help="Accuracy gate: least pixel agreement with fp32, % [default: 99.0].")
-@click.option("--max-miou-drop", type=float, help="Accuracy gate: most mIoU lost against fp32, points [default: 1.0].")
-def command(checkpoint: Path, formats: tuple[str, ...], out_dir: Path | None, img_size: tuple[int, int] | None,
-            dynamic: bool, precision: str, opset: int | None, device: str, classes: str | None, check: bool,
-            portable: bool, calib: Path | None, val: Path | None, min_agreement: float | None,
-            max_miou_drop: float | None) -> None:  # fmt: skip
-    """Export CHECKPOINT (a unet-train checkpoint or a seed unet.pth) for deployment.
-
-    Writes <stem>.torchscript.pt / <stem>.onnx / <stem>.pt2 plus the <stem>.json sidecar,
-    each with the model's metadata (classes, input size, letterbox, normalisation) inside.
-    Every artefact is checked against the eager model before it is kept. TorchScript is
-    deprecated upstream: it stays for libtorch programs, aoti (AOTInductor) is its successor.
-
-    \b
-    Examples:
-      unet-export runs/a/best.pt --format torchscript          # libtorch: torch::jit::load
-      unet-export runs/a/best.pt --format all --out deploy/
-      unet-export unet.pth --classes background,scratch,spot --img-size 256 256 -f onnx
-      unet-export runs/a/best.pt -f aoti --portable            # AVX2 package for other CPUs
-      unet-export runs/a/best.pt -f onnx --precision fp16      # for ONNX Runtime CUDA
-      unet-export runs/a/best.pt -f openvino --precision int8 --calib data/voc   # Intel CPUs, gated
-    """
-    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    results = export_model(checkpoint, formats, out_dir, img_size, dynamic, precision, opset, device, names,
-                           check, portable, calib=calib, val=val, min_agreement=min_agreement,
-                           max_miou_drop=max_miou_drop)  # fmt: skip
-    for path in results.values():
-        click.echo(str(path))

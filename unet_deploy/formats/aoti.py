@@ -45,7 +45,7 @@ def isa_configs(portable: bool, device: str) -> dict[str, Any]:
     return dict(PORTABLE_CONFIGS)
 
 
-def check_options(opts: ExportOptions) -> None:
+def check_options(opts: ExportOptions, target: Path) -> None:
     """Fail on ``--portable`` where it cannot apply, before anything slow runs."""
     isa_configs(opts.portable, opts.device)
 
@@ -54,8 +54,9 @@ def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOp
     """``torch.export`` the model on ``opts.device`` and compile it into the package ``path`` (``.pt2``)."""
     import torch
 
-    from ._torch import dynamic_shapes
+    from ._torch import dynamic_shapes, reduced_precision
 
+    model = reduced_precision(model, opts.precision)
     configs = {"aot_inductor.metadata": {METADATA_KEY: meta.to_json()}, **isa_configs(opts.portable, opts.device)}
     program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(opts.dynamic))
     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)

@@ -30,7 +30,7 @@ MIN_OPSET = DEFAULT_OPSET  # asked for less, torch.onnx.export(dynamo=True) stil
 _INLINE_LIMIT = 1_800_000_000
 
 
-def check_options(opts: ExportOptions) -> None:
+def check_options(opts: ExportOptions, target: Path) -> None:
     """Fail on an unsupported ``--opset`` before anything slow runs."""
     check_opset(opts.opset)
 
@@ -55,8 +55,9 @@ def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOp
     import onnx
     import torch
 
-    from ._torch import dynamic_shapes
+    from ._torch import dynamic_shapes, reduced_precision
 
+    model = reduced_precision(model, opts.precision)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     program = torch.onnx.export(
         model, (example,), dynamo=True, verbose=False, optimize=True,

@@ -42,7 +42,9 @@ def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOp
     import torch
 
     opts.log("TorchScript: deprecated upstream; it stays for libtorch users, --format aoti is its successor")
-    cpu_model = copy.deepcopy(model).cpu().eval()
+    from ._torch import reduced_precision
+
+    cpu_model = copy.deepcopy(reduced_precision(model, opts.precision)).cpu().eval()
     with shown_once(FORMAT.title, opts.log):
         scripted = torch.jit.script(cpu_model)
         baked = device_constants(scripted)

@@ -1,65 +1,44 @@
-"""What every inference backend shares: the base class, the registry by file suffix, device choice.
+"""What every inference backend shares: the base class, the backend choice (from the format registry), device choice.
 
 A backend loads one model file and turns a float32 NCHW batch (the output of
-``preprocess``) into float32 NCHW logits. It knows nothing of images or classes. A new
-format is one row in ``BACKENDS`` and one small module; heavy imports (onnxruntime,
+``preprocess``) into float32 NCHW logits. It knows nothing of images or classes. Which
+backend reads which file is ``unet_deploy.formats``' table; heavy imports (onnxruntime,
 torch, openvino) happen inside the backend that needs them, so ``import
 unet_deploy.runtime`` stays torch-free.
 """
 from __future__ import annotations
 
-import importlib
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from .. import formats
 from ..errors import UnetDeployError
-from ..meta import TORCHSCRIPT_EXTRA_FILE, ModelMeta
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """One row of the registry: the file suffixes a backend reads and where its class lives."""
-
-    suffixes: tuple[str, ...]
-    target: str  # "module:Class", imported only when chosen
-
-    def load_class(self) -> type["Backend"]:
-        module, attr = self.target.split(":")
-        return getattr(importlib.import_module(module), attr)
-
-
-# name -> spec. Longer suffixes win (".torchscript.pt" before ".pt").
-BACKENDS: dict[str, BackendSpec] = {
-    "onnxruntime": BackendSpec((".onnx",), "unet_deploy.runtime.onnx_runtime:OnnxRuntimeBackend"),
-    "torchscript": BackendSpec((".torchscript.pt", ".torchscript"), "unet_deploy.runtime.torch_backends:TorchScriptBackend"),
-    "aoti": BackendSpec((".pt2",), "unet_deploy.runtime.torch_backends:AOTIBackend"),
-    "checkpoint": BackendSpec((".pt", ".pth"), "unet_deploy.runtime.torch_backends:CheckpointBackend"),
-    "openvino": BackendSpec((".xml",), "unet_deploy.runtime.openvino_backend:OpenVINOBackend"),
-}  # fmt: skip
-ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "pt2": "aoti", "aotinductor": "aoti",
-           "torch": "checkpoint", "pytorch": "checkpoint", "eager": "checkpoint", "jit": "torchscript",
-           "ov": "openvino"}  # fmt: skip
+from ..meta import ModelMeta
 
 
 class Backend:
     """Base of all backends: load ``path`` in ``__init__``, then ``forward(batch) -> logits``.
 
-    After loading, ``device`` is ``"cuda"`` or ``"cpu"`` (what really runs), ``device_note``
-    says why when a wish could not be met, ``meta`` is the ModelMeta found inside the file
-    (or None), ``input_hw`` the fixed input (H, W) if the file fixes it, ``fixed_batch`` the
-    one batch size the file accepts (None: any) and ``num_outputs`` its logit channels if known.
+    ``precision=None`` runs the file as exported; ``"fp32"``, ``"fp16"``, ``"bf16"`` ask for
+    another where the backend can run it (one-line error where it cannot). After loading,
+    ``device`` is ``"cuda"`` or ``"cpu"`` (what really runs), ``precision`` what computes,
+    ``device_note`` says why when a wish could not be met, ``meta`` is the ModelMeta found
+    inside the file (or None), ``input_hw`` the fixed input (H, W) if the file fixes it,
+    ``fixed_batch`` the one batch size the file accepts (None: any) and ``num_outputs`` its
+    logit channels if known.
     """
 
     name: ClassVar[str] = "base"
 
-    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, **options) -> None:
+    def __init__(
+        self, path: Path, device: str = "auto", threads: int | None = None, precision: str | None = None, **options
+    ) -> None:
         self.path = Path(path)
         self.device = "cpu"
         self.device_note = ""
+        self.precision = "fp32"
         self.meta: ModelMeta | None = None
         self.input_hw: tuple[int, int] | None = None
         self.fixed_batch: int | None = None
@@ -69,37 +48,37 @@ class Backend:
         """float32 ``(N, C, H, W)`` network input -> float32 ``(N, K, H, W)`` logits."""
         raise NotImplementedError
 
+    def exported_precision(self) -> str:
+        """The precision the file was exported at (``meta.extra["precision"]``, fp32 when unsaid)."""
+        return str(self.meta.extra.get("precision", "fp32")) if self.meta else "fp32"
+
+    def refuse_precision(self, asked: str, runs: tuple[str, ...]) -> None:
+        """Raise the one-line error for a ``precision`` this backend cannot run (``runs``: what it can)."""
+        raise UnetDeployError(
+            f"{self.path}: the {self.name} backend cannot run this model at {asked}; it runs {'|'.join(runs)} "
+            f"(re-export with --precision {asked} where the format has it, or leave precision out)"
+        )
+
 
 def backend_class(path: str | Path, backend: str = "auto") -> type[Backend]:
-    """The backend class for ``path``: by name, or (``"auto"``) by the file's suffix.
+    """The backend class for ``path``: by name (format, backend or alias), or (``"auto"``) by the file.
 
-    A ``.pt``/``.pth`` that is really a TorchScript archive goes to the TorchScript backend.
+    The format registry decides: the longest suffix wins, and a ``.pt`` that is really a
+    TorchScript archive goes to the TorchScript backend.
     """
-    path = Path(path)
-    name = ALIASES.get(backend.lower(), backend.lower())
-    if name != "auto":
-        if name not in BACKENDS:
-            raise UnetDeployError(f"backend {backend!r} is unknown; use auto or one of {', '.join(BACKENDS)}")
-        return BACKENDS[name].load_class()
-    lower = path.name.lower()
-    matches = [(len(s), n) for n, spec in BACKENDS.items() for s in spec.suffixes if lower.endswith(s)]
-    if not matches:
-        known = ", ".join(s for spec in BACKENDS.values() for s in spec.suffixes)
-        raise UnetDeployError(f"{path}: unknown model type; pass one of {known} (or choose --backend)")
-    name = max(matches)[1]
-    if name == "checkpoint" and _is_torchscript_archive(path):
-        name = "torchscript"
-    return BACKENDS[name].load_class()
+    if backend.strip().lower() != "auto":
+        try:
+            fmt = formats.get(backend)
+        except UnetDeployError:
+            choices = ", ".join(dict.fromkeys(f.backend for f in formats.FORMATS.values() if f.backend_class))
+            raise UnetDeployError(f"backend {backend!r} is unknown; use auto or one of {choices}") from None
+        return fmt.load_backend()
+    return formats.for_path(path).load_backend()
 
 
-def _is_torchscript_archive(path: Path) -> bool:
-    """True for a torch.jit.save zip (it holds ``code/`` and ``constants.pkl``), False for torch.save."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return any(n.endswith("/constants.pkl") or n.endswith(f"/extra/{TORCHSCRIPT_EXTRA_FILE}") for n in names)
+def backend_names() -> list[str]:
+    """The backends ``Segmenter(backend=...)`` offers, from the registry (``auto`` first)."""
+    return ["auto", *dict.fromkeys(f.backend for f in formats.FORMATS.values() if f.backend_class)]
 
 
 def parse_device(device: str) -> tuple[str, int]:

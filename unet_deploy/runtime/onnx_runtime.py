@@ -7,7 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UnetDeployError
-from ..meta import ONNX_METADATA_KEY, ModelMeta
+from ..formats import onnx as onnx_format
+from ..formats._common import first_line
 from .base import Backend, choose_device, parse_device
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -21,7 +22,8 @@ class OnnxRuntimeBackend(Backend):
     lists it (the ``onnxruntime-gpu`` package) and reports what the session really got: a CUDA
     provider that fails to load (missing CUDA/cuDNN libraries) falls back to the CPU.
     ``providers`` overrides the choice (any ONNX Runtime provider list); ``threads`` sets
-    intra-op threads (default: ONNX Runtime's, one per physical core).
+    intra-op threads (default: ONNX Runtime's, one per physical core). The graph runs at the
+    precision it was exported at (``precision`` may only name that one).
     """
 
     name = "onnxruntime"
@@ -31,10 +33,11 @@ class OnnxRuntimeBackend(Backend):
         path: Path,
         device: str = "auto",
         threads: int | None = None,
+        precision: str | None = None,
         providers: Sequence[Any] | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(path, device, threads)
+        super().__init__(path, device, threads, precision)
         import onnxruntime as ort
 
         if not self.path.is_file():
@@ -59,6 +62,9 @@ class OnnxRuntimeBackend(Backend):
                 )
             self.device_note = "the CUDA provider failed to start, see the onnxruntime log"
         self._read_signature()
+        self.precision = self.exported_precision()
+        if precision is not None and precision != self.precision:
+            self.refuse_precision(precision, (self.precision,))
 
     def _read_signature(self) -> None:
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
@@ -74,9 +80,7 @@ class OnnxRuntimeBackend(Backend):
         oshape = list(out.shape)
         if len(oshape) == 4 and isinstance(oshape[1], int) and oshape[1] > 0:
             self.num_outputs = oshape[1]
-        text = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
-        if text:
-            self.meta = ModelMeta.from_json(text, f"{self.path} (metadata_props {ONNX_METADATA_KEY!r})")
+        self.meta = onnx_format.read_meta(self.session, self.path)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
@@ -98,5 +102,4 @@ def _session(ort: Any, path: Path, providers: Sequence[Any], threads: int | None
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UnetDeployError(f"{path}: not a loadable ONNX model ({first}); re-export it with unet-export") from None
+        raise UnetDeployError(f"{path}: not a loadable ONNX model ({first_line(e)}); re-export it with unet-export") from None

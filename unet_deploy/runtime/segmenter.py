@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
+from .. import formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
 from ..meta import ModelMeta, check_size, sidecar_path
@@ -82,9 +83,11 @@ class Result:
 class Segmenter:
     """Run a segmentation model file on images: ``Segmenter("model.onnx")("part.png") -> Result``.
 
-    ``model`` is ``.onnx`` (ONNX Runtime), ``.torchscript.pt``, ``.pt2`` (AOTInductor) or a
-    checkpoint ``.pt``; ``backend`` forces one (``onnxruntime``, ``torchscript``, ``aoti``,
-    ``checkpoint``). ``device="auto"`` takes CUDA when the backend offers it, else the CPU;
+    ``model`` is any file of the format registry (``unet_deploy.formats``): ``.onnx`` (ONNX
+    Runtime), ``.torchscript.pt``, ``.pt2`` (AOTInductor), OpenVINO ``.xml`` or a checkpoint
+    ``.pt``; ``backend`` forces one (``runtime.base.backend_names()``). ``precision`` runs
+    another precision where the backend can (``"bf16"`` for a checkpoint or an OpenVINO IR;
+    ``None``: as exported); ``seg.precision`` says what runs. ``device="auto"`` takes CUDA when the backend offers it, else the CPU;
     ``seg.device`` and ``seg.backend`` say what was chosen. ModelMeta is read from the file,
     else from the ``<stem>.json`` sidecar; ``classes=``/``input_size=`` override it or stand in
     when there is none. ``min_area`` drops smaller regions (original pixels). ``providers``
@@ -101,15 +104,17 @@ class Segmenter:
         min_area: int = 0,
         providers: Sequence[Any] | None = None,
         threads: int | None = None,
+        precision: str | None = None,
     ) -> None:
         self.model_path = Path(model)
         if not self.model_path.is_file():
             raise UnetDeployError(
-                f"{self.model_path}: model file not found; pass an .onnx, .torchscript.pt, .pt2 or checkpoint .pt"
+                f"{self.model_path}: model file not found; pass a model file ({', '.join(formats.suffixes())})"
             )
         classes = [str(c) for c in classes] if classes else None
         cls = backend_class(self.model_path, backend)
-        self._backend: Backend = cls(self.model_path, device=device, threads=threads, providers=providers, classes=classes)
+        self._backend: Backend = cls(self.model_path, device=device, threads=threads, precision=precision,
+                                     providers=providers, classes=classes)  # fmt: skip
         self.meta = _resolve_meta(self._backend, classes, input_size)
         self.min_area = int(min_area)
         note = f" ({self._backend.device_note})" if self._backend.device_note else ""
@@ -122,8 +127,13 @@ class Segmenter:
 
     @property
     def backend(self) -> str:
-        """The backend's name: ``onnxruntime``, ``torchscript``, ``aoti`` or ``checkpoint``."""
+        """The backend's name: ``onnxruntime``, ``torchscript``, ``aoti``, ``openvino``, ``checkpoint`` ..."""
         return self._backend.name
+
+    @property
+    def precision(self) -> str:
+        """What computes: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"int8"``."""
+        return self._backend.precision
 
     @property
     def classes(self) -> list[str]:

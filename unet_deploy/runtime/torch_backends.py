@@ -1,7 +1,9 @@
 """The torch backends: TorchScript (``.torchscript.pt``), AOTInductor (``.pt2``) and our checkpoint (``.pt``).
 
 torch is imported when one of them is chosen, never by ``import unet_deploy.runtime``.
-``device="auto"`` takes CUDA when ``torch.cuda.is_available()``.
+``device="auto"`` takes CUDA when ``torch.cuda.is_available()``. ``precision="bf16"`` or
+``"fp16"`` casts a checkpoint or an fp32 TorchScript model at load time
+(``formats._torch.reduced_precision``); an AOTInductor package runs as it was compiled.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnetDeployError
-from ..meta import TORCHSCRIPT_EXTRA_FILE, ModelMeta
+from ..formats import aoti as aoti_format
+from ..formats import torchscript as torchscript_format
+from ..formats._common import first_line
 from .base import Backend, choose_device, parse_device
 
 _NO_CUDA = "torch has no CUDA device (a CPU build of torch, or no GPU)"
@@ -31,10 +35,12 @@ def _import_torch(path: Path, backend: str) -> Any:
 
 
 class _TorchBackend(Backend):
-    """Shared by the torch backends: device choice, threads, numpy in / numpy out."""
+    """Shared by the torch backends: device choice, threads, precision, numpy in / numpy out."""
 
-    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, **options: Any) -> None:
-        super().__init__(path, device, threads)
+    def __init__(
+        self, path: Path, device: str = "auto", threads: int | None = None, precision: str | None = None, **options: Any
+    ) -> None:
+        super().__init__(path, device, threads, precision)
         if not self.path.is_file():
             raise UnetDeployError(f"{self.path}: model file not found")
         self.torch = torch = _import_torch(self.path, self.name)
@@ -47,6 +53,18 @@ class _TorchBackend(Backend):
 
     def _run(self, x: Any) -> Any:
         raise NotImplementedError
+
+    def _cast(self, model: Any, asked: str | None) -> Any:
+        """``model`` at the asked precision: as exported (``None``), or an fp32 model cast to bf16/fp16."""
+        from ..formats._torch import reduced_precision
+
+        exported = self.exported_precision()
+        self.precision = exported if asked is None else asked
+        if self.precision == exported:
+            return model
+        if exported != "fp32" or asked not in ("fp32", "bf16", "fp16"):
+            self.refuse_precision(str(asked), (exported,) if exported != "fp32" else ("fp32", "bf16", "fp16"))
+        return reduced_precision(model, self.precision)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
@@ -61,38 +79,44 @@ class TorchScriptBackend(_TorchBackend):
 
     name = "torchscript"
 
-    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, **options: Any) -> None:
-        super().__init__(path, device, threads)
-        extra = {TORCHSCRIPT_EXTRA_FILE: ""}
-        try:
-            self.module = self.torch.jit.load(str(self.path), map_location=self.torch_device, _extra_files=extra)
-        except Exception as e:  # RuntimeError for foreign or truncated archives
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UnetDeployError(f"{self.path}: not a loadable TorchScript model ({first})") from None
-        self.module.eval()
-        if extra[TORCHSCRIPT_EXTRA_FILE]:
-            self.meta = ModelMeta.from_json(extra[TORCHSCRIPT_EXTRA_FILE], f"{self.path} (extra file)")
-        params = list(self.module.parameters())
-        if params and params[0].is_floating_point():
-            self.dtype = params[0].dtype  # a half-precision export takes half inputs
+    def __init__(
+        self, path: Path, device: str = "auto", threads: int | None = None, precision: str | None = None, **options: Any
+    ) -> None:
+        super().__init__(path, device, threads, precision)
+        module, self.meta = torchscript_format.read(self.path, self.torch_device)
+        params = list(module.parameters())
+        if params and params[0].is_floating_point() and self.meta is None:
+            self.dtype = params[0].dtype  # a foreign half-precision module takes half inputs
+        self.module = self._cast(module, precision)
 
     def _run(self, x: Any) -> Any:
         return self.module(x)
 
 
 class CheckpointBackend(_TorchBackend):
-    """Our checkpoint (or a seed ``unet.pth``) in eager PyTorch, under ``torch.inference_mode``."""
+    """Our checkpoint (or a seed ``unet.pth``) in eager PyTorch, under ``torch.inference_mode``.
+
+    fp32 unless ``precision`` asks for ``bf16`` (fast only where ``unet_deploy.cpu.has_native_bf16()``,
+    or on a GPU) or ``fp16`` (for CUDA).
+    """
 
     name = "checkpoint"
 
     def __init__(
-        self, path: Path, device: str = "auto", threads: int | None = None, classes: list[str] | None = None, **options: Any
+        self,
+        path: Path,
+        device: str = "auto",
+        threads: int | None = None,
+        precision: str | None = None,
+        classes: list[str] | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(path, device, threads)
+        super().__init__(path, device, threads, precision)
         from ..checkpoint import load_checkpoint
 
-        self.model, self.meta = load_checkpoint(self.path, self.torch_device, classes)
+        model, self.meta = load_checkpoint(self.path, self.torch_device, classes)
         self.num_outputs = self.meta.num_outputs
+        self.model = self._cast(model, precision)
 
     def _run(self, x: Any) -> Any:
         return self.model(x)
@@ -114,9 +138,11 @@ class AOTIBackend(_TorchBackend):
     _TOO_SMALL = re.compile(r"dim value is too small at 0, expected it to be >= (\d+)")
     min_batch = 1
 
-    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, **options: Any) -> None:
+    def __init__(
+        self, path: Path, device: str = "auto", threads: int | None = None, precision: str | None = None, **options: Any
+    ) -> None:
         wish = parse_device(device)
-        super().__init__(path, "cpu" if wish[0] == "auto" else device, threads)
+        super().__init__(path, "cpu" if wish[0] == "auto" else device, threads, precision)
         torch = self.torch
         # Input checks for this package only: the variable is read when a package loads, and
         # other code in the process (a user's own aoti_load_package) must keep its defaults.
@@ -125,15 +151,14 @@ class AOTIBackend(_TorchBackend):
         try:
             self.compiled = torch._inductor.aoti_load_package(str(self.path))
             metadata = self.compiled.get_metadata()
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UnetDeployError(f"{self.path}: not a loadable AOTInductor package ({first})") from None
+        except Exception as e:  # RuntimeError, or pybind errors for a file that is no package
+            raise UnetDeployError(f"{self.path}: not a loadable AOTInductor package ({first_line(e)})") from None
         finally:
             if previous is None:
                 os.environ.pop("AOTI_RUNTIME_CHECK_INPUTS", None)
             else:
                 os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = previous
-        built_for = "cuda" if metadata.get("AOTI_DEVICE_KEY", "cpu").startswith("cuda") else "cpu"
+        built_for = aoti_format.built_for(metadata)
         if wish[0] != "auto" and wish[0] != built_for:
             raise UnetDeployError(
                 f"{self.path}: this package was compiled for {built_for}, not {wish[0]}; "
@@ -144,8 +169,10 @@ class AOTIBackend(_TorchBackend):
                 raise UnetDeployError(f"{self.path}: this package was compiled for CUDA but {_NO_CUDA}")
             self.device, self.torch_device = "cuda", torch.device("cuda", wish[1])
         self.device_note = f"the package was compiled for {built_for}"
-        if metadata.get("unet_deploy"):
-            self.meta = ModelMeta.from_json(metadata["unet_deploy"], f"{self.path} (AOTI metadata)")
+        self.meta = aoti_format.read_meta(metadata, self.path)
+        self.precision = self.exported_precision()
+        if precision is not None and precision != self.precision:
+            self.refuse_precision(precision, (self.precision,))
 
     def _run(self, x: Any) -> Any:
         size = self.fixed_batch
