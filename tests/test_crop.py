@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import cv2
 import numpy as np
@@ -11,6 +10,7 @@ from click.testing import CliRunner
 from unet_deploy.cli import main
 from unet_deploy.data.crop import CropBox, boxes_from_crops_file, crop_folder, crop_labelme, find_rois
 from unet_deploy.data.labelme import class_ids, labelme_to_mask, read_labels_file
+from unet_deploy.data.synthetic import generate
 
 
 def _parts_image() -> np.ndarray:
@@ -37,11 +37,9 @@ def test_find_rois_keeps_contours_within_area_range():
     assert dark.xywh == [70, 70, 61, 61]
 
 
-def test_crop_folder_records_boxes_and_crops_labelme(labelme_dir, tmp_path):
+def test_crop_folder_records_boxes_and_crops_labelme(tmp_path):
     src = tmp_path / "src"
-    src.mkdir()
-    for ext in (".jpg", ".json"):
-        shutil.copy(labelme_dir / "video_annotation" / f"00000100{ext}", src)
+    (annotated_image,) = generate(src, 1, size=(320, 240), seed=3, progress=False)  # synth_0000.jpg + .json
     cv2.imwrite(str(src / "parts.png"), _parts_image())
 
     result = CliRunner().invoke(main, ["crop", str(src), str(tmp_path / "out"), "--threshold", "otsu",
@@ -52,11 +50,13 @@ def test_crop_folder_records_boxes_and_crops_labelme(labelme_dir, tmp_path):
     crops = record["crops"]
     assert {c["file"] for c in crops} == set(boxes_from_crops_file(tmp_path / "out" / "crops.json"))
 
-    ids = class_ids(read_labels_file(labelme_dir / "video_annotation" / "labels.txt"))
-    _, full = labelme_to_mask(src / "00000100.json", ids)
-    original = cv2.imread(str(src / "00000100.jpg"))
+    ids = class_ids(read_labels_file(src / "labels.txt"))
+    _, full = labelme_to_mask(src / "synth_0000.json", ids)
+    assert full.any(), "the synthetic image should carry defects"
+    original = cv2.imread(str(annotated_image))
     annotated = [c for c in crops if "labelme" in c]
-    assert annotated and all(c["source"].endswith("00000100.jpg") for c in annotated)
+    assert annotated and all(c["source"].endswith("synth_0000.jpg") for c in annotated)
+    painted = 0
     for c in annotated:
         x, y, w, h = c["box"]
         crop = cv2.imread(str(tmp_path / "out" / c["file"]))
@@ -64,6 +64,8 @@ def test_crop_folder_records_boxes_and_crops_labelme(labelme_dir, tmp_path):
         assert np.abs(crop.astype(int) - original[y : y + h, x : x + w]).mean() < 3  # JPEG re-encoded
         _, mask = labelme_to_mask(tmp_path / "out" / c["labelme"], ids)
         assert (mask == full[y : y + h, x : x + w]).mean() >= 0.999
+        painted += int(np.count_nonzero(mask))
+    assert painted > 0, "no crop carried a defect: the shape comparison above checked nothing"
     parts = [c for c in crops if c["source"].endswith("parts.png")]
     assert [c["box"] for c in parts] == [[170, 0, 130, 200], [60, 60, 81, 81]]  # top to bottom
     assert "labelme" not in parts[0]

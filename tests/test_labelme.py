@@ -27,6 +27,7 @@ from unet_deploy.data.labelme import (
     shape_to_mask,
 )
 from unet_deploy.data.palette import read_mask, save_palette_png, voc_palette
+from unet_deploy.data.synthetic import generate
 from unet_deploy.errors import UnetDeployError
 
 REFERENCES = {
@@ -154,30 +155,27 @@ def test_tutorial_converts_from_embedded_image_data(labelme_dir, tmp_path):
     assert np.array_equal(written, original)
 
 
-def test_corrupt_json_and_unknown_label_one_line_each(labelme_dir, tmp_path):
+def test_corrupt_json_and_unknown_label_one_line_each(tmp_path):
     src = tmp_path / "src"
-    src.mkdir()
-    for stem in ("00000100", "00000101"):
-        for ext in (".json", ".jpg"):
-            shutil.copy(labelme_dir / "video_annotation" / f"{stem}{ext}", src)
+    generate(src, 2, size=(96, 64), seed=0, progress=False)  # synth_0000/1 .jpg + .json, labels.txt
     (src / "broken.json").write_text('{"shapes": [{"label": "car", ')
-    data = json.loads((src / "00000101.json").read_text())
+    data = json.loads((src / "synth_0001.json").read_text())
+    assert data["shapes"], "the synthetic image should carry a defect to relabel"
     data["shapes"][0]["label"] = "tractor"
-    (src / "00000101.json").write_text(json.dumps(data))
+    (src / "synth_0001.json").write_text(json.dumps(data))
 
-    result = CliRunner().invoke(main, ["labelme", str(src), str(tmp_path / "out"),
-                                       "--labels", str(labelme_dir / "video_annotation" / "labels.txt")])
+    result = CliRunner().invoke(main, ["labelme", str(src), str(tmp_path / "out"), "--labels", str(src / "labels.txt")])
     assert result.exit_code == 1
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 2
     assert any("broken.json" in ln and "corrupt JSON" in ln for ln in errors)
-    assert any("00000101.json" in ln and "'tractor'" in ln for ln in errors)
+    assert any("synth_0001.json" in ln and "'tractor'" in ln for ln in errors)
     assert "Traceback" not in result.output
-    assert [p.stem for p in (tmp_path / "out" / "SegmentationClass").glob("*.png")] == ["00000100"]
+    assert [p.stem for p in (tmp_path / "out" / "SegmentationClass").glob("*.png")] == ["synth_0000"]
 
-    summary = convert_folder(src, tmp_path / "out2", labels_file=labelme_dir / "video_annotation" / "labels.txt",
-                             skip_unknown=True, progress=False)
-    assert sorted(summary.converted) == ["00000100", "00000101"] and summary.skipped_shapes == 1
+    summary = convert_folder(src, tmp_path / "out2", labels_file=src / "labels.txt", skip_unknown=True,
+                             progress=False)
+    assert sorted(summary.converted) == ["synth_0000", "synth_0001"] and summary.skipped_shapes == 1
     assert len(summary.failed) == 1
 
 

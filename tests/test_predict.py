@@ -1,7 +1,6 @@
 """`unet-predict`: the output layout, a corrupt file among good ones, sources, --json; the inspection example."""
 import csv
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from PIL import Image
 from tests.test_runtime import RECTS, red_image, red_model
 from unet_deploy import Segmenter
 from unet_deploy.data.palette import read_mask
+from unet_deploy.data.synthetic import sample
 from unet_deploy.cli.predict import command
 from unet_deploy.predict import collect_images, output_stems
 
@@ -24,6 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def model(tmp_path):
     return red_model(tmp_path / "red.onnx")
+
+
+def _photos(folder: Path, names: list[str], size: tuple[int, int] = (160, 120)) -> list[Path]:
+    """Real-looking JPEGs (synthetic inspection images) named ``names`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in names]
+    for i, p in enumerate(paths):
+        cv2.imwrite(str(p), sample(7, i, size).image)
+    return paths
 
 
 def _run(*args):
@@ -56,12 +65,9 @@ def test_output_layout_on_odd_sizes(tmp_path, model):
         assert set(entry["timings"]) == {"preprocess", "inference", "postprocess"}
 
 
-def test_a_corrupt_file_is_reported_in_one_line_and_the_rest_is_written(tmp_path, model, labelme_dir):
+def test_a_corrupt_file_is_reported_in_one_line_and_the_rest_is_written(tmp_path, model):
     src = tmp_path / "parts"
-    src.mkdir()
-    good = sorted((labelme_dir / "semantic_segmentation").glob("*.jpg"))
-    for p in good:
-        shutil.copy(p, src / p.name)
+    good = _photos(src, ["a.jpg", "b.jpg", "b2.jpg"])  # sorted before broken.jpg
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     (src / "notes.txt").write_text("not an image, not picked up from a folder")
     out = tmp_path / "out"
@@ -78,9 +84,10 @@ def test_a_corrupt_file_is_reported_in_one_line_and_the_rest_is_written(tmp_path
     assert images[3] == {"file": str(broken), "error": f"{broken}: not a readable image (corrupt or unsupported format)"}
 
 
-def test_sources_globs_files_and_json_lines(tmp_path, model, labelme_dir):
-    a = sorted(labelme_dir.glob("video_annotation/*.jpg"))[:2]
-    result = _run(model, str(labelme_dir / "semantic_segmentation" / "2011_00000*.jpg"), a[0], a[1], a[0],
+def test_sources_globs_files_and_json_lines(tmp_path, model):
+    _photos(tmp_path / "seg", ["2011_000003.jpg", "2011_000006.jpg", "2011_000025.jpg"])
+    a = _photos(tmp_path / "video", ["00000100.jpg", "00000101.jpg"])
+    result = _run(model, str(tmp_path / "seg" / "2011_00000*.jpg"), a[0], a[1], a[0],
                   "--out", tmp_path / "o", "--json", "--min-area", 50, "--no-overlays")  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -111,8 +118,8 @@ def test_repeated_stems_get_distinct_outputs(tmp_path):
     assert [p.parent.name for p in paths] == ["a", "b"] and output_stems(paths) == ["x", "x_1"]
 
 
-def test_the_standalone_command_runs(tmp_path, model, labelme_dir):
-    image = sorted(labelme_dir.glob("tutorial/*.jpg"))[0]
+def test_the_standalone_command_runs(tmp_path, model):
+    (image,) = _photos(tmp_path / "in", ["part.jpg"])
     exe = Path(sys.executable).with_name("unet-predict")
     proc = subprocess.run([str(exe), str(model), str(image), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
