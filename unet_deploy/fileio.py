@@ -1,39 +1,92 @@
-"""Small file helpers: atomic writes (never a half-written file) and image reading that names the file."""
+"""Small file helpers: atomic writes that a crash cannot leave half-done, and the one image reader.
+
+``read_image`` / ``decode_image`` are the one rule for reading pixels everywhere (runtime,
+predict, datasets, labelme): OpenCV's decoding (BGR/gray/BGRA, 8/16 bit) with the EXIF
+orientation applied as labelme applies it, and a pixel limit checked on the header before
+anything is decoded.
+"""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from .errors import UnetDeployError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Pillow's own hard limit (2 * PIL.Image.MAX_IMAGE_PIXELS): a 30000x30000 PNG of 0.9 MB would
+# otherwise take 3.6 GB to decode. Raise it with the environment variable, or set the attribute
+# (None: no limit).
+MAX_IMAGE_PIXELS_ENV = "UNET_DEPLOY_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+EXIF_ORIENTATION_TAG = 0x0112
+# Temporaries of atomic writes and staging folders: ".{name}.{pid}.{8 hex}.tmp" (or another
+# suffix), so that remove_stale_temporaries can tell a dead process's leftovers from live work.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<suffix>\.[A-Za-z0-9]+)$")
+
+
+def _limit_from_env() -> int | None:
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if text.lower() in ("0", "none"):
+        return None
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        warnings.warn(f"{MAX_IMAGE_PIXELS_ENV}={text!r} is not an integer; using {DEFAULT_MAX_IMAGE_PIXELS}")
+        return DEFAULT_MAX_IMAGE_PIXELS
+
+
+MAX_IMAGE_PIXELS: int | None = _limit_from_env()
+
+
+def quote(value: Any) -> str:
+    """``value`` as text fit for a one-line message: as is when it is printable without edge
+    spaces, else Python's quoted escape (newlines, control characters, edge spaces visible)."""
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    return text if text.isprintable() and text == text.strip() and text else repr(text)
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+def temporary_name(path: str | Path, suffix: str = ".tmp") -> Path:
+    """A fresh hidden name beside ``path`` that ``remove_stale_temporaries`` recognises."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was. The file is
+    created with mode 0666 so that the kernel applies the process's umask (no umask change).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+    while True:
+        tmp = temporary_name(path)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # 1 in 4 billion: draw again
+            continue
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        yield tmp
+        os.replace(tmp, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if tmp.exists():
+            tmp.unlink()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -46,24 +99,147 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_image(path: str | Path, flags: int | None = None) -> np.ndarray:
-    """Read an image as OpenCV does (BGR/gray/BGRA, 8/16-bit), unicode paths included.
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill terminates: keep the files there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process (or unknowable): keep its files
+    return True
 
-    Raises ``UnetDeployError`` naming the file when it is missing or not a readable image.
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries (files or staging folders, any suffix) in ``folder`` whose writing
+    process is dead, as a ``kill -9`` leaves them; return what was removed. Live ones are kept."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = _TEMPORARY.match(entry.name)
+        if not found or _pid_alive(int(found["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def _probe(data: bytes) -> tuple[tuple[int, int] | None, int]:
+    """``((width, height) or None, EXIF orientation 1..8)`` from the header alone (Pillow reads
+    only the header on open). Unknown to Pillow: ``(None, 1)``; beyond Pillow's own hard limit,
+    ``((pixels, 0), 1)``. A PNG's EXIF is read when its eXIf chunk precedes the pixels (where
+    writers put it); finding a later one would decode everything."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                size = img.size
+                if img.format == "PNG" and "exif" not in img.info:
+                    return size, 1
+                orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Image.DecompressionBombError as e:  # its message gives the pixel count, not the sides
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        return (int(found[1]) if found else 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1, 0), 1
+    except Exception:  # a format or EXIF block Pillow cannot parse: OpenCV decides, nothing to rotate
+        return None, 1
+    return size, orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip an array as EXIF ``orientation`` (1..8) says, like ``PIL.ImageOps.exif_transpose``."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: np.swapaxes(a, 0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    op = ops.get(orientation)
+    return image if op is None else np.ascontiguousarray(op(image))
+
+
+def check_pixel_limit(size: tuple[int, int] | None, source: str) -> None:
+    """Raise if a ``(width, height)`` image exceeds ``MAX_IMAGE_PIXELS``, naming ``source`` and the fix.
+
+    Height 0 stands for "``width`` pixels in all" (``_probe`` beyond Pillow's own limit).
+    """
+    limit = MAX_IMAGE_PIXELS
+    if size is None or limit is None:
+        return
+    w, h = size
+    pixels = w * h if h else w
+    if pixels <= limit:
+        return
+    shown = f"{w}x{h} ({pixels:,} pixels)" if h else f"{pixels:,} pixels"
+    raise UnetDeployError(
+        f"{quote(source)}: image of {shown} exceeds the limit of {limit:,} pixels; raise it with "
+        f"{MAX_IMAGE_PIXELS_ENV}={pixels} (0: no limit) or unet_deploy.fileio.MAX_IMAGE_PIXELS"
+    )
+
+
+def decode_image(data: bytes, source: str, flags: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes as OpenCV does (BGR/gray/BGRA, 8/16 bit), EXIF-oriented.
+
+    The size is checked against ``MAX_IMAGE_PIXELS`` before decoding; formats OpenCV lacks
+    (GIF, ...) are decoded by Pillow as BGR. Raises ``UnetDeployError`` naming ``source``.
     """
     import cv2
 
-    path = Path(path)
+    size, orientation = _probe(data)
+    check_pixel_limit(size, source)
     if flags is None:
         flags = cv2.IMREAD_UNCHANGED
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise UnetDeployError(f"{path}: cannot read file ({e.strerror}); check the path") from None
-    image = cv2.imdecode(data, flags) if data.size else None
+    elif flags != cv2.IMREAD_UNCHANGED:
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION  # the orientation is applied below, once
+    buf = np.frombuffer(data, np.uint8)
+    image = cv2.imdecode(buf, flags) if buf.size else None
+    if image is None and size is not None:
+        image = _decode_with_pillow(data, flags)
     if image is None:
-        raise UnetDeployError(f"{path}: not a readable image (corrupt or unsupported format)")
-    return image
+        raise UnetDeployError(f"{quote(source)}: not a readable image (corrupt or unsupported format)")
+    return apply_orientation(image, orientation)
+
+
+def _decode_with_pillow(data: bytes, flags: int) -> np.ndarray | None:
+    import cv2
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            gray = flags != cv2.IMREAD_UNCHANGED and not flags & cv2.IMREAD_COLOR
+            rgb = np.asarray(img.convert("L" if gray else "RGB"))
+    except Exception:
+        return None
+    return rgb if rgb.ndim == 2 else np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def read_image(path: str | Path, flags: int | None = None) -> np.ndarray:
+    """Read an image file with ``decode_image`` (unicode paths included).
+
+    Raises ``UnetDeployError`` naming the file when it is missing, too large or not a readable image.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UnetDeployError(f"{quote(path)}: cannot read file ({e.strerror}); check the path") from None
+    return decode_image(data, str(path), flags)
 
 
 def write_image(path: str | Path, image: np.ndarray, params: list[int] | None = None) -> Path:
@@ -73,5 +249,5 @@ def write_image(path: str | Path, image: np.ndarray, params: list[int] | None = 
     path = Path(path)
     ok, buf = cv2.imencode(path.suffix or ".png", image, params or [])
     if not ok:
-        raise UnetDeployError(f"{path}: OpenCV cannot encode this image type")
+        raise UnetDeployError(f"{quote(path)}: OpenCV cannot encode this image type")
     return atomic_write_bytes(path, buf.tobytes())
