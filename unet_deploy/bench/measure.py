@@ -1,0 +1,179 @@
+"""Measuring one pipeline: the stage-timed ``Runner``, repeated runs, throughput, percentiles and peak memory.
+
+Our pipeline is timed stage by stage with the functions the runtime uses
+(``preprocess.preprocess_batch``, the backend, ``postprocess.argmax/to_original/find_regions``);
+an inference stage returns host memory, so CUDA work is synchronised inside it.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..meta import ModelMeta
+from ..postprocess import argmax, find_regions, to_original
+from ..preprocess import preprocess_batch
+
+STAGES = ("preprocess", "inference", "postprocess", "end_to_end")
+DEFAULT_BATCHES = (1, 4, 16)
+Stages = dict[str, float]
+
+
+@dataclass
+class BenchSettings:
+    """How much to measure: timed ``runs`` after ``warmup`` runs, the batch sizes, and time limits.
+
+    ``case_budget_s`` caps one case: batch sizes whose projected time would pass it are
+    skipped (and say so). ``deadline`` (a ``time.perf_counter()`` value) caps the whole run.
+    ``threads`` sets the CPU threads of torch and of each backend (None: their defaults).
+    """
+
+    runs: int = 20
+    warmup: int = 3
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    case_budget_s: float = 120.0
+    deadline: float | None = None
+    threads: int | None = None
+
+
+class Runner:
+    """Our pipeline around one inference function: ``runner(images) -> (stage ms, original-size masks)``.
+
+    ``infer`` maps a float32 NCHW batch (the output of ``preprocess_batch``) to logits in host
+    memory. ``artefact`` is the file that was loaded (for its size in the report).
+    """
+
+    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], meta: ModelMeta, artefact: Path | None = None) -> None:
+        self.infer, self.meta, self.artefact = infer, meta, artefact
+
+    def prepare(self, images: Sequence[np.ndarray]) -> None:
+        """Untimed set-up for these images (nothing for our pipeline)."""
+
+    def __call__(self, images: Sequence[np.ndarray]) -> tuple[Stages, list[np.ndarray]]:
+        t0 = time.perf_counter()
+        x, transforms = preprocess_batch(images, self.meta)
+        t1 = time.perf_counter()
+        logits = self.infer(x)
+        t2 = time.perf_counter()
+        masks = []
+        for i, t in enumerate(transforms):
+            mask = to_original(argmax(logits[i]), t)
+            find_regions(mask, self.meta.classes)
+            masks.append(mask)
+        t3 = time.perf_counter()
+        return stage_times(t0, t1, t2, t3), masks
+
+
+def stage_times(t0: float, t1: float, t2: float, t3: float) -> Stages:
+    """Stage milliseconds from the four ``perf_counter`` marks around preprocess, inference and postprocess."""
+    ms = 1000.0
+    return {"preprocess": (t1 - t0) * ms, "inference": (t2 - t1) * ms, "postprocess": (t3 - t2) * ms,
+            "end_to_end": (t3 - t0) * ms}  # fmt: skip
+
+
+def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/mean/min of ``samples_ms`` (linear interpolation between order statistics)."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        return {}
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(a.mean()), "min": float(a.min())}
+
+
+def measure(runner: Runner, images: list[np.ndarray], runs: int, deadline: float) -> tuple[dict, list]:
+    """Time ``runs`` calls (at least one, stopping early past ``deadline``); per-stage summaries and masks."""
+    runner.prepare(images)
+    samples: dict[str, list[float]] = {k: [] for k in STAGES}
+    masks: list[np.ndarray] = []
+    for i in range(max(1, runs)):
+        if i and time.perf_counter() > deadline:
+            break
+        stages, masks = runner(images)
+        for k, v in stages.items():
+            samples[k].append(v)
+    return {k: summarize(v) for k, v in samples.items()} | {"runs": len(samples["end_to_end"])}, masks
+
+
+def throughput(runner: Runner, image: np.ndarray, batch: int, settings: BenchSettings, single: dict[str, Any],
+               deadline: float) -> dict[str, Any]:  # fmt: skip
+    """Images/s at ``batch`` images per call, unless its projected time passes ``deadline``.
+
+    ``single`` is the batch-1 latency measurement (``latency_ms`` and ``runs``), reused for batch 1.
+    """
+    e2e_ms = single["latency_ms"]["end_to_end"]["p50"]
+    if batch == 1:
+        return {"batch": 1, "status": "ok", "runs": single["runs"], "images_per_s": 1000.0 / e2e_ms,
+                "ms_per_image": e2e_ms, "latency_ms": single["latency_ms"]}  # fmt: skip
+    runs = max(2, min(settings.runs, math.ceil(settings.runs / batch)))
+    projected = (1 + runs) * batch * e2e_ms / 1000.0
+    if time.perf_counter() + projected > deadline:
+        return {"batch": batch, "status": f"skipped (needs ~{projected:.0f} s, over the time budget)"}
+    images = [image] * batch
+    runner(images)  # warm-up at this shape
+    latency, _ = measure(runner, images, runs, deadline)
+    n = latency.pop("runs")
+    p50 = latency["end_to_end"]["p50"]
+    return {"batch": batch, "status": "ok", "runs": n, "images_per_s": 1000.0 * batch / p50,
+            "ms_per_image": p50 / batch, "latency_ms": latency}  # fmt: skip
+
+
+class PeakRSS:
+    """Context manager sampling this process's resident memory; ``delta_mb`` = peak minus start."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s, self.start = interval_s, rss_bytes()
+        self.peak, self._stop = self.start, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self) -> "PeakRSS":
+        if self.start:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def delta_mb(self) -> float | None:
+        return (self.peak - self.start) / 2**20 if self.start else None
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS, so a case's RSS delta is its own."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+def rss_bytes() -> int:
+    """This process's resident set in bytes (0 where ``/proc`` is missing: memory is not reported)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def size_mb(path: Path | None) -> float | None:
+    """Size of a model file in MiB (an OpenVINO ``.xml`` with its ``.bin`` weights)."""
+    if path is None or not path.is_file():
+        return None
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(p.stat().st_size for p in files if p.is_file()) / 2**20
