@@ -1,6 +1,7 @@
 """unet-train: metrics, checkpoints with ModelMeta, exact resume after kill -9, torchrun DDP, user errors."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -17,6 +19,7 @@ from unet_deploy.checkpoint import load_checkpoint, read_checkpoint
 from unet_deploy.data.dataset import SegmentationDataset, split_samples
 from unet_deploy.cli.train import command
 from unet_deploy.train import evaluate, read_metrics_csv, train
+from unet_deploy.train.schedule import lr_scheduler
 
 TINY = ["--img-size", "64", "--base-channels", "8", "--batch-size", "4"]
 TINY_KW = dict(img_size=64, base_channels=8, batch_size=4, progress=False)
@@ -53,6 +56,41 @@ def _python(*args, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def test_lr_schedule_warms_up_decays_to_the_floor_and_resumes_exactly():
+    total, base = 100, 2e-3
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=base)
+    sched = lr_scheduler(opt, total)
+    lrs = []
+    for _ in range(total + 5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    warmup = 3  # 3% of 100 steps
+    assert lrs[:warmup] == pytest.approx([base / 3, 2 * base / 3, base])
+    assert lrs[warmup + 47] == pytest.approx(base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 47 / 97))))
+    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))  # decay never rises again
+    assert lrs[total:] == pytest.approx([0.01 * base] * 5)  # steps beyond the plan stay at the floor
+
+    # resume as last.pt does: optimizer and scheduler state saved at step 40, loaded into fresh ones
+    first = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    first_sched = lr_scheduler(first, total)
+    for _ in range(40):
+        first.step()
+        first_sched.step()
+    again = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    resumed = lr_scheduler(again, total)
+    again.load_state_dict(first.state_dict())
+    resumed.load_state_dict(first_sched.state_dict())
+    tail = []
+    for _ in range(40, total + 5):
+        tail.append(again.param_groups[0]["lr"])
+        again.step()
+        resumed.step()
+    assert tail == lrs[40:]  # bit for bit
+
+
+@pytest.mark.slow
 def test_two_epochs_then_resume_a_third(voc, tmp_path):
     run = tmp_path / "run"
     best = train(voc, run, epochs=2, dropout=0.1, **TINY_KW)
@@ -65,7 +103,13 @@ def test_two_epochs_then_resume_a_third(voc, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "miou", *[f"iou_{c}" for c in CLASSES],
                              *[f"dice_{c}" for c in CLASSES], "lr", "seconds"]
-    assert all(0 <= r["miou"] <= 1 and r["train_loss"] > 0 for r in rows)
+    for r in rows:  # one metrics rule: mIoU is the mean over classes present; Dice follows from IoU
+        iou = np.array([r[f"iou_{c}"] for c in CLASSES])
+        assert r["miou"] == pytest.approx(np.nanmean(iou), abs=2e-6) and r["train_loss"] > 0
+        dice = np.array([r[f"dice_{c}"] for c in CLASSES])
+        np.testing.assert_allclose(dice, 2 * iou / (1 + iou), atol=2e-6)
+    # epoch 3 runs past the 2-epoch plan the schedule was made for: at its 1% floor
+    assert rows[0]["lr"] > rows[1]["lr"] and rows[2]["lr"] == pytest.approx(0.01 * 1e-3, rel=1e-4)
     for name in ("best.pt", "last.pt"):
         model, meta = load_checkpoint(run / name)
         assert meta.classes == list(CLASSES) and meta.input_size == (64, 64)
@@ -82,6 +126,7 @@ def test_two_epochs_then_resume_a_third(voc, tmp_path):
     assert again.exit_code == 1 and "--resume" in again.output and "Traceback" not in again.output
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(voc, tmp_path):
     opts = ["--epochs", 3, "--loss", "ce+dice", "--class-weights", "auto", "--seed", 5, *TINY]
     whole = tmp_path / "whole"
@@ -105,6 +150,7 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(voc, tmp_path
     assert not list(run.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_agree_with_what_rank0_wrote(voc, tmp_path):
     run = tmp_path / "ddp"
     proc = _python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2,
