@@ -1,4 +1,8 @@
-"""Export: every format from our checkpoint and from a seed state_dict, reloaded by its own consumer; the CLI's errors."""
+"""Export: every format from our checkpoint and from a seed state_dict, reloaded by its own consumer; the CLI's errors.
+
+Tests of the AOTInductor package (``exported_tiny`` compiles one) are slow; the others use
+``exported_light`` (TorchScript and ONNX of the same checkpoint).
+"""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,12 +12,15 @@ import torch
 from click.testing import CliRunner
 
 from tests.seed_net import UNet as SeedUNet
-from unet_deploy import export
+from unet_deploy import export, formats
 from unet_deploy.checkpoint import load_checkpoint
+from unet_deploy.cli.export import command as export_command
 from unet_deploy.errors import UnetDeployError
 from unet_deploy.meta import ONNX_METADATA_KEY, TORCHSCRIPT_EXTRA_FILE, ModelMeta, sidecar_path
 
 FORMATS = ["torchscript", "onnx", "aoti"]
+# The file names DESIGN.md promises for a checkpoint tiny.pt.
+NAMES = {"torchscript": "tiny.torchscript.pt", "onnx": "tiny.onnx", "aoti": "tiny.pt2", "openvino": "tiny.xml"}
 # (batch, height, width): two input sizes x batch 1 and 3, as the acceptance asks.
 SHAPES = [(1, 64, 64), (3, 64, 64), (1, 96, 160), (3, 96, 160)]
 CLASSES = "background,scratch,spot"
@@ -54,27 +61,41 @@ def tiny(tiny_checkpoint):
     return load_checkpoint(tiny_checkpoint)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_each_format_reloads_with_its_metadata_and_the_eager_logits(exported_tiny, tiny, fmt):
+@pytest.fixture(scope="module")
+def exported_light(tiny_checkpoint, tmp_path_factory) -> dict:
+    """``tiny_checkpoint`` exported to TorchScript and ONNX (no AOTInductor compile)."""
+    out = tmp_path_factory.mktemp("exported_light")
+    return export.export_model(tiny_checkpoint, "torchscript,onnx", out_dir=out, verbose=False)
+
+
+def _exported(fmt, request):
+    """The artefact of ``fmt``: from ``exported_light`` when it has it, else (AOTI) ``exported_tiny``."""
+    name = "exported_tiny" if fmt == "aoti" else "exported_light"
+    return request.getfixturevalue(name)[fmt]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", pytest.param("aoti", marks=pytest.mark.slow)])
+def test_each_format_reloads_with_its_metadata_and_the_eager_logits(request, tiny, fmt):
     model, meta = tiny
-    path = exported_tiny[fmt]
-    assert path.name == "tiny" + export.get_format(fmt).suffix and path.is_file()
+    path = _exported(fmt, request)
+    assert path.name == NAMES[fmt] and path.is_file()
     run, got = _load(fmt, path)
     assert got == replace(meta, extra={"precision": "fp32"})
     assert ModelMeta.load(sidecar_path(path)) == got
     _assert_matches(run, model)
 
 
+@pytest.mark.slow  # exported_tiny compiles an AOTInductor package
 def test_export_folder_holds_the_artefacts_and_sidecar_only(exported_tiny):
     folder = exported_tiny["onnx"].parent
     names = {p.name for p in folder.iterdir()} - {"tiny.xml", "tiny.bin"}  # OpenVINO, when installed
     assert names == {"tiny.json", "tiny.onnx", "tiny.pt2", "tiny.torchscript.pt"}  # no .data, no staging left
 
 
-def test_torchscript_has_no_device_constant_and_stays_in_eval_mode(exported_tiny):
-    from unet_deploy.exporters.torchscript import device_constants
+def test_torchscript_has_no_device_constant_and_stays_in_eval_mode(exported_light):
+    from unet_deploy.formats.torchscript import device_constants
 
-    module = torch.jit.load(str(exported_tiny["torchscript"]), map_location="cpu")
+    module = torch.jit.load(str(exported_light["torchscript"]), map_location="cpu")
     assert device_constants(module) == [] and not module.training
     code = "\n".join(getattr(m, "code", "") for m in module.modules())
     assert "_conv_forward" in code and "cpu" not in code and "cuda" not in code
@@ -86,18 +107,18 @@ def test_torchscript_has_no_device_constant_and_stays_in_eval_mode(exported_tiny
     assert device_constants(torch.jit.script(Baked()))
 
 
-def test_torchscript_refuses_a_wrong_input_size_in_one_line(exported_tiny):
-    module = torch.jit.load(str(exported_tiny["torchscript"]), map_location="cpu")
+def test_torchscript_refuses_a_wrong_input_size_in_one_line(exported_light):
+    module = torch.jit.load(str(exported_light["torchscript"]), map_location="cpu")
     with pytest.raises(torch.jit.Error, match="multiples of 16 \\(at least 32\\), got 40x64; letterbox"):
         module(torch.rand(1, 3, 40, 64))
     with pytest.raises(torch.jit.Error, match=r"expects N x 3 x H x W input, got \[3, 64, 64\]"):
         module(torch.rand(3, 64, 64))
 
 
-def test_onnx_is_one_checked_file_with_named_dynamic_io(exported_tiny):
+def test_onnx_is_one_checked_file_with_named_dynamic_io(exported_light):
     import onnx
 
-    model = onnx.load(str(exported_tiny["onnx"]))
+    model = onnx.load(str(exported_light["onnx"]))
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == ["images"]
     assert [o.name for o in model.graph.output] == ["logits"]
@@ -108,10 +129,10 @@ def test_onnx_is_one_checked_file_with_named_dynamic_io(exported_tiny):
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
 
 
-def test_onnx_agrees_in_opencv_dnn(exported_tiny, tiny):
+def test_onnx_agrees_in_opencv_dnn(exported_light, tiny):
     import cv2
 
-    net = cv2.dnn.readNetFromONNX(str(exported_tiny["onnx"]))
+    net = cv2.dnn.readNetFromONNX(str(exported_light["onnx"]))
 
     def run(x):
         net.setInput(x.numpy())
@@ -120,7 +141,7 @@ def test_onnx_agrees_in_opencv_dnn(exported_tiny, tiny):
     _assert_matches(run, tiny[0])
 
 
-def test_cli_exports_a_seed_state_dict(tiny, exported_tiny, tmp_path):
+def test_cli_exports_a_seed_state_dict(tiny, exported_light, tmp_path):
     """The seed's own network class, its state_dict saved as the seed's train.py does.
 
     AOTInductor is left out here on purpose: its compile (~1.5 CPU-minutes) runs once per test
@@ -137,7 +158,7 @@ def test_cli_exports_a_seed_state_dict(tiny, exported_tiny, tmp_path):
     out = tmp_path / "out"
     args = [str(tmp_path / "unet.pth"), "-f", "torchscript,onnx", "--classes", CLASSES, "--img-size", "64", "64",
             "--out", str(out)]  # fmt: skip
-    result = CliRunner().invoke(export.command, args)
+    result = CliRunner().invoke(export_command, args)
     assert result.exit_code == 0, result.output
     paths = [out / "unet.torchscript.pt", out / "unet.onnx"]
     assert result.stdout.split() == [str(p) for p in paths]
@@ -146,7 +167,7 @@ def test_cli_exports_a_seed_state_dict(tiny, exported_tiny, tmp_path):
     for fmt, path in zip(["torchscript", "onnx"], paths):
         run, got = _load(fmt, path)
         assert got == replace(meta, extra={"precision": "fp32"})
-        _assert_matches(run, _load(fmt, exported_tiny[fmt])[0], atol=1e-5, min_agree=1.0)
+        _assert_matches(run, _load(fmt, exported_light[fmt])[0], atol=1e-5, min_agree=1.0)
 
 
 def test_fp16_static_onnx_keeps_float32_io(tiny, tiny_checkpoint, tmp_path):
@@ -203,7 +224,7 @@ def test_failed_parity_check_leaves_no_file(tiny, tmp_path):
 )
 def test_cli_user_errors_are_one_line(tiny_checkpoint, tmp_path, args, words):
     source = [str(tmp_path / "missing.pt")] if args == ["MISSING"] else [str(tiny_checkpoint), *args]
-    result = CliRunner().invoke(export.command, [*source, "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(export_command, [*source, "--out", str(tmp_path / "out")])
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], result.output
@@ -212,14 +233,29 @@ def test_cli_user_errors_are_one_line(tiny_checkpoint, tmp_path, args, words):
 
 def test_seed_state_dict_class_count_mismatch_is_one_line(tiny, tmp_path):
     torch.save(tiny[0].state_dict(), tmp_path / "unet.pth")
-    result = CliRunner().invoke(export.command, [str(tmp_path / "unet.pth"), "--classes", "good,bad"])
+    result = CliRunner().invoke(export_command, [str(tmp_path / "unet.pth"), "--classes", "good,bad"])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
     assert "unet.pth: the state_dict weights have 3 output channels but the metadata lists 2 classes" in result.output
 
 
-def test_one_table_drives_the_formats():
-    assert [f.arg for f in export.EXPORT_FORMATS][:3] == FORMATS
-    assert [f.arg for f in export.resolve_formats("all")][:3] == FORMATS
-    assert [f.arg for f in export.resolve_formats(["aoti", "onnx,aoti"])] == ["aoti", "onnx"]
-    onnx_row = export.get_format("onnx")
-    assert not onnx_row.needs_torch and onnx_row.suffix == ".onnx" and "opset" in onnx_row.options
+def test_format_names_resolve_in_order_without_duplicates():
+    assert [f.name for f in export.resolve_formats(["aoti", "onnx,aoti"])] == ["aoti", "onnx"]
+    assert [f.name for f in export.resolve_formats("all", "int8")] == ["openvino"]  # only it exports int8
+    with pytest.raises(UnetDeployError, match=r"--format torchscript cannot export int8; use fp32\|fp16"):
+        export.export_model("unused.pt", "torchscript,openvino", precision="int8", verbose=False)
+
+
+@pytest.mark.slow  # exported_tiny compiles an AOTInductor package
+def test_every_exported_file_runs_on_its_registry_backend_and_agrees(exported_tiny, tiny):
+    """What export wrote is what the runtime picks for that file (``formats.for_path``), and it agrees."""
+    model, meta = tiny
+    assert set(FORMATS) <= set(exported_tiny)
+    for fmt, path in exported_tiny.items():
+        assert path.name == NAMES[fmt] and formats.for_path(path).name == fmt
+        backend = formats.for_path(path).load_backend()(path, device="cpu")
+        assert backend.meta == replace(meta, extra={"precision": "fp32"}) and backend.precision == "fp32"
+        with torch.inference_mode():
+            for x in _inputs():
+                ref = model(x).numpy()
+                got = backend.forward(x.numpy())
+                assert got.dtype == ref.dtype and abs(got - ref).max() <= 1e-4, (fmt, tuple(x.shape))
