@@ -105,6 +105,18 @@ def test_argmax_softmax_sigmoid_and_ties():
     assert argmax(sigmoid)[0].tolist() == [[1, 0], [0, 1]]
 
 
+def test_argmax_never_wraps_class_ids_past_uint8():
+    from unet_deploy.errors import UnetDeployError
+
+    logits = np.zeros((255, 2, 2), np.float32)
+    logits[254] = 1.0
+    assert argmax(logits).tolist() == [[254, 254], [254, 254]]  # the last id that fits
+    with pytest.raises(UnetDeployError, match="logits have 300 channels, class ids are uint8: at most 255"):
+        argmax(np.zeros((1, 300, 2, 2), np.float32))  # id 299 would read as 43
+    with pytest.raises(UnetDeployError, match=r"logits of shape \[2, 2\] are not"):
+        argmax(np.zeros((2, 2), np.float32))
+
+
 def test_colorize_uses_the_voc_palette():
     mask = np.arange(256, dtype=np.uint8).reshape(16, 16)
     assert np.array_equal(colorize(mask), voc_palette()[mask][:, :, ::-1])

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import pickle
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from .errors import UnetDeployError
-from .fileio import atomic_path
+from .fileio import atomic_path, quote
 from .meta import FORMAT, ModelMeta
 from .model import UNet
 
@@ -20,14 +21,61 @@ def build_model(meta: ModelMeta) -> UNet:
     return UNet(meta.num_outputs, arch["in_channels"], arch["base_channels"], arch["upsample"])
 
 
+def _arch_of(state: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """``(arch, number of logit channels)`` of a seed-layout UNet state_dict, from its tensor shapes."""
+    for key in ("c1.layer.0.weight", "out.weight"):
+        if key not in state:
+            raise UnetDeployError(f"state_dict has no {key!r}: it is not the seed's UNet")
+        if not torch.is_tensor(state[key]) or state[key].dim() != 4:
+            shape = list(state[key].shape) if torch.is_tensor(state[key]) else type(state[key]).__name__
+            raise UnetDeployError(f"state_dict {key!r} is {shape}, not a 4-D conv weight: it is not the seed's UNet")
+    first = state["c1.layer.0.weight"]
+    arch = {
+        "base_channels": int(first.shape[0]),
+        "in_channels": int(first.shape[1]),
+        "upsample": "transpose" if "u1.up.weight" in state else "bilinear",
+    }
+    return arch, int(state["out.weight"].shape[0])
+
+
+def check_state_dict(state: dict[str, Any], meta: ModelMeta) -> None:
+    """Raise one line naming the first missing, unexpected, non-tensor or wrongly shaped key
+    against the UNet that ``meta`` describes (built on the meta device: no memory, no time)."""
+    arch = meta.arch
+    with torch.device("meta"):
+        expected = UNet(meta.num_outputs, arch["in_channels"], arch["base_channels"], arch["upsample"]).state_dict()
+    for key, want in expected.items():
+        got = state.get(key)
+        if got is None:
+            raise UnetDeployError(f"state_dict has no {key!r} that the UNet of its metadata needs ({len(state)} keys)")
+        if not torch.is_tensor(got):
+            raise UnetDeployError(f"state_dict {key!r} is a {type(got).__name__}, not a tensor")
+        if got.shape != want.shape:
+            raise UnetDeployError(
+                f"state_dict {key!r} has shape {list(got.shape)}, the UNet of its metadata needs {list(want.shape)}"
+            )
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise UnetDeployError(f"state_dict has unexpected key {quote(unexpected[0])} (and {len(unexpected) - 1} more)")
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: ModelMeta, **extra: Any) -> Path:
     """Write ``{"format", "meta", "state_dict", **extra}`` atomically (temp file, then rename).
 
+    The stored ``meta.arch`` is the model's own (its weights' shapes), so the file always loads;
+    a model whose logit count disagrees with ``meta``'s classes is refused in one line.
     ``extra`` holds training state such as ``epoch``, ``optimizer``, ``metrics``; it must be
     made of tensors and plain Python values so that ``weights_only`` loading can read it.
     """
     model = getattr(model, "module", model)  # unwrap DDP / DataParallel
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    try:
+        arch, outputs = _arch_of(state)
+        meta.check_num_outputs(outputs, "the model's weights")
+        meta = replace(meta, arch=arch)
+        check_state_dict(state, meta)
+    except UnetDeployError as e:
+        raise UnetDeployError(f"{quote(path)}: not saved, {e.message}") from None
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "meta": meta.to_dict(), "state_dict": state, **extra}, tmp)
     return Path(path)
@@ -69,17 +117,8 @@ def meta_from_state_dict(
     state: dict[str, torch.Tensor], classes: Sequence[str] | None = None, input_size: int | Sequence[int] = 256
 ) -> ModelMeta:
     """Infer the architecture of a bare seed state_dict from its tensor shapes."""
-    try:
-        first, out = state["c1.layer.0.weight"], state["out.weight"]
-    except KeyError as e:
-        raise UnetDeployError(f"state_dict has no {e.args[0]!r}: it is not the seed's UNet") from None
-    num_classes = int(out.shape[0])
+    arch, num_classes = _arch_of(state)
     names = list(classes) if classes else [f"class_{i}" for i in range(num_classes)]
-    arch = {
-        "base_channels": int(first.shape[0]),
-        "in_channels": int(first.shape[1]),
-        "upsample": "transpose" if "u1.up.weight" in state else "bilinear",
-    }
     channels = arch["in_channels"]
     head = "sigmoid" if num_classes == 1 and len(names) == 2 else "softmax"
     meta = ModelMeta(
@@ -102,29 +141,41 @@ def load_checkpoint(
     """
     path = Path(path)
     obj = read_checkpoint(path)
+    source = quote(path)
     if "state_dict" in obj and "meta" in obj:
         if obj.get("format") != FORMAT:
-            raise UnetDeployError(f"{path}: checkpoint format {obj.get('format')!r} is not {FORMAT}")
-        meta = ModelMeta.from_dict(dict(obj["meta"]), str(path))
+            raise UnetDeployError(f"{source}: checkpoint format {quote(obj.get('format'))} is not {FORMAT}")
+        meta = ModelMeta.from_dict(obj["meta"], source)
         state = obj["state_dict"]
+        if not isinstance(state, dict):
+            raise UnetDeployError(f"{source}: 'state_dict' is a {type(state).__name__}, not a dict of tensors")
         if classes:
             if len(classes) != meta.num_classes:
                 raise UnetDeployError(
-                    f"{path}: checkpoint has {meta.num_classes} classes {meta.classes} but "
-                    f"{len(classes)} were given ({','.join(classes)}); pass {meta.num_classes} names"
+                    f"{source}: checkpoint has {meta.num_classes} classes but {len(classes)} were given "
+                    f"({quote(','.join(map(str, classes)))}); pass {meta.num_classes} names"
                 )
-            meta.classes = list(classes)
+            try:
+                meta = replace(meta, classes=list(classes))
+            except UnetDeployError as e:
+                raise UnetDeployError(f"{source}: the given {e.message}") from None
     elif _is_state_dict(obj):
         state = obj
         try:
             meta = meta_from_state_dict(state, classes)
         except UnetDeployError as e:
-            raise UnetDeployError(f"{path}: {e.message}") from None
+            raise UnetDeployError(f"{source}: {e.message}") from None
     else:
-        raise UnetDeployError(f"{path}: neither a unet-deploy checkpoint nor a state_dict (keys: {list(obj)[:5]})")
+        keys = [quote(k) for k in list(obj)[:5]]
+        raise UnetDeployError(f"{source}: neither a unet-deploy checkpoint nor a state_dict (keys: {keys})")
+    try:
+        check_state_dict(state, meta)
+    except UnetDeployError as e:
+        raise UnetDeployError(f"{source}: weights do not fit the UNet of its metadata: {e.message}") from None
     model = build_model(meta)
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UnetDeployError(f"{path}: weights do not fit the UNet described by its metadata ({str(e)[:200]})") from None
+    except RuntimeError as e:  # shapes and keys are checked above: a dtype torch cannot copy
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UnetDeployError(f"{source}: weights do not load ({first[:200]})") from None
     return model.to(device).eval(), meta

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .meta import DIVISOR, MIN_SIZE, UPSAMPLE_MODES
+from .meta import DIVISOR, MAX_CLASSES, MIN_SIZE, UPSAMPLE_MODES
 
 
 class Conv_Block(nn.Module):  # noqa: N801 - the seed's name, kept for state_dict keys
@@ -77,6 +77,8 @@ class UNet(nn.Module):
         super().__init__()
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, not {upsample!r}")
+        if not 1 <= num_classes <= MAX_CLASSES:  # predict's class ids are uint8
+            raise ValueError(f"num_classes {num_classes} must be in [1, {MAX_CLASSES}]")
         b = base_channels
         self.num_classes, self.in_channels, self.base_channels, self.upsample = (
             num_classes, in_channels, base_channels, upsample,

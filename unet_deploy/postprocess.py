@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 
 from .data.palette import voc_palette
+from .errors import UnetDeployError
+from .meta import MAX_CLASSES
 from .preprocess import LetterboxTransform, unletterbox_mask
 
 # Default look: classes filled at 50% and outlined in green, as the seed drew its contours.
@@ -48,10 +50,17 @@ def argmax(logits: np.ndarray) -> np.ndarray:
     """Class ids (uint8) from logits ``(N, C, H, W)`` or ``(C, H, W)``.
 
     One channel is a sigmoid head: class 1 where the logit is > 0 (probability > 0.5).
-    Ties go to the lower class id, as ``torch.argmax`` and ``np.argmax`` do.
+    Ties go to the lower class id, as ``torch.argmax`` and ``np.argmax`` do. More than
+    ``MAX_CLASSES`` (255) channels is refused: their ids would not fit uint8.
     """
     logits = np.asarray(logits)
+    if logits.ndim not in (3, 4):
+        raise UnetDeployError(f"logits of shape {list(logits.shape)} are not (N, C, H, W) or (C, H, W)")
     axis = logits.ndim - 3
+    if logits.shape[axis] > MAX_CLASSES:
+        raise UnetDeployError(
+            f"logits have {logits.shape[axis]} channels, class ids are uint8: at most {MAX_CLASSES} classes"
+        )
     if logits.shape[axis] == 1:
         return (np.take(logits, 0, axis=axis) > 0).astype(np.uint8)
     if logits.shape[axis] == 2:  # twice as fast as argmax, same tie rule
