@@ -9,6 +9,7 @@ calibration from a broken one (the defaults, 99% / 1 point, are for trained mode
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import pytest
 
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 
-from unet_deploy import accuracy  # noqa: E402
+from unet_deploy import accuracy, cpu  # noqa: E402
 from unet_deploy.errors import UnetDeployError  # noqa: E402
+from unet_deploy.formats.openvino import export_openvino, ir_path, read_meta  # noqa: E402
 from unet_deploy.meta import ModelMeta  # noqa: E402
 from unet_deploy.runtime import Segmenter  # noqa: E402
 from unet_deploy.runtime import openvino_backend as ovb  # noqa: E402
@@ -80,7 +82,7 @@ def fp32_ir(checkpoint, tmp_path_factory) -> Path:
 
 
 def _rt_meta(xml: Path) -> ModelMeta:
-    return ovb.read_meta(ovb.core().read_model(str(xml)), xml)
+    return read_meta(ovb.core().read_model(str(xml)), xml)
 
 
 def test_fp32_export_carries_metadata_and_reloads(fp32_ir, model_meta, voc_dir):
@@ -112,9 +114,8 @@ def test_fp32_export_carries_metadata_and_reloads(fp32_ir, model_meta, voc_dir):
     assert len(np.unique(result.mask)) > 1  # the model's answer varies, so agreement means something
 
 
+@pytest.mark.slow  # NNCF quantization
 def test_int8_export_passes_the_gate_and_records_it(model_meta, voc_dir, fp32_ir, tmp_path):
-    from unet_deploy.export_openvino import export_openvino, ir_path
-
     model, meta = model_meta
     lines: list[str] = []
     xml = export_openvino(
@@ -139,10 +140,9 @@ def test_int8_export_passes_the_gate_and_records_it(model_meta, voc_dir, fp32_ir
     assert seg(cv2.imread(str(accuracy.dataset_images(voc_dir)[1]))).mask.shape == (563, 1000)
 
 
+@pytest.mark.slow  # NNCF quantization
 def test_gate_refuses_int8_calibrated_on_black_images(model_meta, voc_dir, tmp_path):
     """A broken quantization (activation ranges learnt from black images) is refused in one line, no files."""
-    from unet_deploy.export_openvino import export_openvino
-
     model, meta = model_meta
     black = tmp_path / "black"
     black.mkdir()
@@ -164,8 +164,6 @@ def test_gate_refuses_int8_calibrated_on_black_images(model_meta, voc_dir, tmp_p
 
 
 def test_reduced_precision_needs_data_and_sane_thresholds(model_meta, tmp_path):
-    from unet_deploy.export_openvino import export_openvino
-
     model, meta = model_meta
     cases = [
         (dict(precision="int8"), "int8 needs calibration images: pass --calib DATA"),
@@ -183,7 +181,7 @@ def test_reduced_precision_needs_data_and_sane_thresholds(model_meta, tmp_path):
 def test_cli_int8_without_calibration_is_one_line(checkpoint, tmp_path):
     from click.testing import CliRunner
 
-    from unet_deploy.export import command
+    from unet_deploy.cli.export import command
 
     out = tmp_path / "out"
     result = CliRunner().invoke(command, [str(checkpoint), "-f", "openvino", "--precision", "int8", "--out", str(out)])
@@ -239,23 +237,36 @@ def test_split_dataset_holds_back_every_fifth_image_or_uses_imagesets(voc_dir, t
     assert samples[0].mask is not None and samples[0].mask.shape == samples[0].image.shape[:2]
 
 
-def test_compile_config_pins_precision():
-    assert ovb.compile_config("fp32") == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    bf16 = ovb.compile_config("bf16", threads=2)
-    assert bf16["INFERENCE_PRECISION_HINT"] == ("bf16" if ovb.cpu_bf16_native() else "f32")
-    assert bf16["INFERENCE_NUM_THREADS"] == 2
-    assert "INFERENCE_PRECISION_HINT" not in ovb.compile_config("int8")
-    assert ovb.effective_precision("bf16") == ("bf16" if ovb.cpu_bf16_native() else "fp32")
+def _conv_precisions(seg: Segmenter) -> set[str]:
+    """The precisions OpenVINO's CPU plugin really runs the model's convolutions in (its runtime graph)."""
+    request = seg._backend._request(tuple(seg.meta.input_size))
+    ops = request.get_compiled_model().get_runtime_model().get_ops()
+    info = [op.get_rt_info() for op in ops]
+    return {i["runtimePrecision"].astype(str) for i in info if i["layerType"].astype(str) == "Convolution"}
 
 
-def test_torch_bf16_wrapper_keeps_float32_io(model_meta):
-    import torch
-
-    model, _ = model_meta
-    wrapped = ovb.torch_bf16(model)
-    x = torch.rand(2, 3, 64, 96)
-    with torch.inference_mode():
-        y, ref = wrapped(x), model(x)
-    assert y.dtype == torch.float32 and y.shape == ref.shape
-    assert next(model.parameters()).dtype == torch.float32  # the original is untouched
-    assert (y.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+def test_precision_is_what_the_cpu_plugin_runs(fp32_ir, tmp_path):
+    """fp32 runs f32 convolutions; bf16 runs bf16 ones where the CPU has native bf16, else it is refused
+    (asked) or falls back to f32 (a bf16 export), and ``seg.precision`` says which."""
+    fp32 = Segmenter(fp32_ir)
+    assert fp32.precision == "fp32" and _conv_precisions(fp32) == {"f32"}
+    meta = ModelMeta.load(fp32_ir.with_suffix(".json"))
+    bf16_ir = tmp_path / "tiny.bf16.xml"  # the fp32 IR with a bf16 export's metadata
+    ov = ovb.core().read_model(str(fp32_ir))
+    ov.set_rt_info(dataclasses.replace(meta, extra={"precision": "bf16"}).to_json(), "unet_deploy")
+    ovb.require_openvino().save_model(ov, str(bf16_ir), compress_to_fp16=False)
+    exported_bf16 = Segmenter(bf16_ir)
+    if cpu.has_native_bf16():
+        asked = Segmenter(fp32_ir, precision="bf16")
+        assert asked.precision == "bf16" and _conv_precisions(asked) == {"bf16"}
+        assert exported_bf16.precision == "bf16" and _conv_precisions(exported_bf16) == {"bf16"}
+        assert Segmenter(bf16_ir, precision="fp32").precision == "fp32"
+    else:
+        with pytest.raises(UnetDeployError, match="bf16 was asked for but this CPU has no native bf16"):
+            Segmenter(fp32_ir, precision="bf16")
+        assert exported_bf16.precision == "fp32" and _conv_precisions(exported_bf16) == {"f32"}
+        assert "runs fp32: no native bf16 here" in exported_bf16.describe()
+    with pytest.raises(UnetDeployError, match=r"tiny\.xml: the openvino backend cannot run this model at int8"):
+        Segmenter(fp32_ir, precision="int8")
+    threaded = ovb.compile_config("fp32", threads=2)
+    assert threaded["INFERENCE_NUM_THREADS"] == 2 and "INFERENCE_PRECISION_HINT" not in ovb.compile_config("int8")
