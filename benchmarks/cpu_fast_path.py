@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from unet_deploy import accuracy, bench  # noqa: E402
+from unet_deploy import accuracy, bench, cpu, metrics  # noqa: E402
 from unet_deploy.errors import UnetDeployError  # noqa: E402
 from unet_deploy.meta import ModelMeta  # noqa: E402
 from unet_deploy.runtime import openvino_backend as ovb  # noqa: E402
@@ -184,8 +184,8 @@ def measure(row: Row, runner: Any, frame: np.ndarray, val: list[accuracy.Sample]
     stages = [runner([frame])[0] for _ in range(s.runs)]
     row.stages = {k: float(np.median([st[k] for st in stages])) for k in bench.STAGES}
     masks = [runner([v.image])[1][0] for v in val]
-    conf = sum(accuracy.confusion(v.mask, m, classes) for v, m in zip(val, masks))
-    row.miou = accuracy.miou(conf)
+    conf = sum(metrics.confusion(v.mask, m, classes) for v, m in zip(val, masks))
+    row.miou = 100.0 * metrics.mean_iou(conf)  # in percent, like the agreement
     if reference is not None:
         per = [100.0 * np.mean(m == r) for m, r in zip(masks, reference)]
         row.agreement = 100.0 * sum(np.count_nonzero(m == r) for m, r in zip(masks, reference)) / sum(r.size for r in reference)
@@ -217,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
-    import torch
-
     from unet_deploy.checkpoint import load_checkpoint
-    from unet_deploy.export_openvino import calibration_inputs, export_openvino, ir_path
+    from unet_deploy.formats.openvino import export_openvino, ir_path
+    from unet_deploy.formats.openvino_quant import calibration_inputs
+    from unet_deploy.runtime import Segmenter
 
     ckpt, origin = checkpoint(args, s, work)
     start = time.perf_counter()
@@ -268,23 +268,20 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
     def ort_runner(key: str) -> Any:
         return bench.Runner(OnnxRuntimeBackend(files[key]["path"], device="cpu").forward, meta)
 
-    def eager(m: Any) -> Any:
-        def infer(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return m(torch.from_numpy(x)).float().numpy()
+    def eager(precision: str) -> Any:  # the checkpoint backend at a precision (its public option)
+        seg = Segmenter(ckpt, device="cpu", input_size=meta.input_size, precision=precision)
+        return bench.Runner(seg.infer, meta)
 
-        return bench.Runner(infer, meta)
-
-    native = ovb.cpu_bf16_native()
+    native = cpu.has_native_bf16()
     plan: list[tuple[Row, Callable[[], Any], str | None]] = [
-        (Row("eager fp32 (reference)", "fp32"), lambda: eager(model), None),
-        (Row("seed pipeline (PIL letterbox, eager fp32)", "fp32"), lambda: bench._SeedRunner(model, meta, "cpu"), None),
+        (Row("eager fp32 (reference)", "fp32"), lambda: eager("fp32"), None),
+        (Row("seed pipeline (PIL letterbox, eager fp32)", "fp32"), lambda: bench.SeedRunner(model, meta, "cpu"), None),
         (Row("ONNX Runtime fp32", "fp32"), lambda: ort_runner("onnx fp32"), "onnx fp32"),
         (Row("ONNX Runtime int8 (static QDQ)", "int8"), lambda: ort_runner("onnx int8"), "onnx int8"),
         (Row("OpenVINO fp32", "fp32"), lambda: ov_runner("openvino fp32"), "openvino fp32"),
         (Row("OpenVINO bf16", "bf16"), lambda: ov_runner("openvino bf16"), "openvino bf16"),
         (Row("OpenVINO int8 (NNCF PTQ)", "int8"), lambda: ov_runner("openvino int8"), "openvino int8"),
-        (Row("eager bf16 (torch_bf16: bf16 weights, channels_last)", "bf16"), lambda: eager(ovb.torch_bf16(model)), None),
+        (Row("eager bf16 (Segmenter precision=bf16)", "bf16"), lambda: eager("bf16"), None),
     ]
     rows, reference, last_cost = [], None, 0.0
     for row, make, key in plan:
@@ -338,7 +335,7 @@ def report(rows: list[Row], files: dict[str, Any], refused: dict[str, str], gate
         "# CPU fast path: bf16 and int8 against the seed pipeline",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, SIMD {' '.join(info['cpu_flags'])}, native bf16: "
-        f"{'yes' if ovb.cpu_bf16_native() else 'no'}. torch {info['versions'].get('torch')}, openvino "
+        f"{'yes' if cpu.has_native_bf16() else 'no'}. torch {info['versions'].get('torch')}, openvino "
         f"{openvino.__version__.split('-')[0]}, nncf {nncf.__version__}, onnxruntime {_ort_version()}. {info['date']}.",
         f"Model: UNet base {meta.arch['base_channels']}, classes {', '.join(meta.classes)}, input "
         f"{meta.input_size[0]}x{meta.input_size[1]}; weights {origin}.",

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from run_cpu import random_checkpoint  # noqa: E402
 
-from unet_deploy import bench  # noqa: E402
-from unet_deploy.export import EXPORT_FORMATS, export_model  # noqa: E402
+from unet_deploy import bench, formats  # noqa: E402
+from unet_deploy.export import export_model  # noqa: E402
 
 CLASSES = ("background", "scratch", "spot")
 # Stage lines of the export log with the seconds each exporter states ("exported in 2.9 s",
@@ -40,7 +40,7 @@ def _load() -> str:
 
 def run(out_md: Path, portable: bool, size: int) -> None:
     info = bench.hardware_info()
-    cases = [(f.arg, {}) for f in EXPORT_FORMATS] + ([("aoti", {"portable": True})] if portable else [])
+    cases = [(f.name, {}) for f in formats.exportable()] + ([("aoti", {"portable": True})] if portable else [])
     rows = []
     with tempfile.TemporaryDirectory(prefix="unet-export-bench-") as tmp:
         ckpt = random_checkpoint(Path(tmp) / "seed64.pt", 64, CLASSES, size)

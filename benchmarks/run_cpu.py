@@ -50,14 +50,13 @@ class Config:
     notes: list[str] = field(default_factory=list)
 
 
-def _cpu(*rows: tuple[str, str, str | None]) -> list[Case]:
-    return [Case(backend, precision, "cpu", fmt) for backend, precision, fmt in rows]
+def _cpu(*rows: tuple[str, str]) -> list[Case]:
+    return [Case(backend, precision, "cpu") for backend, precision in rows]
 
 
-_MAIN_CPU = _cpu(("eager", "fp32", None), ("seed", "fp32", None), ("eager", "bf16", None),
-                 ("torchscript", "fp32", "torchscript"), ("onnxruntime", "fp32", "onnx"),
-                 ("openvino", "fp32", "openvino"))  # fmt: skip
-_ALL_CPU = _MAIN_CPU + _cpu(("aoti", "fp32", "aoti"))
+_MAIN_CPU = _cpu(("eager", "fp32"), ("seed", "fp32"), ("eager", "bf16"), ("torchscript", "fp32"),
+                 ("onnxruntime", "fp32"), ("openvino", "fp32"))  # fmt: skip
+_ALL_CPU = _MAIN_CPU + _cpu(("aoti", "fp32"))
 
 # The standard CPU matrix. The seed-size model at 512 px costs 4x the 256 px one per image, so
 # it runs the baseline and the backends that matter most, at batch 1. AOTInductor compiles
@@ -65,8 +64,8 @@ _ALL_CPU = _MAIN_CPU + _cpu(("aoti", "fp32", "aoti"))
 # costs the other rows nothing.
 CPU_MATRIX: list[Config] = [
     Config("seed-size UNet, 256x256", 64, 256, _ALL_CPU, batches=(1, 4), runs=8, warmup=2, share=0.55, acceptance=True),
-    Config("seed-size UNet, 512x512", 64, 512, _cpu(("eager", "fp32", None), ("seed", "fp32", None),
-           ("onnxruntime", "fp32", "onnx"), ("openvino", "fp32", "openvino")), batches=(1,), runs=5, warmup=1,
+    Config("seed-size UNet, 512x512", 64, 512, _cpu(("eager", "fp32"), ("seed", "fp32"),
+           ("onnxruntime", "fp32"), ("openvino", "fp32")), batches=(1,), runs=5, warmup=1,
            share=0.3),  # fmt: skip
     Config("base-16 UNet, 256x256", 16, 256, _MAIN_CPU, batches=(1, 4, 16), runs=20, warmup=3, share=0.15),
 ]

@@ -23,24 +23,24 @@ from run_cpu import RESULTS, Config, log, machine_slug, run_matrix, write  # noq
 from unet_deploy.bench import Case  # noqa: E402
 
 
-def _cuda(*rows: tuple[str, str, str | None]) -> list[Case]:
-    return [Case(backend, precision, "cuda", fmt) for backend, precision, fmt in rows]
+def _cuda(*rows: tuple[str, str]) -> list[Case]:
+    return [Case(backend, precision, "cuda") for backend, precision in rows]
 
 
-_ALL_CUDA = _cuda(("eager", "fp32", None), ("seed", "fp32", None), ("eager", "fp16", None), ("eager", "bf16", None),
-                  ("torchscript", "fp32", "torchscript"), ("torchscript", "fp16", "torchscript"),
-                  ("onnxruntime", "fp32", "onnx"), ("aoti", "fp32", "aoti"))  # fmt: skip
-_MAIN_CPU = [Case("eager", "fp32", "cpu"), Case("seed", "fp32", "cpu"), Case("eager", "bf16", "cpu"),
-             Case("onnxruntime", "fp32", "cpu", "onnx"), Case("openvino", "fp32", "cpu", "openvino")]  # fmt: skip
+_ALL_CUDA = _cuda(("eager", "fp32"), ("seed", "fp32"), ("eager", "fp16"), ("eager", "bf16"),
+                  ("torchscript", "fp32"), ("torchscript", "fp16"),
+                  ("onnxruntime", "fp32"), ("aoti", "fp32"))  # fmt: skip
+_MAIN_CPU = [Case(backend, precision, "cpu") for backend, precision in
+             (("eager", "fp32"), ("seed", "fp32"), ("eager", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"))]
 
 GPU_MATRIX: list[Config] = [
     Config("seed-size UNet, 256x256", 64, 256, _ALL_CUDA + _MAIN_CPU, batches=(1, 4, 16), runs=50, warmup=5,
            share=0.5, acceptance=True),  # fmt: skip
-    Config("seed-size UNet, 512x512", 64, 512, _cuda(("eager", "fp32", None), ("seed", "fp32", None),
-           ("eager", "fp16", None), ("onnxruntime", "fp32", "onnx")), batches=(1, 4, 16), runs=30, warmup=3,
+    Config("seed-size UNet, 512x512", 64, 512, _cuda(("eager", "fp32"), ("seed", "fp32"),
+           ("eager", "fp16"), ("onnxruntime", "fp32")), batches=(1, 4, 16), runs=30, warmup=3,
            share=0.25),  # fmt: skip
-    Config("base-16 UNet, 256x256", 16, 256, _cuda(("eager", "fp32", None), ("seed", "fp32", None),
-           ("eager", "fp16", None), ("torchscript", "fp32", "torchscript"), ("onnxruntime", "fp32", "onnx")),
+    Config("base-16 UNet, 256x256", 16, 256, _cuda(("eager", "fp32"), ("seed", "fp32"),
+           ("eager", "fp16"), ("torchscript", "fp32"), ("onnxruntime", "fp32")),
            batches=(1, 4, 16), runs=50, warmup=5, share=0.25),  # fmt: skip
 ]
 

@@ -117,8 +117,9 @@ def skip_reason(case: Case, source: "ModelSource", explicit_precision: bool) -> 
         missing = [m for m in fmt.requires if importlib.util.find_spec(m) is None]
         if missing:
             return f"the {fmt.title} export needs {', '.join(missing)} (not installed)"
-        if case.precision == "int8":
-            return "int8 needs calibration images: export it with --calib and benchmark that file"
+        if case.precision != "fp32" and "calib" in fmt.options:  # gated on the user's images, which bench has not
+            return (f"{fmt.title} {case.precision} is exported against calibration/validation images: "
+                    f"unet-export --format {fmt.name} --precision {case.precision} --calib/--val DATA, then bench that file")
     if case.device == "cuda" and not cuda_available():
         return "no CUDA device"
     if not explicit_precision:
