@@ -64,6 +64,7 @@ def test_save_and_load_sidecar(tmp_path):
     ({"tiling": {"scale": 5}}, "is outside"),
     ({"tiling": [1.0, 0.25]}, "tiling .* is not a JSON object"),
     ({"extra": []}, "extra .* is not a JSON object"),
+    ({"extra": {"agreement": float("nan")}}, "extra is not plain JSON"),
     ({"bogus": 1}, "unknown metadata keys"),
 ])
 def test_invalid_metadata_is_a_clear_error(bad, match):

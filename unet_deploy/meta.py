@@ -208,6 +208,10 @@ class ModelMeta:
         self.tiling = check_tiling(self.tiling)
         if not isinstance(self.extra, dict):
             raise UnetDeployError(f"extra {_short(self.extra)} is not a JSON object")
+        try:  # every artefact carries it, and the C++ consumer parses strict JSON
+            json.dumps(self.extra, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise UnetDeployError(f"extra is not plain JSON ({_short(str(e))})") from None
 
     def _constants(self, values: Any, what: str, low: float) -> list[float]:
         out = [_number(v, f"{what}[{i}]", low, _NORM_RANGE[1]) for i, v in enumerate(_sequence(values, what))]
@@ -252,7 +256,7 @@ class ModelMeta:
         return {"format": d.pop("format"), **d}
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "metadata") -> "ModelMeta":
