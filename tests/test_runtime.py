@@ -53,6 +53,13 @@ def red_model(path, input_size=(64, 64), pad="top-left", head="softmax", meta=Tr
     return Path(path)
 
 
+def photos(count=6, size=(200, 150)):
+    """Inspection-like BGR photos (generated: the suite needs no data beside the repo)."""
+    from unet_deploy.data.synthetic import sample
+
+    return [sample(seed, 0, size).image for seed in range(count)]
+
+
 def red_image(hw, rect=None):
     """Black BGR image of size ``hw`` with a pure red rectangle at RECTS[hw]."""
     y0, y1, x0, x1 = rect or RECTS[hw]
@@ -176,7 +183,7 @@ def test_metadata_sidecar_explicit_or_a_clear_error(tmp_path):
 
 def test_backend_is_chosen_by_suffix(tmp_path, tiny_checkpoint):
     names = {"m.onnx": "onnxruntime", "m.torchscript.pt": "torchscript", "m.pt2": "aoti",
-             "m.pt": "checkpoint", "m.PTH": "checkpoint"}  # fmt: skip
+             "m.pt": "checkpoint", "m.PTH": "checkpoint", "m.int8.xml": "openvino"}  # fmt: skip
     for name, backend in names.items():
         assert backend_class(tmp_path / name).name == backend
     assert backend_class(tiny_checkpoint).name == "checkpoint"
@@ -274,13 +281,18 @@ def test_torch_backends_take_cuda_when_torch_has_it(tiny_checkpoint, monkeypatch
 
 
 # -- torch absent -----------------------------------------------------------------------------
-def test_onnx_runs_with_torch_unimportable(tmp_path, labelme_dir):
+def test_onnx_runs_with_torch_and_click_unimportable(tmp_path):
+    import cv2
+
     model = red_model(tmp_path / "red.onnx")
     (tmp_path / "m.torchscript.pt").write_bytes(b"not used")
-    image = sorted(labelme_dir.glob("*/*.jpg"))[0]
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), photos(1)[0])
     script = f"""
 import json, sys
 sys.modules["torch"] = None  # import torch now raises ImportError
+sys.modules["click"] = None
+import unet_deploy.runtime, unet_deploy.formats
 from unet_deploy import Segmenter, UnetDeployError
 seg = Segmenter({str(model)!r})
 res = seg({str(image)!r})
@@ -289,8 +301,9 @@ try:
     torch_error = None
 except UnetDeployError as e:
     torch_error = e.message
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx") and sys.modules[m] is not None)
-print(json.dumps({{"result": res.to_dict(), "backend": seg.backend, "device": seg.device,
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "click", "openvino")
+                and sys.modules[m] is not None)
+print(json.dumps({{"result": res.to_dict(), "backend": seg.backend, "device": seg.device, "precision": seg.precision,
                   "torch_error": torch_error, "loaded": loaded, "mask_sum": int(res.mask.sum())}}))
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -298,21 +311,48 @@ print(json.dumps({{"result": res.to_dict(), "backend": seg.backend, "device": se
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     here = Segmenter(model)(image)
     assert out["result"]["regions"] == here.to_dict()["regions"] and out["mask_sum"] == int(here.mask.sum())
-    assert (out["backend"], out["device"], out["loaded"]) == ("onnxruntime", "cpu", [])
+    assert here.mask.any() and not here.mask.all()  # the photo has red and non-red parts
+    assert (out["backend"], out["device"], out["precision"], out["loaded"]) == ("onnxruntime", "cpu", "fp32", [])
     assert "needs torch, which is not installed" in out["torch_error"]
+
+
+# -- precision ----------------------------------------------------------------------------------
+def test_checkpoint_runs_bf16_on_request_and_says_so(color_checkpoint):
+    """``precision="bf16"``: bf16 weights inside, float32 logits out, the same masks as fp32 on a
+    model that predicts four classes over large areas."""
+    import torch
+
+    from tests.models import color_image
+
+    fp32, bf16 = Segmenter(color_checkpoint), Segmenter(color_checkpoint, precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert {p.dtype for p in bf16._backend.model.parameters()} == {torch.bfloat16}
+    images = [color_image(seed, (96, 80)) for seed in range(3)]
+    want = np.concatenate([r.mask.ravel() for r in fp32.predict_batch(images)])
+    got = np.concatenate([r.mask.ravel() for r in bf16.predict_batch(images)])
+    assert (np.bincount(want, minlength=4) / want.size > 0.05).all()  # every class is there
+    assert np.mean(got == want) > 0.99
+
+
+def test_a_precision_the_backend_cannot_run_is_one_line(tmp_path, tiny_checkpoint):
+    model = red_model(tmp_path / "red.onnx")
+    with pytest.raises(UnetDeployError, match=r"red\.onnx: the onnxruntime backend cannot run this model at bf16; "
+                                              r"it runs fp32 \(re-export with --precision bf16"):
+        Segmenter(model, precision="bf16")
+    with pytest.raises(UnetDeployError, match=r"tiny\.pt: the checkpoint backend cannot run this model at int8"):
+        Segmenter(tiny_checkpoint, precision="int8")
 
 
 # -- every backend, one trained model -----------------------------------------------------------
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, labelme_dir):
+def exports(tmp_path_factory):
     """A tiny UNet saved as a checkpoint and exported to ONNX and TorchScript with its ModelMeta
-    inside. Its last layer is rescaled so that on the real images every class wins about a third
+    inside. Its last layer is rescaled so that on the photos every class wins about a third
     of the pixels: argmax boundaries everywhere, a harder parity test than a confident model."""
     import torch
 
     from tests.conftest import warm_batchnorm
     from unet_deploy.checkpoint import save_checkpoint
-    from unet_deploy.fileio import read_image
     from unet_deploy.meta import TORCHSCRIPT_EXTRA_FILE
     from unet_deploy.model import UNet
     from unet_deploy.preprocess import preprocess_batch
@@ -322,7 +362,7 @@ def exports(tmp_path_factory, labelme_dir):
     torch.manual_seed(0)
     model = UNet(3, base_channels=8)
     warm_batchnorm(model)
-    x = torch.from_numpy(preprocess_batch([read_image(p) for p in sorted(labelme_dir.glob("*/*.jpg"))], meta)[0])
+    x = torch.from_numpy(preprocess_batch(photos(), meta)[0])
     with torch.no_grad():
         logits = model(x)
         mean, std = logits.mean((0, 2, 3)), logits.std((0, 2, 3))
@@ -340,8 +380,8 @@ def exports(tmp_path_factory, labelme_dir):
     return paths
 
 
-def test_onnx_torchscript_and_checkpoint_give_the_same_masks(exports, labelme_dir, tmp_path):
-    images = sorted(labelme_dir.glob("*/*.jpg"))
+def test_onnx_torchscript_and_checkpoint_give_the_same_masks(exports, tmp_path):
+    images = photos()
     renamed = tmp_path / "model.pt"  # a TorchScript archive named like a checkpoint is still TorchScript
     renamed.write_bytes(exports["torchscript"].read_bytes())
     assert backend_class(renamed).name == "torchscript"
@@ -357,15 +397,14 @@ def test_onnx_torchscript_and_checkpoint_give_the_same_masks(exports, labelme_di
         assert agree >= 0.999, f"{fmt}: {agree:.5f} of pixels agree with the checkpoint"
 
 
-def test_aoti_package_metadata_device_and_fixed_batch(tmp_path, monkeypatch):
+def test_aoti_package_metadata_and_device(tmp_path, monkeypatch):
     """The AOTI backend's own logic, with the compiled package faked (a real one takes a minute to
-    build): metadata from the package, its device, and a fixed batch size learnt from the check error."""
+    build): metadata from the package or the sidecar, and the device it was compiled for."""
     import torch
 
     meta = ModelMeta(classes=["background", "red"], input_size=(64, 64))
-    calls = []
 
-    class Package:  # a package compiled for batch 2 with AOTI_RUNTIME_CHECK_INPUTS on
+    class Package:
         def __init__(self, device="cpu", with_meta=True):
             self.metadata = {"AOTI_DEVICE_KEY": device, **({"unet_deploy": meta.to_json()} if with_meta else {})}
 
@@ -373,10 +412,6 @@ def test_aoti_package_metadata_device_and_fixed_batch(tmp_path, monkeypatch):
             return self.metadata
 
         def __call__(self, x):
-            calls.append(x.shape[0])
-            for dim, want in ((0, 2), (2, 64)):
-                if x.shape[dim] != want:
-                    raise RuntimeError(f"input_handles[0]: unmatched dim value at {dim}, expected: {want}, but got: {x.shape[dim]}")
             return torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] - 0.5], 1)
 
     packages = {"m.pt2": Package(), "cuda.pt2": Package("cuda"), "bare.pt2": Package(with_meta=False)}
@@ -384,14 +419,9 @@ def test_aoti_package_metadata_device_and_fixed_batch(tmp_path, monkeypatch):
     for name in packages:
         (tmp_path / name).write_bytes(b"stand-in")
     seg = Segmenter(tmp_path / "m.pt2")
-    assert (seg.backend, seg.device, seg.meta) == ("aoti", "cpu", meta)
-    images = [red_image(hw) for hw in RECTS] + [red_image((3, 517))]
-    results = seg.predict_batch(images, batch_size=5)
-    assert seg._backend.fixed_batch == 2 and calls[0] == 5 and set(calls[1:]) == {2}
-    for hw, res in zip(RECTS, results):
+    assert (seg.backend, seg.device, seg.meta, seg.precision) == ("aoti", "cpu", meta, "fp32")
+    for hw, res in zip(RECTS, seg.predict_batch([red_image(hw) for hw in RECTS], batch_size=3)):
         _check_rectangle(res.mask, hw, (64, 64))
-    with pytest.raises(UnetDeployError, match="fixes input size .* at 64, got 96"):
-        Segmenter(tmp_path / "m.pt2", input_size=96)(red_image((3, 517)))
     with pytest.raises(UnetDeployError, match="compiled for CUDA but torch has no CUDA"):
         Segmenter(tmp_path / "cuda.pt2")
     with pytest.raises(UnetDeployError, match="CUDA was asked for but torch has no CUDA"):
@@ -405,18 +435,44 @@ def test_aoti_package_metadata_device_and_fixed_batch(tmp_path, monkeypatch):
     assert Segmenter(tmp_path / "bare.pt2").meta == meta
 
 
+@pytest.mark.slow  # compiles an AOTInductor package
+def test_a_real_fixed_batch_aoti_package_is_fed_whole_batches(tmp_path):
+    """A package compiled for batch 2 at 64x64: the backend learns the batch size from torch's own
+    input-check error and re-batches; a wrong input size is one line naming the size."""
+    import torch
+
+    class Red(torch.nn.Module):  # class 1 where red > 0.5
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] - 0.5], 1)
+
+    meta = ModelMeta(classes=["background", "red"], input_size=(64, 64))
+    program = torch.export.export(Red(), (torch.zeros(2, 3, 64, 64),))  # static: batch 2, 64x64
+    path = tmp_path / "red.pt2"
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                             inductor_configs={"aot_inductor.metadata": {"unet_deploy": meta.to_json()}})  # fmt: skip
+    seg = Segmenter(path)
+    assert seg.meta == meta and seg._backend.fixed_batch is None
+    images = [red_image(hw) for hw in RECTS] + [red_image((3, 517))]
+    results = seg.predict_batch(images, batch_size=5)
+    assert seg._backend.fixed_batch == 2
+    for hw, res in zip(RECTS, results):
+        _check_rectangle(res.mask, hw, (64, 64))
+    assert np.array_equal(seg(images[-1]).mask, results[-1].mask)  # a single image is padded to the batch
+    with pytest.raises(UnetDeployError, match=r"red\.pt2: the package fixes input size \(dim 2\) at 64, got 96"):
+        Segmenter(path, input_size=96)(red_image((3, 517)))
+
+
 @pytest.mark.slow  # the exported_tiny fixture compiles an AOTI package (shared with the export tests)
-def test_every_format_of_the_shared_export_fixture_agrees(exported_tiny, tiny_checkpoint, labelme_dir):
+def test_every_format_of_the_shared_export_fixture_agrees(exported_tiny, tiny_checkpoint):
     """The exporter's artefacts (TorchScript, ONNX, AOTInductor .pt2) of ``tiny_checkpoint`` through the
-    runtime on the real images: the same logits as the checkpoint and the same masks. (This random
+    runtime on photos: the same logits as the checkpoint and the same masks. (This random
     model calls nearly every pixel background, hence the logits check; the test above has the
     boundaries.)"""
-    from unet_deploy.fileio import read_image
     from unet_deploy.preprocess import preprocess_batch
 
-    images = sorted(labelme_dir.glob("*/*.jpg"))
+    images = photos()
     reference = Segmenter(tiny_checkpoint)
-    x = preprocess_batch([read_image(p) for p in images], reference.meta)[0]
+    x = preprocess_batch(images, reference.meta)[0]
     want_logits = reference.infer(x)
     want_masks = [r.mask for r in reference.predict_batch(images)]
     backends = set()
