@@ -125,6 +125,12 @@ def test_two_epochs_then_resume_a_third(voc, tmp_path):
     again = CliRunner().invoke(command, [str(voc), "--out", str(run), "--epochs", "1"])
     assert again.exit_code == 1 and "--resume" in again.output and "Traceback" not in again.output
 
+    # a last.pt from before the torch schedulers (LambdaLR state) is refused in one line, pointing at --init
+    old = dict(last, scheduler={"base_lrs": [1e-3], "last_epoch": 9, "lr_lambdas": [{"total": 9, "warmup": 1}]})
+    torch.save(old, tmp_path / "old_last.pt")
+    refused = CliRunner().invoke(command, [str(voc), "--resume", str(tmp_path / "old_last.pt")])
+    assert refused.exit_code == 1 and "--init" in refused.output and "Traceback" not in refused.output
+
 
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(voc, tmp_path):
