@@ -125,6 +125,15 @@ def test_any_document_is_valid_or_one_clear_line(doc):
     assert 1 <= meta.num_classes <= 255 and all(32 <= v <= 8192 and v % 16 == 0 for v in meta.input_size)
 
 
+def test_huge_python_values_are_one_line():
+    """What JSON cannot carry but Python callers can: ints beyond str()'s 4300 digits."""
+    for bad in ({"scale": 10**5000}, {"input_size": 10**5000}, {"arch": {"base_channels": 10**5000}},
+                {"classes": ["bg", 10**5000]}):
+        with pytest.raises(UnetDeployError) as info:
+            ModelMeta(**{"classes": ["bg", "a"], **bad})
+        assert len(info.value.message) < 200
+
+
 def test_deeply_nested_json_is_one_line():
     with pytest.raises(UnetDeployError, match="nested too deeply|not valid JSON"):
         ModelMeta.from_json("[" * 100_000 + "]" * 100_000, "m.json")

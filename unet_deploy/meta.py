@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UnetDeployError
+from .fileio import atomic_write_text, quote
 
 FORMAT = "unet-deploy/1"
 # The UNet halves its input four times: H and W must be multiples of this. The model,
@@ -40,7 +41,10 @@ ONNX_METADATA_KEY = "unet_deploy"
 
 def _short(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters: one line, escapes included."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int of more than 4300 digits, a self-nesting list
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -54,9 +58,12 @@ def _integer(value: Any, what: str) -> int:
     try:
         if isinstance(value, bool):
             raise TypeError
-        return int(value.__index__())  # int and numpy integers; not str, bool or arrays
+        n = int(value.__index__())  # int and numpy integers; not str, bool or arrays
     except (AttributeError, TypeError):
         raise UnetDeployError(f"{what} {_short(value)} is not an integer") from None
+    if abs(n) > 2**62:
+        raise UnetDeployError(f"{what} is an integer of {n.bit_length()} bits, far out of range")
+    return n
 
 
 def _number(value: Any, what: str, low: float | None = None, high: float | None = None) -> float:
@@ -261,6 +268,7 @@ class ModelMeta:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "metadata") -> "ModelMeta":
         """Build from a dict; unknown keys are an error that names ``source``."""
+        source = quote(source)
         if not isinstance(d, dict):
             raise UnetDeployError(f"{source}: metadata is not a JSON object")
         unknown = sorted(str(k) for k in d if k not in cls.__dataclass_fields__)
@@ -275,6 +283,7 @@ class ModelMeta:
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "metadata") -> "ModelMeta":
+        source = quote(source)
         try:
             d = json.loads(text)
         except (ValueError, UnicodeDecodeError) as e:
@@ -285,15 +294,13 @@ class ModelMeta:
 
     def save(self, path: str | Path) -> Path:
         """Write the sidecar JSON atomically."""
-        from .fileio import atomic_write_text
-
         return atomic_write_text(path, self.to_json(indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelMeta":
         path = Path(path)
         if not path.is_file():
-            raise UnetDeployError(f"{path}: metadata file not found")
+            raise UnetDeployError(f"{quote(path)}: metadata file not found")
         return cls.from_json(path.read_bytes(), str(path))
 
 
