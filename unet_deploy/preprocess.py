@@ -140,18 +140,13 @@ def unletterbox_mask(mask: np.ndarray, transform: LetterboxTransform) -> np.ndar
 
 def to_model_color(image: np.ndarray, color: str = "RGB") -> np.ndarray:
     """Convert an image as OpenCV reads it (gray, BGR, BGRA; 8 or 16 bit) to HxWxC in ``color`` order."""
-    if image.dtype not in (np.uint8, np.uint16):
-        raise UnetDeployError(
-            f"image dtype {image.dtype} is not supported; pass 8- or 16-bit pixels as OpenCV reads them"
-        )
+    check_image(image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:
         if color == "GRAY":
             return image[:, :, None]
         return np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise UnetDeployError(f"image of shape {image.shape} is not gray, BGR or BGRA")
     codes = {
         (3, "RGB"): cv2.COLOR_BGR2RGB, (3, "GRAY"): cv2.COLOR_BGR2GRAY,
         (4, "RGB"): cv2.COLOR_BGRA2RGB, (4, "BGR"): cv2.COLOR_BGRA2BGR, (4, "GRAY"): cv2.COLOR_BGRA2GRAY,
