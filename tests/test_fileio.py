@@ -180,8 +180,10 @@ def test_kill_9_leftovers_are_recognised_and_only_dead_ones_removed(tmp_path):
     staging.mkdir()
     (staging / "model.onnx").write_bytes(b"x")
     live = temporary_name(tmp_path / "live.png")  # this process: still writing
+    assert temporary_name(tmp_path / "m.onnx", ".export").name.startswith(".m.onnx.")
     live.write_bytes(b"x")
-    others = [tmp_path / ".hidden.tmp", tmp_path / f"mask.png.{dead}.0123abcd.tmp", tmp_path / "keep.png"]
+    others = [tmp_path / ".hidden.tmp", tmp_path / f"mask.png.{dead}.0123abcd.tmp", tmp_path / "keep.png",
+              tmp_path / f".photo.{dead}.0123abcd.png"]  # a user's hidden file that only looks alike
     for p in others:
         p.write_bytes(b"x")
     removed = remove_stale_temporaries(tmp_path)

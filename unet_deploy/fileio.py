@@ -28,9 +28,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MAX_IMAGE_PIXELS_ENV = "UNET_DEPLOY_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 EXIF_ORIENTATION_TAG = 0x0112
-# Temporaries of atomic writes and staging folders: ".{name}.{pid}.{8 hex}.tmp" (or another
-# suffix), so that remove_stale_temporaries can tell a dead process's leftovers from live work.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<suffix>\.[A-Za-z0-9]+)$")
+# Temporaries of atomic writes and export staging folders: ".{name}.{pid}.{8 hex}.tmp|.export",
+# so that remove_stale_temporaries can tell a dead process's leftovers from live work.
+TEMPORARY_SUFFIXES = (".tmp", ".export")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?:\.tmp|\.export)$")
 
 
 def _limit_from_env() -> int | None:
@@ -60,7 +61,10 @@ def quote(value: Any) -> str:
 
 
 def temporary_name(path: str | Path, suffix: str = ".tmp") -> Path:
-    """A fresh hidden name beside ``path`` that ``remove_stale_temporaries`` recognises."""
+    """A fresh hidden name beside ``path`` that ``remove_stale_temporaries`` recognises
+    (``suffix``: ``.tmp`` for files, ``.export`` for staging folders)."""
+    if suffix not in TEMPORARY_SUFFIXES:
+        raise ValueError(f"suffix {suffix!r} must be one of {TEMPORARY_SUFFIXES}")
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
 
@@ -112,7 +116,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporaries (files or staging folders, any suffix) in ``folder`` whose writing
+    """Delete the temporaries (files or staging folders, ``temporary_name``'s) in ``folder`` whose writing
     process is dead, as a ``kill -9`` leaves them; return what was removed. Live ones are kept."""
     folder = Path(folder)
     removed = []
