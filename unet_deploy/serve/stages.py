@@ -1,0 +1,80 @@
+"""What the Triton Python models do with tensors: decode requests, pack answers, split the pipeline.
+
+Plain numpy/OpenCV and our runtime, no Triton import, so the same code runs inside the
+server's Python-backend stub and in-process in tests. The single-model layout calls
+``Segmenter.predict_batch`` between ``request_images`` and ``pack_results``; the ensemble
+layout cuts the same pipeline around the network: ``prepare`` (decode + THE letterbox) and
+``finish`` (argmax, exact un-letterbox, regions).
+"""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UnetDeployError
+from ..meta import ModelMeta
+from ..postprocess import argmax, find_regions, to_original
+from ..preprocess import LetterboxTransform, preprocess
+from ..runtime.segmenter import ARRAY_NAME, Result
+
+TRANSFORM_WIDTH = 8  # src_hw, dst_hw, new_hw, offset as int32: how "transform" travels pre -> post
+
+
+def decode(data: bytes, what: str = "image") -> np.ndarray:
+    """Encoded PNG/JPEG/... bytes -> the image as ``cv2.imread(IMREAD_UNCHANGED)`` gives it."""
+    import cv2
+
+    buf = np.frombuffer(bytes(data), np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if image is None:
+        raise UnetDeployError(f"{what}: not a decodable image ({buf.size} bytes, corrupt or unsupported); send PNG/JPEG file bytes")
+    return image
+
+
+def request_images(encoded: np.ndarray | None, raw: np.ndarray | None) -> list[np.ndarray]:
+    """One request's images from its ``image`` (bytes, shape [n, 1]) or ``raw`` (uint8 [n, H, W, C]) input."""
+    if (encoded is None) == (raw is None):
+        raise UnetDeployError("a request needs exactly one of the inputs 'image' (encoded bytes) and 'raw' (uint8 HxWxC)")
+    if raw is not None:
+        if raw.dtype != np.uint8 or raw.ndim != 4 or raw.shape[3] not in (1, 3, 4):
+            raise UnetDeployError(f"input 'raw' has shape {list(raw.shape)} {raw.dtype}; send uint8 [n, H, W, 1|3|4] (BGR order)")
+        return [im[:, :, 0] if im.shape[2] == 1 else im for im in raw]
+    return [decode(b, f"image {i}") for i, b in enumerate(np.asarray(encoded, dtype=object).reshape(-1))]
+
+
+def pack_results(results: Sequence[Result]) -> tuple[np.ndarray, np.ndarray]:
+    """One request's results -> (``mask`` uint8 [n, H, W], ``regions`` JSON bytes [n, 1]).
+
+    A request's masks travel as one tensor, so its images must share one size (send images of
+    different sizes as separate requests; Triton batches them all the same)."""
+    for r in results:
+        if r.error is not None:
+            raise UnetDeployError(r.error)
+    sizes = sorted({r.size for r in results})
+    if len(sizes) > 1:
+        raise UnetDeployError(f"one request held images of sizes {sizes}; send images of different sizes as separate requests")
+    masks = np.stack([r.mask for r in results])
+    regions = np.array([[json.dumps(r.to_dict()).encode()] for r in results], dtype=object)
+    return masks, regions
+
+
+def prepare(images: Sequence[np.ndarray], meta: ModelMeta) -> tuple[np.ndarray, np.ndarray]:
+    """Ensemble pre step: images -> (float32 [n, C, h, w] network input, int32 [n, 8] transforms)."""
+    pairs = [preprocess(im, meta) for im in images]
+    x = np.stack([p[0] for p in pairs]).astype(np.float32, copy=False)
+    t = np.array([[*p[1].src_hw, *p[1].dst_hw, *p[1].new_hw, *p[1].offset] for p in pairs], np.int32)
+    return x, t
+
+
+def finish(logits: np.ndarray, transforms: np.ndarray, meta: ModelMeta, min_area: int = 0) -> list[Result]:
+    """Ensemble post step: logits [n, K, h, w] and ``prepare``'s transforms -> one ``Result`` per image."""
+    meta.check_num_outputs(int(logits.shape[1]), "the network model's output")
+    results = []
+    for class_map, t in zip(argmax(logits), np.asarray(transforms, np.int64)):
+        v = [int(a) for a in t]
+        transform = LetterboxTransform((v[0], v[1]), (v[2], v[3]), (v[4], v[5]), (v[6], v[7]))
+        mask = to_original(class_map, transform)
+        results.append(Result(ARRAY_NAME, mask, find_regions(mask, meta.classes, min_area), {}, list(meta.classes)))
+    return results
