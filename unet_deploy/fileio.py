@@ -147,14 +147,12 @@ def _probe(data: bytes) -> tuple[tuple[int, int] | None, int]:
     writers put it); finding a later one would decode everything."""
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                size = img.size
-                if img.format == "PNG" and "exif" not in img.info:
-                    return size, 1
-                orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    try:  # Pillow warns (once) above half its hard limit; filtering that is process-wide: not here
+        with Image.open(io.BytesIO(data)) as img:
+            size = img.size
+            if img.format == "PNG" and "exif" not in img.info:
+                return size, 1
+            orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
     except Image.DecompressionBombError as e:  # its message gives the pixel count, not the sides
         found = re.search(r"\((\d+) pixels\)", str(e))
         return (int(found[1]) if found else 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1, 0), 1
