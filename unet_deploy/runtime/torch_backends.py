@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -21,6 +22,25 @@ from ..formats._common import first_line
 from .base import Backend, choose_device, parse_device
 
 _NO_CUDA = "torch has no CUDA device (a CPU build of torch, or no GPU)"
+
+
+@contextmanager
+def _input_checks() -> Iterator[None]:
+    """``AOTI_RUNTIME_CHECK_INPUTS=1`` for the package calls inside only.
+
+    A loaded package reads the variable at its first run (not at load) and keeps the answer,
+    so the first call must see it; other code in the process (a user's own
+    ``aoti_load_package``) keeps its defaults.
+    """
+    previous = os.environ.get("AOTI_RUNTIME_CHECK_INPUTS")
+    os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("AOTI_RUNTIME_CHECK_INPUTS", None)
+        else:
+            os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = previous
 
 
 def _import_torch(path: Path, backend: str) -> Any:
@@ -144,20 +164,12 @@ class AOTIBackend(_TorchBackend):
         wish = parse_device(device)
         super().__init__(path, "cpu" if wish[0] == "auto" else device, threads, precision)
         torch = self.torch
-        # Input checks for this package only: the variable is read when a package loads, and
-        # other code in the process (a user's own aoti_load_package) must keep its defaults.
-        previous = os.environ.get("AOTI_RUNTIME_CHECK_INPUTS")
-        os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "1"
         try:
-            self.compiled = torch._inductor.aoti_load_package(str(self.path))
+            with _input_checks():
+                self.compiled = torch._inductor.aoti_load_package(str(self.path))
             metadata = self.compiled.get_metadata()
         except Exception as e:  # RuntimeError, or pybind errors for a file that is no package
             raise UnetDeployError(f"{self.path}: not a loadable AOTInductor package ({first_line(e)})") from None
-        finally:
-            if previous is None:
-                os.environ.pop("AOTI_RUNTIME_CHECK_INPUTS", None)
-            else:
-                os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = previous
         built_for = aoti_format.built_for(metadata)
         if wish[0] != "auto" and wish[0] != built_for:
             raise UnetDeployError(
@@ -182,7 +194,8 @@ class AOTIBackend(_TorchBackend):
         if n < self.min_batch:  # pad with zeros up to the least batch the package takes
             x = self.torch.cat([x, x.new_zeros((self.min_batch - n, *x.shape[1:]))])
         try:
-            return self.compiled(x)[:n]
+            with _input_checks():
+                return self.compiled(x)[:n]
         except RuntimeError as e:
             small = self._TOO_SMALL.search(str(e))
             if small and self.min_batch == 1:
