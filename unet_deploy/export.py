@@ -275,8 +275,9 @@ def export_model(
     """
     t_start = time.perf_counter()
     rows = resolve_formats(formats, precision)
-    opts = ExportOptions(dynamic, precision, opset, device, portable, log or (stderr_log if verbose else quiet), check,
-                         Path(calib) if calib else None, Path(val) if val else None, min_agreement, max_miou_drop)  # fmt: skip
+    opts = ExportOptions(dynamic=dynamic, precision=precision, opset=opset, device=device, portable=portable,
+                         log=log or (stderr_log if verbose else quiet), check=check, calib=Path(calib) if calib else None,
+                         val=Path(val) if val else None, min_agreement=min_agreement, max_miou_drop=max_miou_drop)  # fmt: skip
     _check_options(rows, opts)  # before loading the checkpoint; check_request below adds the formats' own
     size = check_size(img_size, "--img-size") if img_size is not None else None
     opts.device = _check_device(device, rows)

@@ -13,6 +13,13 @@ def _format_choices() -> str:
     return ", ".join([f.name for f in formats.exportable()] + ["all"])
 
 
+def _precisions() -> str:
+    rows = formats.exportable()
+    known = "|".join(dict.fromkeys(p for f in rows for p in f.precisions))
+    per_format = "; ".join(f"{f.name} {'|'.join(f.precisions)}" for f in rows)
+    return f"{known} ({per_format})."
+
+
 def _epilog() -> str:
     lines = "; ".join(f"{f.name} ({f.suffixes[0]}: {f.note})" for f in formats.exportable())
     return f"Formats: {lines}."
@@ -26,9 +33,10 @@ class _ExportCommand(Command):
         super().format_epilog(ctx, formatter)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        helps = {"formats_": f"{_format_choices()}; repeat or comma-separate for several.", "precision": _precisions()}
         for param in self.params:
-            if param.name == "formats_":
-                param.help = f"{_format_choices()}; repeat or comma-separate for several."  # type: ignore[attr-defined]
+            if param.name in helps:
+                param.help = helps[param.name]  # type: ignore[attr-defined]
         super().format_options(ctx, formatter)
 
 
@@ -42,8 +50,7 @@ class _ExportCommand(Command):
               help="Input size in the metadata (multiples of 16) [default: the checkpoint's].")
 @click.option("--dynamic/--static", default=True, show_default=True,
               help="Dynamic H/W (multiples of 16) or fixed at --img-size; the batch is always dynamic.")
-@click.option("--precision", default="fp32", show_default=True,
-              help="fp32; fp16 for GPU deployment; bf16 or int8 for --format openvino (accuracy-gated).")
+@click.option("--precision", default="fp32", show_default=True, help="Precision of the export.")
 @click.option("--opset", type=int, help="ONNX opset [default: 18].")
 @click.option("--device", default="cpu", show_default=True, help="Device to export on (an aoti package runs there).")
 @click.option("--classes", help="Class names a,b,c (a seed unet.pth has none; must match the class count).")
