@@ -170,3 +170,19 @@ def test_ensemble_configs_and_python_steps_on_the_server(color_repo, tmp_path):
             assert np.array_equal(post.as_numpy("mask")[0], expected.mask)
             assert json.loads(post.as_numpy("regions")[0, 0])["regions"] == json.loads(json.dumps(expected.to_dict()["regions"]))
         c.close()
+
+
+def test_registry_exporter_writes_the_python_layout(tmp_path):
+    import torch
+
+    from unet_deploy.formats._common import ExportOptions
+    from unet_deploy.model import UNet
+    from unet_deploy.serve.repository import export
+
+    meta = ModelMeta(classes=["background", "a", "b"], input_size=(64, 64), arch={"base_channels": 8})
+    with torch.no_grad():
+        export(UNet(3, base_channels=8).eval(), torch.zeros(2, 3, 64, 64), tmp_path / "tiny.triton", meta,
+               ExportOptions(log=lambda m: None))
+    model_dir = tmp_path / "tiny.triton" / "unet"
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.py", "tiny.json", "tiny.onnx"]
+    assert ModelMeta.from_json(read_parameters(model_dir / "config.pbtxt")["unet_deploy"]).classes == meta.classes

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import UnetDeployError
 from ..meta import ModelMeta, sidecar_path
@@ -124,6 +124,21 @@ def export_triton(
     log(f"Triton: wrote {layout} repository {out_repo} (model {name!r}, {instances} x {device}, max batch {max_batch}, "
         f"queue delay {queue_delay_us} us)")
     return out_repo / name
+
+
+def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: Any) -> ModelMeta:
+    """The format registry's exporter (``--format triton``): ONNX first, then the python-layout repository at ``path``.
+
+    ``path`` is the repository folder (``<stem>.triton``); the model in it is named ``unet``.
+    """
+    from ..formats import onnx as onnx_format
+
+    with tempfile.TemporaryDirectory(prefix="unet-triton-onnx-") as tmp:
+        onnx_path = Path(tmp) / f"{Path(path).name.split('.')[0] or 'model'}.onnx"
+        onnx_format.export(model, example, onnx_path, meta, opts)
+        meta.save(sidecar_path(onnx_path))
+        export_triton(onnx_path, path, log=opts.log)
+    return meta
 
 
 def _artefact(path: Path, tmp: Path, onnx_only: bool, log: Callable[[str], None]) -> tuple[list[Path], ModelMeta]:
