@@ -55,10 +55,16 @@ def _check_head(report: dict, classes=("background", "scratch", "spot")) -> None
     assert report["model"]["gflops"] > 0
 
 
-def test_bench_on_exported_onnx_prints_the_table_and_writes_every_field(tiny_checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_checkpoint, tmp_path_factory):
+    """``tiny_checkpoint`` exported to ONNX alone (the formats other tests need, without AOTI's compile)."""
     from unet_deploy.export import export_model
 
-    onnx = export_model(tiny_checkpoint, "onnx", out_dir=tmp_path / "exported", check=False, verbose=False)["onnx"]
+    return export_model(tiny_checkpoint, "onnx", out_dir=tmp_path_factory.mktemp("onnx"), check=False, verbose=False)["onnx"]
+
+
+def test_bench_on_exported_onnx_prints_the_table_and_writes_every_field(tiny_onnx, tmp_path):
+    onnx = tiny_onnx
     out, md = tmp_path / "bench.json", tmp_path / "b.md"
     result = _invoke(str(onnx), *FAST, "--json", str(out), "--markdown", str(md))
     assert result.exit_code == 0, result.output
@@ -184,15 +190,12 @@ def test_a_format_is_offered_only_while_registered():
     assert "skewed" not in CliRunner().invoke(command, ["--help"]).output
 
 
-def test_bench_user_errors_are_one_line(tiny_checkpoint, tmp_path):
-    from unet_deploy.export import export_model
-
-    onnx = export_model(tiny_checkpoint, "onnx", out_dir=tmp_path, check=False, verbose=False)["onnx"]
+def test_bench_user_errors_are_one_line(tiny_checkpoint, tiny_onnx):
     for args, words in [
         ((str(tiny_checkpoint), "--backend", "tensorrt-ish"), "unknown"),
         ((str(tiny_checkpoint), "--precision", "fp8"), "unknown"),
         ((str(tiny_checkpoint), "--batch", "0"), "at least 1"),
-        ((str(onnx), "--img-size", "128", "128"), "exported for 64x64"),
+        ((str(tiny_onnx), "--img-size", "128", "128"), "exported for 64x64"),
     ]:
         result = CliRunner().invoke(command, list(args))
         assert result.exit_code == 1, result.output

@@ -111,6 +111,8 @@ def skip_reason(case: Case, source: "ModelSource", explicit_precision: bool) -> 
         return f"needs the checkpoint (the input is an exported {source.backend} model)"
     if fmt.needs_torch and torch_module() is None:
         return "torch is not installed"
+    if case.device == "cuda" and not cuda_available():
+        return "no CUDA device"
     if source.checkpoint is not None and fmt.name != CHECKPOINT:
         if fmt.exporter is None:
             return f"export_model cannot make {fmt.name} yet"
@@ -120,8 +122,6 @@ def skip_reason(case: Case, source: "ModelSource", explicit_precision: bool) -> 
         if case.precision != "fp32" and "calib" in fmt.options:  # gated on the user's images, which bench has not
             return (f"{fmt.title} {case.precision} is exported against calibration/validation images: "
                     f"unet-export --format {fmt.name} --precision {case.precision} --calib/--val DATA, then bench that file")
-    if case.device == "cuda" and not cuda_available():
-        return "no CUDA device"
     if not explicit_precision:
         if case.device == "cpu" and case.precision == "bf16" and not cpu.has_native_bf16():
             return "no native bf16 on this CPU (AVX512-BF16/AMX); --precision bf16 runs it emulated"

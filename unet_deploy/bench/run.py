@@ -8,9 +8,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .. import formats
 from ..errors import UnetDeployError
 from ..fileio import atomic_write_text
-from .cases import CHECKPOINT, DEVICES, EAGER, Case, bench_name, select_cases, skip_reason
+from .cases import DEVICES, EAGER, SEED, Case, bench_name, select_cases, skip_reason
 from .cases import precisions as _precisions
 from .machine import cuda_available, hardware_info, hardware_limit, matmul_rates, model_gflops, torch_module
 from .measure import DEFAULT_BATCHES, BenchSettings, PeakRSS, measure, release_memory, size_mb, throughput
@@ -97,13 +98,10 @@ def benchmark(model: str | Path, cases: Sequence[Case] | None = None, settings: 
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as tmp:
         source = open_model(Path(model), img_size, Path(tmp))
         if source.checkpoint is None:  # an exported model: its own backend, and the seed row saying why not
-            from .. import formats
-
             precision = str(source.meta.extra.get("precision", "fp32"))  # what the export wrote
             devices = list(dict.fromkeys(c.device for c in cases))
             own = bench_name(formats.get(source.format))
-            cases = [Case(own, precision, d, source.format) for d in devices] + [c for c in cases if c.fmt == CHECKPOINT
-                                                                                 and c.backend != EAGER]  # fmt: skip
+            cases = [Case(own, precision, d, source.format) for d in devices] + [c for c in cases if c.backend == SEED]
         report = _report_head(source, image, image_desc, settings)
         if hw_limit and source.checkpoint is not None:
             devices = sorted({c.device for c in cases} & set(DEVICES) - ({"cuda"} if not cuda_available() else set()))
