@@ -99,3 +99,14 @@ def test_predict_with_one_output_thresholds_the_logit_at_zero():
     out = one.predict(_input(image))[0].numpy()
     assert 0.1 < out.mean() < 0.9
     _assert_matches_reference(out, image, 2)
+
+
+@pytest.mark.parametrize("fmt", ["checkpoint", "onnx"])
+def test_color_fixtures_segment_as_the_reference(fmt, request):
+    from unet_deploy import Segmenter
+
+    path = request.getfixturevalue("color_checkpoint" if fmt == "checkpoint" else "exported_color")
+    seg = Segmenter(path if fmt == "checkpoint" else path["onnx"])
+    assert seg.classes == ["background", "dark", "bright", "warm"]
+    image = color_image(3, (64, 64))  # the network's input size: no resize
+    _assert_matches_reference(seg(image).mask, image, 4)
