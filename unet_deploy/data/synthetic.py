@@ -11,7 +11,14 @@ Every defect is written as a labelme ``polygon`` and its pixels are painted insi
 exactly that polygon as labelme rasterizes it, so converting the JSON gives back the
 mask the generator drew. The same ``seed`` gives the same files.
 
+By default defect sizes scale with the image (``min(W, H) / 256``). ``defect_size=(lo, hi)``
+instead draws each defect's size "across" (scratch width, spot diameter, dent short axis)
+log-uniformly in ``[lo, hi]`` pixels, whatever the frame size, and ``defects=(m, n)`` puts
+``m..n`` defects on each image: ``PRESETS["hires"]`` is 2448x2048 frames with 15-35 defects
+4-40 px across, the small-defects-on-large-frames case that tiled inference is for.
+
     generate("data/raw", count=200, size=(256, 256), seed=0)   # then: unet-deploy labelme data/raw data/voc
+    generate("data/hires", count=40, seed=0, **PRESETS["hires"])
 """
 from __future__ import annotations
 
@@ -31,6 +38,10 @@ from .rasterize import draw_shape
 CLASSES = ["background", "scratch", "spot", "dent"]
 LABELME_VERSION = "5.7.0"
 _JPEG_QUALITY = 95
+#: named settings of ``sample``/``generate`` (``unet-deploy synth --preset NAME``)
+PRESETS: dict[str, dict[str, Any]] = {
+    "hires": {"size": (2448, 2048), "defect_size": (4.0, 40.0), "defects": (15, 35)},
+}
 
 
 @dataclass
@@ -47,14 +58,29 @@ def labels_txt() -> str:
     return "\n".join([IGNORE_LABEL, BACKGROUND, *CLASSES[1:]]) + "\n"
 
 
-def sample(seed: int, index: int, size: tuple[int, int] = (256, 256)) -> Sample:
+def sample(
+    seed: int,
+    index: int,
+    size: tuple[int, int] = (256, 256),
+    defect_size: tuple[float, float] | None = None,
+    defects: tuple[int, int] | None = None,
+) -> Sample:
     """Make synthetic image number ``index`` of the set made with ``seed``; ``size`` is (W, H).
 
-    Depends only on (seed, index, size), so any image can be remade alone.
+    ``defect_size`` (lo, hi): each defect's size across in pixels, log-uniform (default: scaled
+    with the image); ``defects`` (m, n): defects per image, uniform (default: 0-5, mostly 2-4).
+    Depends only on (seed, index, size, defect_size, defects), so any image can be remade alone.
     """
     w, h = size
     if w < 32 or h < 32:
         raise UnetDeployError(f"--size {w} {h}: synthetic images need at least 32x32 pixels; pass a larger size")
+    if defect_size is not None and not 1 <= defect_size[0] <= defect_size[1] <= min(w, h) / 4:
+        raise UnetDeployError(
+            f"--defect-size {defect_size[0]:g} {defect_size[1]:g}: need 1 <= MIN <= MAX <= {min(w, h) / 4:g} "
+            "(a quarter of the shorter side)"
+        )
+    if defects is not None and not 0 <= defects[0] <= defects[1]:
+        raise UnetDeployError(f"--defects {defects[0]} {defects[1]}: need 0 <= MIN <= MAX")
     rng = np.random.default_rng([seed, index])
     base = _surface(rng, w, h)
     scale = min(w, h) / 256.0
@@ -64,23 +90,32 @@ def sample(seed: int, index: int, size: tuple[int, int] = (256, 256)) -> Sample:
     image = base.copy()
     shapes: list[dict[str, Any]] = []
     occupied = np.zeros((h, w), bool)
-    n_defects = int(rng.choice([0, 1, 2, 3, 4, 5], p=[0.05, 0.15, 0.25, 0.25, 0.2, 0.1]))
+    if defects is None:
+        n_defects = int(rng.choice([0, 1, 2, 3, 4, 5], p=[0.05, 0.15, 0.25, 0.25, 0.2, 0.1]))
+    else:
+        n_defects = int(rng.integers(defects[0], defects[1] + 1))
+    min_area, gap = 12, int(3 * scale) + 2
+    if defect_size is not None:
+        min_area, gap = max(3, int(0.5 * defect_size[0] ** 2)), 6
     for _ in range(n_defects):
         class_id = int(rng.integers(1, len(CLASSES)))
+        across = None if defect_size is None else float(np.exp(rng.uniform(*np.log(defect_size))))
         for _attempt in range(12):  # find a free place
-            points = _POLYGONS[class_id](rng, w, h, scale)
+            points = _POLYGONS[class_id](rng, w, h, scale, across)
             points = [[round(float(x), 2), round(float(y), 2)] for x, y in points]
             shape = {"label": CLASSES[class_id], "points": points, "group_id": None, "description": "",
                      "shape_type": "polygon", "flags": {}, "mask": None}
-            one = Image.new("L", (w, h), 0)
-            draw_shape(one, shape, 1)
+            win = _window(np.asarray(points), w, h, gap)  # work on the defect's neighbourhood only
+            one = Image.new("L", (win[1].stop - win[1].start, win[0].stop - win[0].start), 0)
+            local = dict(shape, points=[[x - win[1].start, y - win[0].start] for x, y in points])
+            draw_shape(one, local, 1)
             region = np.array(one, dtype=bool)
-            if region.sum() >= 12 and not (region & occupied).any():
+            if region.sum() >= min_area and not (region & occupied[win]).any():
                 break
         else:
             continue
-        occupied |= _grow(region, int(3 * scale) + 2)
-        _PAINTERS[class_id](rng, image, region, base)
+        occupied[win] |= _grow(region, gap)
+        _PAINTERS[class_id](rng, image[win], region, base[win])
         draw_shape(canvas, shape, class_id)
         shapes.append(shape)
     image = _light_and_noise(rng, image)
@@ -88,11 +123,13 @@ def sample(seed: int, index: int, size: tuple[int, int] = (256, 256)) -> Sample:
 
 
 def generate(out_dir: str | Path, count: int, size: tuple[int, int] = (256, 256), seed: int = 0,
-             progress: bool = True) -> list[Path]:
+             progress: bool = True, defect_size: tuple[float, float] | None = None,
+             defects: tuple[int, int] | None = None) -> list[Path]:
     """Write ``count`` synthetic images with their labelme JSONs and a ``labels.txt`` into ``out_dir``.
 
-    Files are ``synth_0000.jpg`` + ``synth_0000.json`` and so on; ``size`` is (W, H).
-    Returns the image paths. Deterministic: the same (count, size, seed) gives the same files.
+    Files are ``synth_0000.jpg`` + ``synth_0000.json`` and so on; ``size`` is (W, H);
+    ``defect_size`` and ``defects`` as in ``sample``. Returns the image paths. Deterministic:
+    the same arguments give the same files.
     """
     from tqdm import tqdm
 
@@ -104,7 +141,7 @@ def generate(out_dir: str | Path, count: int, size: tuple[int, int] = (256, 256)
     paths = []
     digits = max(4, len(str(count - 1)))
     for i in tqdm(range(count), desc="synth", unit="image", disable=not progress, dynamic_ncols=True):
-        s = sample(seed, i, size)
+        s = sample(seed, i, size, defect_size, defects)
         stem = f"synth_{i:0{digits}d}"
         image_path = write_image(out / f"{stem}.jpg", s.image, _jpeg_params())
         data = {"version": LABELME_VERSION, "flags": {}, "shapes": s.shapes, "imagePath": image_path.name,
@@ -171,10 +208,14 @@ def _light_and_noise(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- defect outlines (polygons)
 
 
-def _scratch_polygon(rng: np.random.Generator, w: int, h: int, scale: float) -> np.ndarray:
-    """A curved stroke: a quadratic Bezier centre line, offset both ways by half its width."""
-    length = rng.uniform(0.3, 0.6) * min(w, h)
-    width = max(rng.uniform(8, 14) * scale, 4.0)
+def _scratch_polygon(rng: np.random.Generator, w: int, h: int, scale: float, across: float | None) -> np.ndarray:
+    """A curved stroke: a quadratic Bezier centre line, offset both ways by half its width
+    (``across``; then 6-20 widths long, at least 24 px, at most 0.6 of the shorter side)."""
+    if across is None:
+        length = rng.uniform(0.3, 0.6) * min(w, h)
+        width = max(rng.uniform(8, 14) * scale, 4.0)
+    else:
+        length, width = min(max(rng.uniform(6, 20) * across, 24.0), 0.6 * min(w, h)), across
     angle = rng.uniform(0, math.pi)
     d = np.array([math.cos(angle), math.sin(angle)])
     n = np.array([-d[1], d[0]])
@@ -201,14 +242,17 @@ def _blob(rng: np.random.Generator, w: int, h: int, rx: float, ry: float, wobble
     return np.stack([cx + x * math.cos(rot) - y * math.sin(rot), cy + x * math.sin(rot) + y * math.cos(rot)], 1)
 
 
-def _spot_polygon(rng: np.random.Generator, w: int, h: int, scale: float) -> np.ndarray:
-    r = max(rng.uniform(8, 16) * scale, 3.0)
+def _spot_polygon(rng: np.random.Generator, w: int, h: int, scale: float, across: float | None) -> np.ndarray:
+    r = max(rng.uniform(8, 16) * scale, 3.0) if across is None else across / 2
     return _blob(rng, w, h, r, r * rng.uniform(0.8, 1.0), 0.12, 20)
 
 
-def _dent_polygon(rng: np.random.Generator, w: int, h: int, scale: float) -> np.ndarray:
-    rx = max(rng.uniform(18, 32) * scale, 6.0)
-    return _blob(rng, w, h, rx, rx * rng.uniform(0.55, 0.9), 0.04, 28)
+def _dent_polygon(rng: np.random.Generator, w: int, h: int, scale: float, across: float | None) -> np.ndarray:
+    if across is None:
+        rx = max(rng.uniform(18, 32) * scale, 6.0)
+        return _blob(rng, w, h, rx, rx * rng.uniform(0.55, 0.9), 0.04, 28)
+    ry = across / 2
+    return _blob(rng, w, h, ry / rng.uniform(0.55, 0.9), ry, 0.04, 28)
 
 
 # ---------------------------------------------------------------- defect looks (painted inside the polygon)
@@ -238,6 +282,14 @@ def _paint_dent(rng: np.random.Generator, image: np.ndarray, region: np.ndarray,
 
 _POLYGONS = {1: _scratch_polygon, 2: _spot_polygon, 3: _dent_polygon}
 _PAINTERS = {1: _paint_scratch, 2: _paint_spot, 3: _paint_dent}
+
+
+def _window(points: np.ndarray, w: int, h: int, gap: int) -> tuple[slice, slice]:
+    """Rows and columns around a polygon, wide enough for its occupancy ring (``gap``) and a dent's rim."""
+    x0, y0 = np.floor(points.min(0)).astype(int)
+    x1, y1 = np.ceil(points.max(0)).astype(int)
+    margin = gap + 4 + max(x1 - x0, y1 - y0) // 12
+    return (slice(max(0, y0 - margin), min(h, y1 + margin + 1)), slice(max(0, x0 - margin), min(w, x1 + margin + 1)))
 
 
 def _grow(region: np.ndarray, px: int) -> np.ndarray:
