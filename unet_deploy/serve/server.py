@@ -88,6 +88,12 @@ def stub_python_path() -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+def _libpython_dir() -> str | None:
+    """This interpreter's libpython folder, so the stub embeds the same Python as the environment."""
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    return libdir if libdir and soname and (Path(libdir) / soname).is_file() else None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (for tests and ``--port 0``)."""
     with socket.socket() as s:
@@ -148,7 +154,8 @@ class TritonServer:
         self._install = TritonInstall.find()
         env = dict(os.environ)
         env["UNET_DEPLOY_PYTHONPATH"] = os.pathsep.join(stub_python_path())
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(self._install.libs), env.get("LD_LIBRARY_PATH")) if p)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(self._install.libs), _libpython_dir(), env.get("LD_LIBRARY_PATH")) if p)
         self._tmp = tempfile.TemporaryDirectory(prefix="unet-triton-")
         backends = Path(self._tmp.name) / "backends"
         (backends / "python").mkdir(parents=True)
