@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def _serve_missing() -> str | None:
         TritonInstall.find()
         stub_python_path()
     except (ImportError, UnetDeployError) as e:
-        return f"the [serve] extra is not installed (make serve-deps): {e}"
+        return f"the [serve] extra is not installed (make install sets it up, see README \"Serving\"): {e}"
     return None
 
 
@@ -187,3 +188,37 @@ def test_registry_exporter_writes_the_python_layout(tmp_path, monkeypatch):
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.py", "red.json", "red.onnx"]
     params = read_parameters(model_dir / "config.pbtxt")
     assert ModelMeta.from_json(params["unet_deploy"]).classes == meta.classes and params["model_file"] == "red.onnx"
+
+
+@needs_serve
+def test_serve_command_prints_the_url_and_stops_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from unet_deploy.serve.server import free_port, group_members
+
+    from .test_runtime import red_model
+
+    port = free_port()
+    cmd = [sys.executable, "-c", "from unet_deploy.cli.serve import command; command(prog_name='unet-deploy serve')",
+           str(red_model(tmp_path / "red.onnx")), "--port", str(port), "--grpc-port", "0", "--metrics-port", "0"]
+    err = open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"Triton ready: http://127.0.0.1:{port} "), line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/unet/ready", timeout=5) as r:
+            assert r.status == 200
+        err.seek(0)
+        server_pid = int(re.search(r"tritonserver starting on .* \(pid (\d+)\)", err.read()).group(1))
+        assert group_members(server_pid)  # the server runs in its own process group
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        err.close()
+    assert group_members(proc.pid) == [] and group_members(server_pid) == []  # command, server, stub: all gone
