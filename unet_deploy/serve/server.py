@@ -163,7 +163,8 @@ class TritonServer:
             (backends / "python" / src.name).symlink_to(src)
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(self.command(backends), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         self.log(f"Triton {self._install.binary} starting on {self.repository} (pid {self.process.pid})")
         try:
             self._wait_ready(timeout)
@@ -219,6 +220,14 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process (thread) that started it dies, even by SIGKILL."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def group_members(pgid: int) -> list[int]:
