@@ -5,7 +5,7 @@
     with TritonServer("repo", http_port=8000) as server:   # the [serve] extra's tritonserver
         ...                                                # tritonclient.http at server.url
 
-Import-light: numpy and the runtime load only when a repository is written or a model runs.
+Import-light: OpenCV, ONNX Runtime and the runtime load only when a repository is written or a model runs.
 """
 from __future__ import annotations
 

@@ -26,7 +26,6 @@ def _add_site_dirs() -> None:
 
 _add_site_dirs()
 
-import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from unet_deploy.errors import UnetDeployError  # noqa: E402
