@@ -1,20 +1,25 @@
 // unet_infer: segment images with an exported unet-deploy model from the command line.
 //
-//   unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--threads N] [--save-input]
+//   unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--threads N]
+//              [--tile-scale S] [--overlap O] [--no-tile] [--save-input]
 //
 // Prints one JSON line per image (file, size, regions, timings; or file and error). With --out
 // it also writes DIR/masks/<stem>.png (palette PNG, pixel = class id), DIR/overlays/<stem>.jpg
-// and DIR/report.json, the layout of `unet-predict`. Exit code 0 when every image went through,
+// and DIR/report.json, the layout of `unet-predict`; each image's entry names its "mask" and
+// "overlay" relative to DIR. Exit code 0 when every image went through,
 // 1 on a user error (one line on stderr) or when any image failed.
+#include <clocale>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include <opencv2/imgcodecs.hpp>
 
-#include "mini_json.h"
+#include <nlohmann/json.hpp>
+
 #include "unet_infer.h"
 
 namespace fs = std::filesystem;
@@ -22,7 +27,8 @@ namespace fs = std::filesystem;
 namespace {
 
 const char* kUsage =
-    "Usage: unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--threads N] [--save-input]\n"
+    "Usage: unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--threads N]\n"
+    "                  [--tile-scale S] [--overlap O] [--no-tile] [--save-input]\n"
     "\n"
     "  Segment IMAGE(s) with MODEL (model.torchscript.pt or an AOTInductor model.pt2 from unet-export),\n"
     "  preparing pixels exactly as the Python runtime does. One JSON line per image on stdout.\n"
@@ -31,6 +37,9 @@ const char* kUsage =
     "  --device D      auto (CUDA when libtorch sees a GPU; default), cpu or cuda\n"
     "  --min-area N    drop regions smaller than N pixels (default 0)\n"
     "  --threads N     CPU threads for inference (default: libtorch's, one per core)\n"
+    "  --tile-scale S  tiled inference: resize by S (1.0 = native pixels), model-size tiles (overrides the metadata)\n"
+    "  --overlap O     tile overlap, a fraction of a tile in [0, 1) (default: the metadata's, else 0.25)\n"
+    "  --no-tile       letterbox the whole image even when the metadata asks for tiles\n"
     "  --save-input    also write DIR/inputs/<stem>.png: the letterboxed image the network sees\n"
     "\n"
     "Examples:\n"
@@ -41,7 +50,8 @@ struct Options {
   std::string model, out, device = "auto";
   std::vector<std::string> images;
   int min_area = 0, threads = 0;
-  bool save_input = false;
+  bool save_input = false, no_tile = false;
+  std::optional<double> tile_scale, overlap;
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
@@ -58,6 +68,16 @@ int count(const std::string& flag, const std::string& v, int least) {
   } catch (const std::exception&) {
   }
   usage_error(flag + " '" + v + "' is not an integer >= " + std::to_string(least));
+}
+
+// The number value of ``flag`` ("C" rules whatever the locale: a comma is not a decimal point).
+double real(const std::string& flag, const std::string& v) {
+  try {
+    const nlohmann::json j = nlohmann::json::parse(v);
+    if (j.is_number()) return j.get<double>();
+  } catch (const std::exception&) {
+  }
+  usage_error(flag + " '" + v + "' is not a number");
 }
 
 Options parse_args(int argc, char** argv) {
@@ -80,6 +100,12 @@ Options parse_args(int argc, char** argv) {
       o.min_area = count(a, value(a), 0);
     } else if (a == "--threads") {
       o.threads = count(a, value(a), 1);
+    } else if (a == "--tile-scale") {
+      o.tile_scale = real(a, value(a));
+    } else if (a == "--overlap") {
+      o.overlap = real(a, value(a));
+    } else if (a == "--no-tile") {
+      o.no_tile = true;
     } else if (a == "--save-input") {
       o.save_input = true;
     } else if (a.size() > 1 && a[0] == '-') {
@@ -90,6 +116,7 @@ Options parse_args(int argc, char** argv) {
   }
   if (positional.size() < 2) usage_error("give a MODEL and at least one IMAGE");
   if (o.save_input && o.out.empty()) usage_error("--save-input needs --out DIR");
+  if (o.no_tile && (o.tile_scale || o.overlap)) usage_error("--no-tile cannot be combined with --tile-scale or --overlap");
   o.model = positional[0];
   o.images.assign(positional.begin() + 1, positional.end());
   return o;
@@ -124,11 +151,22 @@ std::string one_line(const std::exception& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Take the user's locale, as host programs (Qt, ...) do: the library's JSON and numbers must not depend on it.
+  std::setlocale(LC_ALL, "");
   const Options opt = parse_args(argc, argv);
   std::unique_ptr<unet::Segmenter> seg;
   try {
     if (opt.threads) unet::set_num_threads(opt.threads);
     seg = std::make_unique<unet::Segmenter>(opt.model, opt.device);
+    std::optional<unet::Tiling> tiling = seg->meta().tiling;
+    if (opt.no_tile) tiling.reset();
+    if (opt.tile_scale) tiling = unet::Tiling{*opt.tile_scale, tiling ? tiling->overlap : 0.25};
+    if (opt.overlap && !tiling)
+      throw unet::Error("--overlap needs tiling: give --tile-scale S (the model's metadata has no tiling)");
+    if (opt.overlap) tiling->overlap = *opt.overlap;
+    seg->set_tiling(tiling);
+    if (opt.save_input && tiling)
+      throw unet::Error("--save-input writes the letterboxed input, which tiled inference does not use; add --no-tile");
   } catch (const std::exception& e) {
     std::cerr << "Error: " << one_line(e) << "\n";
     return 1;
@@ -144,18 +182,20 @@ int main(int argc, char** argv) {
     try {
       const cv::Mat image = unet::read_image(file);
       const unet::Result r = (*seg)(image, opt.min_area);
+      std::string mask_name, overlay_name;  // relative to DIR, as unet-predict's report names them
       if (!opt.out.empty()) {
-        unet::write_file_atomic((out / "masks" / (stem + ".png")).string(), unet::encode_palette_png(r.mask));
+        mask_name = "masks/" + stem + ".png";
+        overlay_name = "overlays/" + stem + ".jpg";
+        unet::write_file_atomic((out / mask_name).string(), unet::encode_palette_png(r.mask));
         const cv::Mat picture = unet::overlay(image, r.mask, r.regions);
-        unet::write_file_atomic((out / "overlays" / (stem + ".jpg")).string(),
-                                encode(".jpg", picture, {cv::IMWRITE_JPEG_QUALITY, 90}));
+        unet::write_file_atomic((out / overlay_name).string(), encode(".jpg", picture, {cv::IMWRITE_JPEG_QUALITY, 90}));
         if (opt.save_input) {
           unet::LetterboxTransform t;
           unet::write_file_atomic((out / "inputs" / (stem + ".png")).string(),
                                   encode(".png", unet::letterbox(image, seg->meta(), t)));
         }
       }
-      line = unet::result_json(file, r);
+      line = unet::result_json(file, r, mask_name, overlay_name);
     } catch (const std::exception& e) {  // unet::Error, cv::Exception, c10::Error: report, go on
       ++failed;
       std::cerr << "Error: " << one_line(e) << "\n";
@@ -165,11 +205,11 @@ int main(int argc, char** argv) {
     lines.push_back(line);
   }
   if (!opt.out.empty()) {
-    std::string report = "{\"model\": " + unet::json::quote(opt.model) + ", \"backend\": " +
-                         unet::json::quote(seg->backend()) + ", \"device\": " + unet::json::quote(seg->device()) +
-                         ", \"images\": [\n";
-    for (size_t i = 0; i < lines.size(); ++i) report += "  " + lines[i] + (i + 1 < lines.size() ? ",\n" : "\n");
-    report += "]}\n";
+    nlohmann::ordered_json images = nlohmann::ordered_json::array();
+    for (const auto& l : lines) images.push_back(nlohmann::ordered_json::parse(l));
+    const nlohmann::ordered_json doc = {
+        {"model", opt.model}, {"backend", seg->backend()}, {"device", seg->device()}, {"images", images}};
+    const std::string report = doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     try {
       unet::write_file_atomic((out / "report.json").string(), std::vector<unsigned char>(report.begin(), report.end()));
     } catch (const std::exception& e) {

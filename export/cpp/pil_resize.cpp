@@ -10,10 +10,15 @@
 //      quantised to 22-bit fixed point, each pass rounded and clipped to 8 bits;
 //      the source box of step 2 is (0, 0, W / fx, H / fy) in single precision.
 // Every rounding step below is Pillow's, so the output equals Pillow's byte for byte.
+// 16-bit images go channel by channel through Pillow's float mode ("F"): the same box reduce
+// (exact integer sums times a float64 reciprocal, stored as float32) and the same taps, unquantised,
+// summed in float64 and stored as float32 after each pass (Pillow's *_32bpc functions).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#include <opencv2/core.hpp>
 
 #include "unet_infer.h"
 
@@ -38,6 +43,7 @@ struct Taps {
   int precision = 0;
   std::vector<int> first, count;
   std::vector<int32_t> taps;
+  std::vector<double> weights;  // the unquantised taps (float mode)
 };
 
 Taps make_taps(int in_size, float in0, float in1, int out_size) {
@@ -69,6 +75,7 @@ Taps make_taps(int in_size, float in0, float in1, int out_size) {
     t.count[i] = n;
   }
   t.precision = kPrecisionBits;
+  t.weights = w;
   t.taps.resize(w.size());
   for (size_t k = 0; k < w.size(); ++k) {
     const double v = w[k] * (1 << kPrecisionBits);
@@ -114,6 +121,50 @@ void pass_vertical(const cv::Mat& in, cv::Mat& out, const Taps& t) {
   }
 }
 
+// Float mode passes (CV_32FC1): float64 sums of float32 pixels times the float64 taps.
+void pass_horizontal_f(const cv::Mat& in, cv::Mat& out, int row0, const Taps& t) {
+  for (int y = 0; y < out.rows; ++y) {
+    const float* src = in.ptr<float>(y + row0);
+    float* dst = out.ptr<float>(y);
+    for (int x = 0; x < out.cols; ++x) {
+      const double* k = &t.weights[static_cast<size_t>(x) * t.ksize];
+      const float* s = src + t.first[x];
+      double ss = 0.0;
+      for (int i = 0; i < t.count[x]; ++i) ss += s[i] * k[i];
+      dst[x] = static_cast<float>(ss);
+    }
+  }
+}
+
+void pass_vertical_f(const cv::Mat& in, cv::Mat& out, const Taps& t) {
+  for (int y = 0; y < out.rows; ++y) {
+    const double* k = &t.weights[static_cast<size_t>(y) * t.ksize];
+    float* dst = out.ptr<float>(y);
+    for (int x = 0; x < in.cols; ++x) {
+      double ss = 0.0;
+      for (int i = 0; i < t.count[y]; ++i) ss += in.ptr<float>(t.first[y] + i)[x] * k[i];
+      dst[x] = static_cast<float>(ss);
+    }
+  }
+}
+
+// Pillow's float-mode reduce: the block sum (exact for 16-bit values) times 1.0 / block pixels.
+cv::Mat box_reduce_f(const cv::Mat& in, int fx, int fy) {
+  cv::Mat out((in.rows + fy - 1) / fy, (in.cols + fx - 1) / fx, CV_32FC1);
+  for (int oy = 0; oy < out.rows; ++oy) {
+    const int y0 = oy * fy, y1 = std::min(y0 + fy, in.rows);
+    for (int ox = 0; ox < out.cols; ++ox) {
+      const int x0 = ox * fx, x1 = std::min(x0 + fx, in.cols);
+      const double multiplier = 1.0 / ((x1 - x0) * (y1 - y0));
+      double ss = 0.0;
+      for (int y = y0; y < y1; ++y)
+        for (int x = x0; x < x1; ++x) ss += in.ptr<float>(y)[x];
+      out.ptr<float>(oy)[ox] = static_cast<float>(ss * multiplier);
+    }
+  }
+  return out;
+}
+
 // Pillow's Image.reduce((fx, fy)): block means, partial blocks at the right and bottom edges.
 cv::Mat box_reduce(const cv::Mat& in, int fx, int fy) {
   const int ch = in.channels();
@@ -141,6 +192,13 @@ cv::Mat box_reduce(const cv::Mat& in, int fx, int fy) {
 
 // Pillow's ImagingResample with a BICUBIC filter over the source box (x0, y0, x1, y1).
 cv::Mat resample(const cv::Mat& in, int out_w, int out_h, const float box[4]) {
+  const bool is_float = in.depth() == CV_32F;
+  auto horizontal = [&](const cv::Mat& a, cv::Mat& b, int row0, const Taps& t) {
+    is_float ? pass_horizontal_f(a, b, row0, t) : pass_horizontal(a, b, row0, t);
+  };
+  auto vertical = [&](const cv::Mat& a, cv::Mat& b, const Taps& t) {
+    is_float ? pass_vertical_f(a, b, t) : pass_vertical(a, b, t);
+  };
   const bool need_h = out_w != in.cols || box[0] != 0.0f || box[2] != static_cast<float>(out_w);
   const bool need_v = out_h != in.rows || box[1] != 0.0f || box[3] != static_cast<float>(out_h);
   Taps vert = make_taps(in.rows, box[1], box[3], out_h);
@@ -152,12 +210,12 @@ cv::Mat resample(const cv::Mat& in, int out_w, int out_h, const float box[4]) {
   if (vertical_first) {
     if (need_v) {
       cv::Mat tmp(out_h, in.cols, in.type());
-      pass_vertical(in, tmp, vert);
+      vertical(in, tmp, vert);
       cur = tmp;
     }
     if (need_h) {
       cv::Mat out(cur.rows, out_w, in.type());
-      pass_horizontal(cur, out, 0, hor);
+      horizontal(cur, out, 0, hor);
       cur = out;
     }
   } else {
@@ -166,22 +224,21 @@ cv::Mat resample(const cv::Mat& in, int out_w, int out_h, const float box[4]) {
     if (need_h) {
       for (int& f : vert.first) f -= row_first;  // the horizontal pass keeps only the rows used
       cv::Mat tmp(row_last - row_first, out_w, in.type());
-      pass_horizontal(in, tmp, row_first, hor);
+      horizontal(in, tmp, row_first, hor);
       cur = tmp;
     }
     if (need_v) {
       cv::Mat out(out_h, cur.cols, in.type());
-      pass_vertical(cur, out, vert);
+      vertical(cur, out, vert);
       cur = out;
     }
   }
   return cur.data == in.data ? in.clone() : cur;
 }
 
-}  // namespace
 
-cv::Mat pil_resize_bicubic(const cv::Mat& src, cv::Size dsize, double reducing_gap) {
-  CV_Assert(src.depth() == CV_8U && src.channels() >= 1 && src.channels() <= 4);
+// Image.resize(dsize, BICUBIC, reducing_gap) of an 8-bit image or a float plane.
+cv::Mat pil_resize(const cv::Mat& src, cv::Size dsize, double reducing_gap) {
   CV_Assert(dsize.width > 0 && dsize.height > 0 && !src.empty());
   const int w = src.cols, h = src.rows;
   if (dsize.width == w && dsize.height == h) return src.clone();
@@ -193,12 +250,46 @@ cv::Mat pil_resize_bicubic(const cv::Mat& src, cv::Size dsize, double reducing_g
     const int fy = std::max(1, static_cast<int>(static_cast<double>(h) / dsize.height / reducing_gap));
     if (fx > 1 || fy > 1) {
       // With the full image as box, Pillow's "safe box" is the full image too.
-      in = box_reduce(in, fx, fy);
+      in = in.depth() == CV_32F ? box_reduce_f(in, fx, fy) : box_reduce(in, fx, fy);
       box[2] = static_cast<float>(static_cast<double>(w) / fx);
       box[3] = static_cast<float>(static_cast<double>(h) / fy);
     }
   }
   return resample(in, dsize.width, dsize.height, box);
+}
+
+}  // namespace
+
+cv::Mat pil_resize_bicubic(const cv::Mat& src, cv::Size dsize, double reducing_gap) {
+  CV_Assert(src.depth() == CV_8U && src.channels() >= 1 && src.channels() <= 4);
+  return pil_resize(src, dsize, reducing_gap);
+}
+
+cv::Mat pil_resize_bicubic_float(const cv::Mat& src, cv::Size dsize, double reducing_gap) {
+  CV_Assert(src.type() == CV_32FC1);
+  return pil_resize(src, dsize, reducing_gap);
+}
+
+cv::Mat resize_image(const cv::Mat& image, cv::Size dsize) {
+  if (image.depth() == CV_8U) return pil_resize_bicubic(image, dsize, 3.0);
+  CV_Assert(image.depth() == CV_16U && (image.channels() == 1 || image.channels() == 3));
+  std::vector<cv::Mat> planes;
+  cv::split(image, planes);
+  for (cv::Mat& p : planes) {
+    cv::Mat f;
+    p.convertTo(f, CV_32F);
+    const cv::Mat r = pil_resize_bicubic_float(f, dsize, 3.0);
+    cv::Mat u(r.size(), CV_16UC1);
+    for (int y = 0; y < r.rows; ++y)
+      for (int x = 0; x < r.cols; ++x) {
+        const double v = std::nearbyint(static_cast<double>(r.ptr<float>(y)[x]));  // np.rint: half to even
+        u.ptr<uint16_t>(y)[x] = static_cast<uint16_t>(std::min(65535.0, std::max(0.0, v)));
+      }
+    p = u;
+  }
+  cv::Mat out;
+  cv::merge(planes, out);
+  return out;
 }
 
 }  // namespace unet

@@ -1,5 +1,6 @@
 // unet_infer library: ModelMeta, the letterbox, the model backends (TorchScript, AOTInductor),
 // the un-letterbox, the region contract, overlay and palette-PNG masks. See unet_infer.h.
+// ModelMeta parsing is in meta.cpp, the image reader in image_read.cpp, tiling in tiling.cpp.
 #include "unet_infer.h"
 
 #include <algorithm>
@@ -7,36 +8,33 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <regex>
 #include <sstream>
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/InferenceMode.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/cuda.h>
-
-#include "mini_json.h"
+#include <nlohmann/json.hpp>
 
 namespace fs = std::filesystem;
 
 namespace unet {
 namespace {
 
-constexpr const char* kFormat = "unet-deploy/1";
 constexpr const char* kExtraFile = "unet_deploy.json";  // TorchScript _extra_files key
 constexpr const char* kAotiMetaKey = "unet_deploy";     // AOTInductor package metadata key
 constexpr int kDivisor = 16;                            // the UNet halves its input 4 times
@@ -60,29 +58,6 @@ std::string lower(std::string s) {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// -- ModelMeta JSON -------------------------------------------------------------------------------
-
-[[noreturn]] void meta_error(const std::string& source, const std::string& what) {
-  throw Error(source + ": " + what + "; re-export the model with unet-export");
-}
-
-std::vector<double> number_list(const json::Value& v, const std::string& key, const std::string& source) {
-  if (!v.is_array()) meta_error(source, "metadata '" + key + "' is not a list of numbers");
-  std::vector<double> out;
-  for (const auto& item : v.array) {
-    if (!item.is_number()) meta_error(source, "metadata '" + key + "' is not a list of numbers");
-    out.push_back(item.number);
-  }
-  return out;
-}
-
-std::string string_field(const json::Value& obj, const std::string& key, const std::string& fallback,
-                         const std::string& source) {
-  if (!obj.has(key)) return fallback;
-  if (!obj.at(key).is_string()) meta_error(source, "metadata '" + key + "' is not a string");
-  return obj.at(key).string;
 }
 
 // -- letterbox helpers ----------------------------------------------------------------------------
@@ -163,91 +138,7 @@ ArchiveKind archive_kind(const std::string& path) {
   }
 }
 
-// Silences file descriptor 2 while alive (the AOTI runtime logs a refused input before throwing).
-class QuietStderr {
- public:
-  QuietStderr() : saved_(dup(2)) {
-    const int null = open("/dev/null", O_WRONLY);
-    if (saved_ >= 0 && null >= 0) dup2(null, 2);
-    if (null >= 0) close(null);
-  }
-  ~QuietStderr() {
-    if (saved_ >= 0) {
-      dup2(saved_, 2);
-      close(saved_);
-    }
-  }
-  QuietStderr(const QuietStderr&) = delete;
-  QuietStderr& operator=(const QuietStderr&) = delete;
-
- private:
-  int saved_;
-};
-
 }  // namespace
-
-// -- ModelMeta ------------------------------------------------------------------------------------
-
-ModelMeta ModelMeta::from_json(const std::string& text, const std::string& source) {
-  json::Value root;
-  try {
-    root = json::parse(text);
-  } catch (const std::exception& e) {
-    meta_error(source, std::string("metadata is not valid JSON (") + e.what() + ")");
-  }
-  if (!root.is_object()) meta_error(source, "metadata is not a JSON object");
-  const std::string format = string_field(root, "format", kFormat, source);
-  if (format != kFormat)
-    throw Error(source + ": metadata format '" + format + "' is not " + kFormat + "; rebuild unet_infer or re-export");
-  ModelMeta m;
-  if (!root.has("classes") || !root.at("classes").is_array() || root.at("classes").array.empty())
-    meta_error(source, "metadata has no 'classes' list");
-  for (const auto& c : root.at("classes").array) {
-    if (!c.is_string()) meta_error(source, "metadata 'classes' must be names");
-    m.classes.push_back(c.string);
-  }
-  if (root.has("input_size")) {
-    auto hw = number_list(root.at("input_size"), "input_size", source);
-    if (hw.size() != 2) meta_error(source, "metadata 'input_size' must be [height, width]");
-    m.input_h = static_cast<int>(hw[0]);
-    m.input_w = static_cast<int>(hw[1]);
-  }
-  if (m.input_h < kMinSize || m.input_w < kMinSize || m.input_h % kDivisor || m.input_w % kDivisor)
-    meta_error(source, "metadata input_size " + std::to_string(m.input_h) + "x" + std::to_string(m.input_w) +
-                           " is not a multiple of 16 (at least 32)");
-  if (root.has("letterbox")) {
-    const auto& lb = root.at("letterbox");
-    if (!lb.is_object()) meta_error(source, "metadata 'letterbox' is not an object");
-    m.pad = string_field(lb, "pad", m.pad, source);
-    if (lb.has("fill")) {
-      if (!lb.at("fill").is_number()) meta_error(source, "metadata letterbox 'fill' is not a number");
-      m.fill = lb.at("fill").number;
-    }
-  }
-  if (m.pad != "top-left" && m.pad != "center") meta_error(source, "letterbox pad '" + m.pad + "' is unknown");
-  m.color = string_field(root, "color", m.color, source);
-  if (m.color != "RGB" && m.color != "BGR" && m.color != "GRAY") meta_error(source, "color '" + m.color + "' is unknown");
-  m.head = string_field(root, "head", m.head, source);
-  if (m.head != "softmax" && m.head != "sigmoid") meta_error(source, "head '" + m.head + "' is unknown");
-  if (root.has("arch") && root.at("arch").has("in_channels")) {
-    if (!root.at("arch").at("in_channels").is_number()) meta_error(source, "arch.in_channels is not a number");
-    m.in_channels = static_cast<int>(root.at("arch").at("in_channels").number);
-  }
-  if ((m.color == "GRAY") != (m.in_channels == 1))
-    meta_error(source, "color " + m.color + " does not fit in_channels=" + std::to_string(m.in_channels));
-  m.mean.assign(m.in_channels, 0.0);
-  m.stddev.assign(m.in_channels, 1.0);
-  if (root.has("mean")) m.mean = number_list(root.at("mean"), "mean", source);
-  if (root.has("std")) m.stddev = number_list(root.at("std"), "std", source);
-  if (static_cast<int>(m.mean.size()) != m.in_channels || static_cast<int>(m.stddev.size()) != m.in_channels ||
-      std::count(m.stddev.begin(), m.stddev.end(), 0.0) > 0)
-    meta_error(source, "metadata mean/std need " + std::to_string(m.in_channels) + " values each (std non-zero)");
-  if (root.has("scale")) {
-    if (!root.at("scale").is_number() || root.at("scale").number <= 0) meta_error(source, "scale must be positive");
-    m.scale = root.at("scale").number;
-  }
-  return m;
-}
 
 // -- preprocessing --------------------------------------------------------------------------------
 
@@ -261,6 +152,11 @@ LetterboxTransform letterbox_geometry(int src_h, int src_w, int dst_h, int dst_w
   if (pad == "center") {
     t.top = (dst_h - t.new_h) / 2;
     t.left = (dst_w - t.new_w) / 2;
+  } else if (pad == "rect") {  // pad (bottom/right) only to the next multiple of 16, at least 32
+    t.dst_h = std::max(kMinSize, (t.new_h + kDivisor - 1) / kDivisor * kDivisor);
+    t.dst_w = std::max(kMinSize, (t.new_w + kDivisor - 1) / kDivisor * kDivisor);
+  } else if (pad != "top-left") {
+    throw Error("letterbox pad '" + pad + "' must be one of top-left, center, rect");
   }
   return t;
 }
@@ -274,18 +170,12 @@ cv::Mat letterbox(const cv::Mat& image, const ModelMeta& meta, LetterboxTransfor
   if (img.channels() == 4) cv::cvtColor(image, img, cv::COLOR_BGRA2BGR);  // less to resize
   t = letterbox_geometry(img.rows, img.cols, meta.input_h, meta.input_w, meta.pad);
   if (t.new_h != t.src_h || t.new_w != t.src_w) {
-    cv::Mat resized;
-    if (img.depth() == CV_8U) {
-      resized = pil_resize_bicubic(img, cv::Size(t.new_w, t.new_h), 3.0);  // the seed's PIL resize
-    } else {
-      cv::resize(img, resized, cv::Size(t.new_w, t.new_h), 0, 0, t.new_h < t.src_h ? cv::INTER_AREA : cv::INTER_LINEAR);
-    }
-    img = resized;
+    img = resize_image(img, cv::Size(t.new_w, t.new_h));  // the seed's PIL resize (16-bit: its float mode)
   }
   if (t.new_h != t.dst_h || t.new_w != t.dst_w) {
     cv::Mat padded;
     cv::copyMakeBorder(img, padded, t.top, t.dst_h - t.new_h - t.top, t.left, t.dst_w - t.new_w - t.left,
-                       cv::BORDER_CONSTANT, cv::Scalar::all(meta.fill));
+                       cv::BORDER_CONSTANT, cv::Scalar::all(img.depth() == CV_16U ? meta.fill * 257 : meta.fill));
     img = padded;
   }
   return img.data == image.data ? img.clone() : img;
@@ -294,8 +184,7 @@ cv::Mat letterbox(const cv::Mat& image, const ModelMeta& meta, LetterboxTransfor
 void normalize_into(const cv::Mat& boxed, const ModelMeta& meta, float* dst) {
   cv::Mat img = to_model_color(boxed, meta.color);
   const int c = img.channels(), h = img.rows, w = img.cols;
-  if (c != meta.in_channels || h != meta.input_h || w != meta.input_w)
-    throw Error("letterboxed image does not match the model input (channels or size)");
+  if (c != meta.in_channels) throw Error("letterboxed image does not match the model's input channels");
   // Same float32 steps as preprocess.normalize: x * float32(1 / (scale * depth)), then (x - mean) / std.
   const double depth = img.depth() == CV_16U ? 257.0 : 1.0;
   const float factor = static_cast<float>(1.0 / (meta.scale * depth));
@@ -447,14 +336,6 @@ std::vector<unsigned char> encode_palette_png(const cv::Mat& mask) {
 
 // -- I/O ------------------------------------------------------------------------------------------
 
-cv::Mat read_image(const std::string& path) {
-  std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) throw Error(path + ": image file not found; check the path");
-  cv::Mat img = cv::imread(path, cv::IMREAD_UNCHANGED);
-  if (img.empty()) throw Error(path + ": not a readable image (corrupt or unsupported format)");
-  return img;
-}
-
 void write_file_atomic(const std::string& path, const std::vector<unsigned char>& bytes) {
   const fs::path target(path);
   if (target.has_parent_path()) fs::create_directories(target.parent_path());
@@ -472,28 +353,27 @@ void write_file_atomic(const std::string& path, const std::vector<unsigned char>
   fs::rename(tmp, target);
 }
 
-std::string result_json(const std::string& file, const Result& r) {
-  std::ostringstream o;
-  o << "{\"file\": " << json::quote(file) << ", \"size\": [" << r.mask.rows << ", " << r.mask.cols
-    << "], \"regions\": [";
-  for (size_t i = 0; i < r.regions.size(); ++i) {
-    const Region& g = r.regions[i];
-    o << (i ? ", " : "") << "{\"class_id\": " << g.class_id << ", \"class_name\": " << json::quote(g.class_name)
-      << ", \"area\": " << g.area << ", \"bbox\": [" << g.bbox.x << ", " << g.bbox.y << ", " << g.bbox.width << ", "
-      << g.bbox.height << "], \"contour\": [";
-    for (size_t k = 0; k < g.contour.size(); ++k)
-      o << (k ? ", " : "") << "[" << g.contour[k].x << ", " << g.contour[k].y << "]";
-    o << "]}";
+std::string result_json(const std::string& file, const Result& r, const std::string& mask, const std::string& overlay) {
+  using nlohmann::ordered_json;
+  ordered_json regions = ordered_json::array();
+  for (const Region& g : r.regions) {
+    ordered_json contour = ordered_json::array();
+    for (const auto& p : g.contour) contour.push_back({p.x, p.y});
+    regions.push_back({{"class_id", g.class_id}, {"class_name", g.class_name}, {"area", g.area},
+                       {"bbox", {g.bbox.x, g.bbox.y, g.bbox.width, g.bbox.height}}, {"contour", contour}});
   }
-  char timings[160];
-  std::snprintf(timings, sizeof timings, "{\"preprocess\": %.3f, \"inference\": %.3f, \"postprocess\": %.3f}",
-                r.timings.preprocess, r.timings.inference, r.timings.postprocess);
-  o << "], \"timings\": " << timings << "}";
-  return o.str();
+  auto ms = [](double v) { return std::round(v * 1000.0) / 1000.0; };
+  ordered_json o = {{"file", file}, {"size", {r.mask.rows, r.mask.cols}}, {"regions", regions}};
+  if (!mask.empty()) o["mask"] = mask;
+  if (!overlay.empty()) o["overlay"] = overlay;
+  o["timings"] = {{"preprocess", ms(r.timings.preprocess)}, {"inference", ms(r.timings.inference)},
+                  {"postprocess", ms(r.timings.postprocess)}};
+  return o.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);  // numbers never follow the locale
 }
 
 std::string error_json(const std::string& file, const std::string& message) {
-  return "{\"file\": " + json::quote(file) + ", \"error\": " + json::quote(message) + "}";
+  return nlohmann::ordered_json{{"file", file}, {"error", message}}.dump(-1, ' ', false,
+                                                                        nlohmann::json::error_handler_t::replace);
 }
 
 std::string sidecar_path(const std::string& model_path) {
@@ -523,8 +403,7 @@ struct Segmenter::Impl {
   c10::ScalarType dtype = c10::kFloat;
   std::optional<torch::jit::Module> module;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> aoti;
-  int64_t pad_batch = 0;  // the batch an AOTI package accepts when 1 is not (learnt on the first run)
-  bool probed = false;
+  std::array<int64_t, 4> lo{}, hi{};  // AOTI: least and largest N, C, H, W the package takes (-1: no bound)
 
   ModelMeta meta_from_sidecar(const std::string& why) const {
     const std::string side = sidecar_path(path);
@@ -559,7 +438,6 @@ struct Segmenter::Impl {
   }
 
   void load_aoti(const std::string& wish) {
-    setenv("AOTI_RUNTIME_CHECK_INPUTS", "1", 0);  // a wrong input size is an error, not a bad read
     try {
       aoti = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
     } catch (const std::exception& e) {
@@ -574,40 +452,90 @@ struct Segmenter::Impl {
     device = built_for == "cuda" ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU);
     meta = !metadata[kAotiMetaKey].empty() ? ModelMeta::from_json(metadata[kAotiMetaKey], path + " (AOTI metadata)")
                                            : meta_from_sidecar("no unet_deploy package metadata");
+    read_aoti_input_checks();
     backend = "aoti";
   }
 
-  at::Tensor run_aoti(const at::Tensor& x) {
-    if (x.size(0) < pad_batch) {  // pad to the batch the package accepts, keep the first rows
-      at::Tensor padded = at::zeros({pad_batch, x.size(1), x.size(2), x.size(3)}, x.options());
-      padded.narrow(0, 0, x.size(0)).copy_(x);
-      return aoti->run({padded})[0].narrow(0, 0, x.size(0));
-    }
+  // The package's input sizes, read from the input checks of its generated wrapper source (the
+  // runtime runs those checks only under AOTI_RUNTIME_CHECK_INPUTS, a process-wide setting the
+  // library does not touch): "if (N != argK_size[d])" fixes dim d, "if (argK_size[d] < N)" and
+  // "> N" bound it. Without the source, the inductor default: a dynamic batch of at least 2.
+  void read_aoti_input_checks() {
+    lo = {2, 1, kMinSize, kMinSize};
+    hi = {-1, -1, -1, -1};
+    std::string source;
     try {
-      if (probed) return aoti->run({x})[0];
-      probed = true;  // the first run may be refused for its batch size: keep the runtime's log line quiet
-      QuietStderr quiet;
-      return aoti->run({x})[0];
-    } catch (const std::exception& e) {
-      // With AOTI_RUNTIME_CHECK_INPUTS the package names the size it wants: a fixed batch
-      // ("unmatched dim value at 0, expected: 4") or a least batch of a dynamic one
-      // (torch.export makes dynamic dims >= 2: "dim value is too small at 0, expected it to be >= 2").
-      static const std::regex wanted(R"((?:unmatched dim value|dim value is too small) at (\d+), expected(?: it to be >=|:) (\d+), but got: (\d+))");
-      std::smatch m;
-      const std::string what = e.what();
-      if (!std::regex_search(what, m, wanted)) throw;
-      if (std::stoi(m[1]) == 0 && pad_batch == 0 && std::stoll(m[2]) > x.size(0)) {
-        pad_batch = std::stoll(m[2]);
-        return run_aoti(x);
+      caffe2::serialize::PyTorchStreamReader reader(path);
+      for (const auto& name : reader.getAllRecords()) {
+        if (!ends_with(name, ".wrapper.cpp")) continue;
+        auto [data, size] = reader.getRecord(name);
+        source.assign(static_cast<const char*>(data.get()), size);
+        break;
       }
-      throw Error(path + ": the package wants input dim " + m[1].str() + " = " + m[2].str() + ", got " + m[3].str() +
-                  "; re-export it for this input size");
+    } catch (const std::exception&) {
+      return;
     }
+    const size_t at = source.find("static void check_input_0(");
+    if (at == std::string::npos) return;
+    const size_t end = source.find("_stride", at);
+    const std::string checks = source.substr(at, end == std::string::npos ? std::string::npos : end - at);
+    lo = {1, 1, 1, 1};
+    static const std::regex fixed(R"(if \((\d+) != \w+_size\[(\d)\]\))");
+    static const std::regex bound(R"(if \(\w+_size\[(\d)\] ([<>]) (\d+)\))");
+    for (std::sregex_iterator it(checks.begin(), checks.end(), fixed), stop; it != stop; ++it) {
+      const int d = std::stoi((*it)[2]);
+      lo[d] = hi[d] = std::stoll((*it)[1]);
+    }
+    for (std::sregex_iterator it(checks.begin(), checks.end(), bound), stop; it != stop; ++it) {
+      const int d = std::stoi((*it)[1]);
+      ((*it)[2] == "<" ? lo[d] : hi[d]) = std::stoll((*it)[3]);
+    }
+  }
+
+  // Runs ``x`` (N x C x H x W) through the package in batches it takes: padded with zeros up to
+  // its least batch, split at its largest; a size it cannot take is a one-line Error.
+  at::Tensor run_aoti(const at::Tensor& x) {
+    static const char* names[] = {"batch size", "input channels", "input height", "input width"};
+    for (int d = 1; d < 4; ++d) {
+      if (x.size(d) < lo[d] || (hi[d] >= 0 && x.size(d) > hi[d]))
+        throw Error(path + ": the package takes " + names[d] + " " + std::to_string(lo[d]) +
+                    (hi[d] == lo[d] ? "" : hi[d] < 0 ? " or more" : " to " + std::to_string(hi[d])) + ", not " +
+                    std::to_string(x.size(d)) + "; re-export it for this input size (unet-export without --static)" +
+                    (meta.pad == "rect" || meta.tiling ? " or use the square letterbox" : ""));
+    }
+    const int64_t n = x.size(0);
+    const int64_t most = hi[0] >= 0 ? hi[0] : n;
+    if (n > most) {
+      std::vector<at::Tensor> parts;
+      for (int64_t i = 0; i < n; i += most) parts.push_back(run_aoti(x.narrow(0, i, std::min(most, n - i))));
+      return at::cat(parts);
+    }
+    if (n < lo[0]) {
+      at::Tensor padded = at::zeros({lo[0], x.size(1), x.size(2), x.size(3)}, x.options());
+      padded.narrow(0, 0, n).copy_(x);
+      return aoti->run({padded})[0].narrow(0, 0, n);
+    }
+    return aoti->run({x.contiguous()})[0];
   }
 
   at::Tensor forward(const at::Tensor& x) {
     if (aoti) return run_aoti(x.to(dtype));
     return module->forward({x.to(dtype)}).toTensor();
+  }
+
+  // float32 N x C x H x W on the CPU -> float32 N x K x H x W logits on the CPU, shapes checked.
+  at::Tensor logits_of(const at::Tensor& x, Timings& timings) {
+    const auto t0 = Clock::now();
+    at::Tensor logits = forward(x.to(device));
+    if (device.is_cuda()) torch::cuda::synchronize();
+    timings.inference += ms_since(t0);
+    if (logits.dim() != 4 || logits.size(0) != x.size(0) || logits.size(2) != x.size(2) || logits.size(3) != x.size(3))
+      throw Error(path + ": the model returned logits of shape " + c10::str(logits.sizes()) + " for an input of " +
+                  c10::str(x.sizes()));
+    if (logits.size(1) != meta.num_outputs())
+      throw Error(path + ": the model has " + std::to_string(logits.size(1)) + " output channels but its metadata lists " +
+                  std::to_string(meta.classes.size()) + " classes; re-export it with the right classes");
+    return logits.to(at::kFloat).cpu().contiguous();
   }
 };
 
@@ -639,37 +567,42 @@ const ModelMeta& Segmenter::meta() const { return impl_->meta; }
 const std::string& Segmenter::backend() const { return impl_->backend; }
 std::string Segmenter::device() const { return impl_->device.is_cuda() ? "cuda" : "cpu"; }
 
+void Segmenter::set_tiling(const std::optional<Tiling>& tiling) {
+  impl_->meta.tiling = tiling ? std::optional<Tiling>(check_tiling(tiling->scale, tiling->overlap)) : std::nullopt;
+}
+
 Result Segmenter::operator()(const cv::Mat& image, int min_area) {
   Impl& m = *impl_;
   const ModelMeta& meta = m.meta;
   c10::InferenceMode guard;
   Result r;
-
   auto t0 = Clock::now();
-  const cv::Mat boxed = letterbox(image, meta, r.transform);
-  at::Tensor x = at::empty({1, meta.in_channels, meta.input_h, meta.input_w}, at::kFloat);
-  normalize_into(boxed, meta, x.data_ptr<float>());
-  r.timings.preprocess = ms_since(t0);
-
+  if (meta.tiling) {
+    r.transform = letterbox_geometry(image.rows, image.cols, image.rows, image.cols, "top-left");
+    const int c = meta.in_channels, k = meta.num_outputs(), th = meta.input_h, tw = meta.input_w;
+    const Predictor predict = [&](const float* inputs, int n, float* out) {
+      at::Tensor x = at::from_blob(const_cast<float*>(inputs), {n, c, th, tw}, at::kFloat);
+      const at::Tensor logits = m.logits_of(x, r.timings);
+      std::memcpy(out, logits.data_ptr<float>(), sizeof(float) * static_cast<size_t>(n) * k * th * tw);
+    };
+    r.mask = tiled_class_map(image, meta, predict, *meta.tiling);
+    r.timings.preprocess = ms_since(t0) - r.timings.inference;  // tiles prepared and blended around the calls
+  } else {
+    const cv::Mat boxed = letterbox(image, meta, r.transform);
+    at::Tensor x = at::empty({1, meta.in_channels, boxed.rows, boxed.cols}, at::kFloat);
+    normalize_into(boxed, meta, x.data_ptr<float>());
+    r.timings.preprocess = ms_since(t0);
+    const at::Tensor logits = m.logits_of(x, r.timings);
+    t0 = Clock::now();
+    cv::Mat class_map(boxed.rows, boxed.cols, CV_8UC1);
+    argmax_into(logits.data_ptr<float>(), meta.num_outputs(), static_cast<size_t>(boxed.rows) * boxed.cols,
+                class_map.data);
+    r.mask = unletterbox_mask(class_map, r.transform);
+    r.timings.postprocess = ms_since(t0);
+  }
   t0 = Clock::now();
-  at::Tensor logits = m.forward(x.to(m.device));
-  if (m.device.is_cuda()) torch::cuda::synchronize();
-  r.timings.inference = ms_since(t0);
-
-  t0 = Clock::now();
-  if (logits.dim() != 4 || logits.size(0) != 1 || logits.size(2) != meta.input_h || logits.size(3) != meta.input_w)
-    throw Error(m.path + ": the model returned logits of shape " + c10::str(logits.sizes()) + ", not 1 x K x " +
-                std::to_string(meta.input_h) + " x " + std::to_string(meta.input_w));
-  if (logits.size(1) != meta.num_outputs())
-    throw Error(m.path + ": the model has " + std::to_string(logits.size(1)) + " output channels but its metadata lists " +
-                std::to_string(meta.classes.size()) + " classes; re-export it with the right classes");
-  logits = logits.to(at::kFloat);
-  at::Tensor ids = logits.size(1) == 1 ? logits[0][0].gt(0) : logits[0].argmax(0);  // ties: lowest id, as numpy
-  ids = ids.to(at::kByte).cpu().contiguous();
-  const cv::Mat class_map(meta.input_h, meta.input_w, CV_8UC1, ids.data_ptr<uint8_t>());
-  r.mask = unletterbox_mask(class_map, r.transform);
   r.regions = find_regions(r.mask, meta.classes, min_area);
-  r.timings.postprocess = ms_since(t0);
+  r.timings.postprocess += ms_since(t0);
   return r;
 }
 
