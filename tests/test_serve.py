@@ -38,9 +38,8 @@ needs_serve = pytest.mark.skipif(_serve_missing() is not None, reason=str(_serve
 def _images() -> list[np.ndarray]:
     from unet_deploy.data.synthetic import sample
 
-    sizes = [(64, 64), (96, 48), (200, 120), (33, 77), (160, 160)]
-    return [sample(3, i, sizes[i % len(sizes)] if min(sizes[i % len(sizes)]) >= 32 else (64, 64)).image
-            for i in range(IMAGES)]
+    sizes = [(64, 64), (96, 48), (200, 120), (40, 77), (160, 160)]  # (W, H): images 0, 5, 10, ... share one size
+    return [sample(3, i, sizes[i % len(sizes)]).image for i in range(IMAGES)]
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -125,9 +124,13 @@ def test_server_batches_concurrent_clients_and_survives_a_corrupt_image(color_re
         assert server.ready()
         r = _infer(c, "color", [encoded[3]])
         assert np.array_equal(r.as_numpy("mask")[0], want[3].mask)
+        raw = http.InferInput("raw", [2, *images[0].shape], "UINT8")  # the optional raw BGR input, 2 images at once
+        raw.set_data_from_numpy(np.stack([images[0], images[5]]))
+        masks = c.infer("color", [raw]).as_numpy("mask")
+        assert np.array_equal(masks[0], want[0].mask) and np.array_equal(masks[1], want[5].mask)
         stats = c.get_inference_statistics("color")["model_stats"][0]
         sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
-        assert sum(n * b for b, n in sizes.items()) == CLIENTS * IMAGES + 2  # every request ran once, the corrupt one too
+        assert sum(n * b for b, n in sizes.items()) == CLIENTS * IMAGES + 4  # every image ran once, the corrupt one too
         assert max(sizes) > 1, f"no batch larger than 1 under {CLIENTS} concurrent clients: {sizes}"
         c.close()
         pgid = server.process.pid
