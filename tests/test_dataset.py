@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from unet_deploy.data.dataset import SegmentationDataset, augment_pair, list_samples, split_samples
+from unet_deploy.data.dataset import SegmentationDataset, TileDataset, augment_pair, list_samples, split_samples
 from unet_deploy.data.palette import read_mask, save_palette_png
 from unet_deploy.errors import UnetDeployError
 from unet_deploy.fileio import read_image, write_image
 from unet_deploy.meta import ModelMeta
-from unet_deploy.preprocess import letterbox, preprocess
+from unet_deploy.preprocess import _resize, letterbox, preprocess
 
 CLASSES = ("background", "scratch", "spot")
 
@@ -160,3 +160,67 @@ def test_bad_datasets_name_the_file(tmp_path):
         SegmentationDataset(root)
     with pytest.raises(UnetDeployError, match="not a dataset folder"):
         list_samples(tmp_path / "nowhere")
+
+
+def _tile_meta(size: int = 64, scale: float = 1.0) -> ModelMeta:
+    return ModelMeta(classes=list(CLASSES), input_size=size, tiling={"scale": scale, "overlap": 0.25})
+
+
+@pytest.mark.parametrize("scale, size", [(1.0, 64), (0.5, 32)])
+def test_tile_crops_are_the_tilers_inputs_with_padding_ignored(voc, scale, size):
+    """80x60 images: shorter than a tile in height (padded), longer in width (cropped)."""
+    from unet_deploy.tiling import _tile_input, scaled_size
+
+    meta = _tile_meta(size, scale)
+    ds = TileDataset(voc, meta, seed=2)
+    sh, sw = scaled_size((60, 80), scale)
+    assert len(ds) == 12 * 2 and ds.cached  # ceil(sh / size) * ceil(sw / size) = 1 * 2 crops per image
+    for i in range(0, len(ds), 5):
+        x, y = ds[i]
+        assert x.shape == (3, size, size) and x.dtype == torch.float32 and y.shape == (size, size) and y.dtype == torch.int64
+        assert (y[sh:] == 255).all() and (y[:sh] != 255).all()  # reflected rows are ignored, real rows are not
+        image, mask = ds.read(ds.image_index(i))
+        assert mask.shape == (60, 80)
+        resized = image if scale == 1 else _resize(image, (sh, sw), None)
+        # the crop equals the tiler's input for the tile at the same column: same resize, colour, padding
+        matches = [left for left in range(sw - size + 1)
+                   if np.array_equal(x.numpy(), _tile_input(resized, 0, left, (size, size), meta))]
+        assert len(matches) == 1, matches
+        assert set(np.unique(y[:sh].numpy())) <= {0, 1, 2}
+
+
+def test_tile_crops_find_a_rare_class_far_more_often_than_its_pixel_share(tmp_path):
+    root = tmp_path / "rare"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        mask = np.zeros((256, 256), np.uint8)
+        mask[:, : 40 + 10 * i] = 1  # a common class: 16-25% of the pixels
+        y, x = rng.integers(60, 250, size=2)
+        mask[y : y + 3, x : x + 3] = 2  # a rare one: 9 pixels, 0.014%
+        image = rng.normal(120, 10, (256, 256, 3)).clip(0, 255).astype(np.uint8)
+        write_image(root / "JPEGImages" / f"{i}.png", image)
+        save_palette_png(root / "SegmentationClass" / f"{i}.png", mask)
+    (root / "class_names.txt").write_text("\n".join(CLASSES) + "\n")
+    ds = TileDataset(root, _tile_meta(64))
+    share = ds.class_pixel_counts()[2] / ds.class_pixel_counts().sum()
+    assert len(ds) == 4 * 16 and share < 2e-4
+    rare = empty = total = 0
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            m = ds.load(i)[1]
+            rare += (m == 2).any()
+            empty += not m.any()
+            total += 1
+    # p = 0.5 of crops on a defect, half of those on the rare class: about 25%, plus uniform hits (~7% of those)
+    assert 0.18 < rare / total < 0.40, rare / total
+    assert empty > 0.1 * total  # uniform crops still show plain surface
+    ds.set_epoch(0)
+    assert all(torch.equal(ds[i][1], ds[i][1]) for i in range(3))
+
+
+def test_tile_dataset_needs_tiling(voc):
+    with pytest.raises(UnetDeployError, match="--tile-scale"):
+        TileDataset(voc, ModelMeta(classes=list(CLASSES), input_size=64))

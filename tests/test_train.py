@@ -114,6 +114,7 @@ def test_two_epochs_then_resume_a_third(voc, tmp_path):
         model, meta = load_checkpoint(run / name)
         assert meta.classes == list(CLASSES) and meta.input_size == (64, 64)
         assert meta.arch["base_channels"] == 8 and model.out.out_channels == 3
+        assert meta.tiling is None  # without --tile-scale: letterboxed whole images, as before
     last = read_checkpoint(run / "last.pt")  # weights_only=True: all training state is plain data
     assert last["epoch"] == 3 and last["config"]["epochs"] == 3 and len(last["history"]) == 3
     assert last["config"]["dropout"] == 0.1  # a resumed run keeps its settings
@@ -196,6 +197,8 @@ def test_init_from_a_checkpoint_with_other_classes_and_bf16(voc, tiny_checkpoint
     (["--img-size", "50"], "not a multiple of 16"),
     (["--val-split", "1.5"], "must lie in [0, 1)"),
     (["--dropout", "1"], "must lie in [0, 1)"),
+    (["--tile-scale", "0"], "--tile-scale 0.0 must lie in"),
+    (["--tile-scale", "1", "--overlap", "1"], "--overlap 1.0 must lie in [0, 1)"),
 ])
 def test_user_errors_are_one_line(voc, tmp_path, args, message):
     result = CliRunner().invoke(command, [str(voc), "--out", str(tmp_path / "r"), "--epochs", "1", *args])
@@ -206,3 +209,71 @@ def test_user_errors_are_one_line(voc, tmp_path, args, message):
 def test_resume_needs_a_training_checkpoint(voc, tiny_checkpoint):
     result = CliRunner().invoke(command, [str(voc), "--resume", str(tiny_checkpoint)])
     assert result.exit_code == 1 and "not a training checkpoint" in result.output
+
+
+@pytest.fixture(scope="module")
+def tile_run(voc, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("tiles") / "run"
+    result = _cli([voc, "--out", run, "--epochs", 1, "--tile-scale", 0.5, "--overlap", 0.4, "--no-amp",
+                   "--img-size", 32, "--base-channels", 8, "--batch-size", 4])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_tile_scale_trains_on_crops_and_validates_whole_images_tiled(voc, tile_run):
+    from unet_deploy.data.palette import read_mask
+    from unet_deploy.fileio import read_image
+    from unet_deploy.metrics import confusion, summary
+    from unet_deploy.tiling import tiled_class_map
+
+    model, meta = load_checkpoint(tile_run / "last.pt")
+    assert meta.tiling == {"scale": 0.5, "overlap": 0.4} and meta.input_size == (32, 32)
+    assert read_checkpoint(tile_run / "last.pt")["config"]["tile_scale"] == 0.5  # --resume keeps it
+    # the epoch's metrics are whole validation images through the runtime's tiler, at their stored size
+    (row,) = read_metrics_csv(tile_run / "metrics.csv")
+    _, val = split_samples(voc, 0.2, seed=0)
+    model.eval()
+    conf = 0
+    for stem in val:
+        image = read_image(voc / "JPEGImages" / f"{stem}.jpg")
+        mask = read_mask(voc / "SegmentationClass" / f"{stem}.png")
+        with torch.no_grad():
+            pred = tiled_class_map(image, meta, lambda x: model(torch.from_numpy(x)).numpy(), 0.5, 0.4)
+        assert pred.shape == mask.shape == (60, 80)
+        conf = conf + confusion(mask, pred, len(CLASSES))
+    expected = summary(conf, list(CLASSES))
+    for key in ("miou", *[f"iou_{c}" for c in CLASSES]):
+        assert row[key] == pytest.approx(expected[key], abs=1e-6, nan_ok=True), key
+
+
+def test_tile_scale_is_in_the_onnx_export(tile_run, tmp_path):
+    import json
+
+    import onnx
+
+    from unet_deploy.export import export_model
+    from unet_deploy.meta import ONNX_METADATA_KEY
+
+    paths = export_model(tile_run / "best.pt", "onnx", tmp_path / "exp", verbose=False)
+    props = {p.key: p.value for p in onnx.load(str(paths["onnx"]), load_external_data=False).metadata_props}
+    assert json.loads(props[ONNX_METADATA_KEY])["tiling"] == {"scale": 0.5, "overlap": 0.4}
+
+
+@pytest.mark.slow
+def test_tile_scale_kill_9_then_resume_matches_an_uninterrupted_run(voc, tmp_path):
+    opts = ["--epochs", 2, "--tile-scale", 1.0, "--no-amp", "--seed", 3, *TINY, "--img-size", 32]
+    whole = tmp_path / "whole"
+    assert _cli([voc, "--out", whole, *opts]).exit_code == 0
+    run = tmp_path / "killed"
+    proc = _python("-m", "unet_deploy.train", voc, "--out", run, *opts)
+    while not (run / "curves.png").exists() and proc.poll() is None:  # epoch 1 fully written
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    output, _ = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and read_checkpoint(run / "last.pt")["epoch"] == 1, output
+    result = _cli([voc, "--resume", run / "last.pt"])  # crops, tiling and --epochs come from the checkpoint
+    assert result.exit_code == 0, result.output
+    rows = read_metrics_csv(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert _same_metrics(rows, read_metrics_csv(whole / "metrics.csv")), "resume was not exact"
+    assert load_checkpoint(run / "last.pt")[1].tiling == {"scale": 1.0, "overlap": 0.25}

@@ -23,6 +23,12 @@ from ._command import command as _command
 @click.option("--base-channels", type=int, default=64, help="UNet width (64 = the seed's network).")
 @click.option("--upsample", type=click.Choice(UPSAMPLE_MODES), default="transpose")
 @click.option("--pad", type=click.Choice(PAD_MODES), default="top-left", help="Letterbox padding placement.")
+@click.option("--tile-scale", type=float, default=None,
+              help="Train for tiled inference: random --img-size crops of the images resized by this "
+                   "(1.0 = native pixels), half of them placed on a defect of a class drawn uniformly; "
+                   "validate whole images tiled; checkpoints and exports carry tiling {scale, overlap}.  "
+                   "[default: letterbox whole images]")
+@click.option("--overlap", type=float, default=0.25, help="Tile overlap (fraction of a tile) recorded with --tile-scale.")
 @click.option("--val-split", type=float, default=0.2, help="Seeded fraction held out for validation (0: validate on train).")
 @click.option("--val-data", type=click.Path(path_type=Path), default=None, help="A separate VOC-style validation folder.")
 @click.option("--loss", type=click.Choice(LOSSES), default="ce", help="Cross-entropy (ignore 255), or plus soft Dice.")
@@ -55,6 +61,7 @@ def command(data: Path, out: Path | None, **options: Any) -> None:
       unet-train data/voc --out runs/a --epochs 40 --base-channels 32
       unet-train data/voc --out runs/b --loss ce+dice --class-weights auto --init unet.pth
       unet-train data/voc --resume runs/a/last.pt --epochs 60      # continue to 60 in total
+      unet-train data/hires --out runs/t --tile-scale 1.0 --overlap 0.25  # native-pixel tiles
       torchrun --nproc_per_node 2 -m unet_deploy.train data/voc --out runs/ddp
     """
     from ..train import train

@@ -1,13 +1,16 @@
-"""The training Dataset: a VOC-style folder letterboxed exactly as the runtime does, with aligned augmentations.
+"""The training Datasets: a VOC-style folder prepared exactly as the runtime does, with aligned augmentations.
 
 A sample is prepared with the same functions as inference (``preprocess.letterbox``,
 ``to_model_color``, ``normalize`` driven by ``ModelMeta``), so the pixels a model is trained
-on are the pixels it later sees. Masks are letterboxed with nearest-exact sampling and padded
-with background (0); 255 stays "ignore".
+on are the pixels it later sees. ``SegmentationDataset`` letterboxes whole images (masks
+nearest-exact, padded with background 0; 255 stays "ignore"). ``TileDataset`` is the
+training side of tiled inference (``ModelMeta.tiling``): random ``input_size`` crops of each
+image resized by ``tiling.scale``, padded as the tiler pads, sampled near defects.
 """
 from __future__ import annotations
 
 import glob
+import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -18,7 +21,7 @@ import torch
 from ..errors import UnetDeployError
 from ..fileio import IMAGE_SUFFIXES, read_image
 from ..meta import ModelMeta
-from ..preprocess import LetterboxTransform, letterbox, normalize, to_model_color
+from ..preprocess import LetterboxTransform, _resize, letterbox, normalize, to_model_color
 from .classes import CLASS_NAMES_FILE, read_class_names
 from .palette import read_mask
 
@@ -26,6 +29,8 @@ IGNORE_INDEX = 255
 IMAGES_DIR, MASKS_DIR = "JPEGImages", "SegmentationClass"
 # Letterboxed samples are kept in memory when they fit in this many bytes ("auto" cache).
 CACHE_LIMIT_BYTES = 1 << 30
+# TileDataset: the probability that a crop is placed on a defect pixel instead of uniformly.
+DEFECT_CROP_P = 0.5
 
 
 def list_samples(root: str | Path) -> list[str]:
@@ -104,9 +109,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.samples = [self._paths(stem) for stem in stems]
         if not self.samples:
             raise UnetDeployError(f"{self.root}: the sample list is empty; check the split or the files given")
-        h, w = meta.input_size
-        nbytes = len(self.samples) * h * w * (meta.in_channels + 1)
-        use_cache = nbytes <= CACHE_LIMIT_BYTES if cache == "auto" else bool(cache)
+        use_cache = self._cache_bytes() <= CACHE_LIMIT_BYTES if cache == "auto" else bool(cache)
         # Filled eagerly so DataLoader workers (forked after this) all share it.
         self._cache = [self._load(i) for i in range(len(self.samples))] if use_cache else None
 
@@ -161,7 +164,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise UnetDeployError(f"{found[0].parent}: several images are named {stem!r}; keep one per mask")
         return found[0], mask
 
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, LetterboxTransform]:
+    def _cache_bytes(self) -> int:
+        h, w = self.meta.input_size
+        return len(self.samples) * h * w * (self.meta.in_channels + 1)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``index`` as stored: the image as OpenCV reads it (BGR) and its HxW uint8 mask, checked."""
         image_path, mask_path = self.samples[index]
         image, mask = read_image(image_path), read_mask(mask_path)
         if image.shape[:2] != mask.shape:
@@ -175,6 +183,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{mask_path}: class id {int(bad[0])} but {CLASS_NAMES_FILE} lists {len(self.classes)} classes; "
                 "re-convert the dataset with the full class list"
             )
+        return image, mask
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, LetterboxTransform]:
+        image, mask = self.read(index)
         meta = self.meta
         if image.ndim == 3 and image.shape[2] == 4:
             image = to_model_color(image, "BGR")  # as preprocess(): drop alpha before resizing
@@ -182,6 +194,126 @@ class SegmentationDataset(torch.utils.data.Dataset):
         boxed = to_model_color(boxed, meta.color)
         mask, _ = letterbox(mask, meta.input_size, meta.pad, 0, interpolation=cv2.INTER_NEAREST_EXACT)
         return boxed, mask, t
+
+
+class TileDataset(SegmentationDataset):
+    """Random ``meta.input_size`` crops of the images resized by ``meta.tiling["scale"]``: training for tiled inference.
+
+    Each image is resized exactly as ``tiling.tiled_class_map`` resizes it (the letterbox's
+    resize; masks nearest-exact) and, where it is smaller than a tile, padded at the bottom /
+    right as the tiler pads: the image by reflection without repeating the edge pixel
+    (``BORDER_REFLECT_101``), the mask with the ignore value 255 so the padding is not learned.
+    One epoch takes, from each image, as many crops as non-overlapping tiles cover it
+    (``crops_per_image`` overrides that). **Sampling rule:** with probability ``DEFECT_CROP_P``
+    (0.5) a crop is placed on a defect: a class is drawn uniformly among the non-background
+    classes present in the image (class-balanced: a rare class is drawn as often as a common
+    one), then a pixel uniformly among that class's pixels, and the crop is placed so that this
+    pixel falls uniformly inside its central half (clamped to the image); otherwise, and on
+    images without defects, the crop is uniform. The draws, then ``augment_pair`` (without a
+    letterbox transform: a crop has no fill), use one generator seeded by
+    ``(seed, epoch, index)``, so runs repeat exactly. ``load(i)`` is crop ``i`` before
+    augmentation; ``read(i)`` the whole stored image and mask, which validation tiles.
+    """
+
+    def __init__(self, root: str | Path, meta: ModelMeta, augment: bool = False, files: Iterable[str] | None = None,
+                 cache: bool | str = "auto", seed: int = 0, crops_per_image: int | None = None) -> None:
+        if meta.tiling is None:
+            raise UnetDeployError("TileDataset needs a ModelMeta with tiling; pass --tile-scale")
+        self.crops_per_image = crops_per_image
+        super().__init__(root, meta=meta, augment=augment, files=files, cache=cache, seed=seed)
+        counts = [self._crop_count(i) for i in range(len(self.samples))]
+        self._first = np.cumsum([0, *counts])  # crops of image j: [first[j], first[j + 1])
+
+    def __len__(self) -> int:
+        return int(self._first[-1])
+
+    def image_index(self, index: int) -> int:
+        """The image that crop ``index`` comes from."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"crop {index} of {len(self)}")
+        return int(np.searchsorted(self._first, index, side="right")) - 1
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._crop(index, self._rng(index))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = self._rng(index)
+        image, mask = self._crop(index, rng)
+        if self.augment:
+            image, mask = augment_pair(image, mask, rng)
+        return torch.from_numpy(normalize(image, self.meta)), torch.from_numpy(mask.astype(np.int64))
+
+    def class_pixel_counts(self) -> np.ndarray:
+        """Pixels of each class over the resized (unpadded, unaugmented) masks; ignore pixels not counted."""
+        counts = np.zeros(len(self.classes), np.int64)
+        for i in range(len(self.samples)):
+            counts += np.bincount(self._scaled(i)[1].ravel(), minlength=256)[: len(self.classes)]
+        return counts
+
+    # -- internals --------------------------------------------------------------------------
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, self.epoch, index))
+
+    def _scaled_hw(self, index: int) -> tuple[int, int]:
+        from PIL import Image
+
+        from ..tiling import scaled_size
+
+        with Image.open(self.samples[index][0]) as im:  # the header only
+            w, h = im.size
+        return scaled_size((h, w), self.meta.tiling["scale"])
+
+    def _cache_bytes(self) -> int:
+        th, tw = self.meta.input_size
+        sizes = [self._scaled_hw(i) for i in range(len(self.samples))]
+        return sum(max(h, th) * max(w, tw) * (self.meta.in_channels + 1) for h, w in sizes)
+
+    def _crop_count(self, index: int) -> int:
+        if self.crops_per_image is not None:
+            return int(self.crops_per_image)
+        (h, w), (th, tw) = self._scaled_hw(index), self.meta.input_size
+        return math.ceil(h / th) * math.ceil(w / tw)
+
+    def _scaled(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``index`` resized by the tiling scale, in ``meta.color`` order, and its mask, unpadded."""
+        from ..tiling import scaled_size
+
+        image, mask = self.read(index)
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = to_model_color(image, "BGR")  # as the tiler: drop alpha before resizing
+        hw = scaled_size(image.shape[:2], self.meta.tiling["scale"])
+        if hw != image.shape[:2]:
+            image = _resize(image, hw, None)
+            mask = _resize(mask, hw, cv2.INTER_NEAREST_EXACT)
+        return to_model_color(image, self.meta.color), mask
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        """Resized, padded image and mask of image ``index``, and the flat pixel indices of each defect class."""
+        image, mask = self._scaled(index)
+        th, tw = self.meta.input_size
+        pad_h, pad_w = max(0, th - mask.shape[0]), max(0, tw - mask.shape[1])
+        if pad_h or pad_w:  # the tiler's padding: numpy "reflect" = BORDER_REFLECT_101
+            image = np.pad(image, ((0, pad_h), (0, pad_w), *[(0, 0)] * (image.ndim - 2)), mode="reflect")
+            mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
+        flat = mask.ravel()
+        present = [c for c in range(1, len(self.classes)) if c in np.unique(flat)]
+        where = {c: np.flatnonzero(flat == c) for c in present}
+        return image, mask, where
+
+    def _crop(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        image, mask, where = self._sample(self.image_index(index))
+        (h, w), (th, tw) = mask.shape, self.meta.input_size
+        if where and rng.random() < DEFECT_CROP_P:
+            classes = sorted(where)
+            pixels = where[classes[int(rng.integers(len(classes)))]]
+            y, x = divmod(int(pixels[int(rng.integers(len(pixels)))]), w)
+            top = y - th // 4 - int(rng.integers(th - th // 2))  # the pixel lands in the central half
+            left = x - tw // 4 - int(rng.integers(tw - tw // 2))
+        else:
+            top, left = int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1))
+        top, left = min(max(top, 0), h - th), min(max(left, 0), w - tw)
+        return (np.ascontiguousarray(image[top : top + th, left : left + tw]),
+                np.ascontiguousarray(mask[top : top + th, left : left + tw]))
 
 
 def _stem(name: str | Path) -> str:

@@ -50,6 +50,28 @@ def evaluate_sums(model, loader, num_classes, device, dtype, loss_weight, dice) 
     return sums, conf
 
 
+def tiled_confusion(model, dataset, indices, device, dtype) -> Any:
+    """int64 numpy confusion of whole images ``indices`` of the TileDataset ``dataset`` at their stored size,
+    each predicted by ``tiling.tiled_class_map`` with ``model`` as the predictor (the runtime's tiled path)."""
+    import numpy as np
+    import torch
+
+    from ..tiling import tiled_class_map
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad(), autocast(device, dtype):
+            return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+
+    meta, k = dataset.meta, len(dataset.classes)
+    model.eval()
+    conf = np.zeros((k, k), np.int64)
+    for i in indices:
+        image, mask = dataset.read(i)
+        pred = tiled_class_map(image, meta, predict, meta.tiling["scale"], meta.tiling["overlap"])
+        conf += metrics.confusion(mask, pred, k)
+    return conf
+
+
 def evaluate(
     model: "torch.nn.Module",
     dataset: "SegmentationDataset",

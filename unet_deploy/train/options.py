@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import UnetDeployError
-from ..meta import PAD_MODES, UPSAMPLE_MODES
+from ..meta import DEFAULT_OVERLAP, MAX_TILE_SCALE, MIN_TILE_SCALE, PAD_MODES, UPSAMPLE_MODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.dataset import SegmentationDataset
@@ -29,6 +29,8 @@ class TrainOptions:
     base_channels: int = 64
     upsample: str = "transpose"
     pad: str = "top-left"
+    tile_scale: float | None = None
+    overlap: float = DEFAULT_OVERLAP
     val_split: float = 0.2
     val_data: str | None = None
     loss: str = "ce"
@@ -55,6 +57,12 @@ class TrainOptions:
             raise UnetDeployError(f"upsample {self.upsample!r} must be one of {UPSAMPLE_MODES}")
         if self.pad not in PAD_MODES:
             raise UnetDeployError(f"pad {self.pad!r} must be one of {PAD_MODES}")
+        if self.tile_scale is not None and not MIN_TILE_SCALE <= self.tile_scale <= MAX_TILE_SCALE:
+            raise UnetDeployError(
+                f"--tile-scale {self.tile_scale} must lie in [{MIN_TILE_SCALE:g}, {MAX_TILE_SCALE:g}] (1.0 = native pixels)"
+            )
+        if not 0.0 <= self.overlap < 1.0:
+            raise UnetDeployError(f"--overlap {self.overlap} must lie in [0, 1) (a fraction of a tile)")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise UnetDeployError(f"--dropout {self.dropout} must lie in [0, 1)")
         if self.epochs is not None and self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -92,7 +100,7 @@ def class_weights(spec: str | None, train_set: "SegmentationDataset") -> list[fl
         return None
     n = len(train_set.classes)
     if spec.strip().lower() == "auto":
-        counts = train_set.class_pixel_counts().astype(np.float64)
+        counts = train_set.class_pixel_counts().astype(np.float64)  # resized whole masks in tile mode
         w = np.where(counts > 0, np.sqrt(counts.sum() / np.maximum(counts, 1)), 0.0)
         w = np.where(counts > 0, w / w[counts > 0].mean(), 1.0)
         return [round(float(v), 6) for v in w]

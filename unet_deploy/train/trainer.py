@@ -14,7 +14,7 @@ from ..errors import UnetDeployError
 from ..meta import ModelMeta
 from .curves import plot_curves, write_metrics_csv
 from .distributed import Distributed, amp_dtype, autocast
-from .evaluate import evaluate_sums, segmentation_loss
+from .evaluate import evaluate_sums, segmentation_loss, tiled_confusion
 from .options import DEFAULT_EPOCHS, TrainOptions, class_weights
 from .schedule import lr_scheduler
 
@@ -126,7 +126,7 @@ class Trainer:
         """Train and validation sets, the distributed sampler and both loaders (validation split by rank)."""
         import torch
 
-        from ..data.dataset import SegmentationDataset, split_samples
+        from ..data.dataset import SegmentationDataset, TileDataset, split_samples
 
         opts, dist = self.opts, self.dist
         if opts.val_data:
@@ -134,8 +134,13 @@ class Trainer:
         else:
             train_files, val_files = split_samples(self.data, opts.val_split, opts.seed)
             val_root = self.data
-        train_set = SegmentationDataset(self.data, meta=meta, augment=opts.augment, files=train_files, seed=opts.seed)
-        val_set = SegmentationDataset(val_root, meta=meta, files=val_files)
+        if meta.tiling is None:
+            train_set = SegmentationDataset(self.data, meta=meta, augment=opts.augment, files=train_files,
+                                            seed=opts.seed)
+            val_set = SegmentationDataset(val_root, meta=meta, files=val_files)
+        else:  # crops to train on; validation: one fixed crop per image (loss, samples), whole images tiled (metrics)
+            train_set = TileDataset(self.data, meta, augment=opts.augment, files=train_files, seed=opts.seed)
+            val_set = TileDataset(val_root, meta, files=val_files, seed=opts.seed, crops_per_image=1)
         workers = opts.workers if opts.workers is not None else (0 if train_set.cached else min(4, os.cpu_count() or 1))
         loader_args = dict(num_workers=workers, pin_memory=self.device.type == "cuda", batch_size=opts.batch_size)
         sampler = torch.utils.data.DistributedSampler(
@@ -165,8 +170,9 @@ class Trainer:
             arch = dict(init_meta.arch)
             meta_args = {k: getattr(init_meta, k) for k in ("color", "mean", "std", "scale")}
             init_state = init_model.state_dict()
+        tiling = None if opts.tile_scale is None else {"scale": opts.tile_scale, "overlap": opts.overlap}
         meta = ModelMeta(classes=classes, input_size=opts.img_size, letterbox={"pad": opts.pad, "fill": 0},
-                         arch=arch, **meta_args)
+                         arch=arch, tiling=tiling, **meta_args)
         model = build_model(meta)
         if init_state is not None:
             own = model.state_dict()
@@ -227,6 +233,9 @@ class Trainer:
         self.dist.broadcast_buffers(run.model)
         sums, conf = evaluate_sums(run.model, run.val_loader, len(run.classes), self.device, self.amp_dtype,
                                    run.loss_weight, self.opts.loss == "ce+dice")
+        if run.meta.tiling is not None:  # metrics from whole images through the runtime's tiled inference
+            mine = range(self.dist.rank, len(run.val_set.samples), self.dist.world)
+            conf = tiled_confusion(run.model, run.val_set, mine, self.device, self.amp_dtype)
         self.dist.all_reduce(sums)
         conf = self.dist.all_reduce(torch.from_numpy(conf).to(self.device)).cpu().numpy()
         return {"epoch": epoch, "train_loss": train_loss, "val_loss": float(sums[0] / sums[1]),
