@@ -18,14 +18,15 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# OpenCV C++ headers for the libtorch consumer in export/cpp (best effort: needs root + apt).
+# OpenCV and nlohmann-json C++ headers for the libtorch consumer in export/cpp (best effort: needs root + apt).
+CPP_DEBS := libopencv-dev nlohmann-json3-dev
 cpp-deps:
-	@pkg-config --exists opencv4 2>/dev/null || { \
+	@{ pkg-config --exists opencv4 2>/dev/null && test -f /usr/include/nlohmann/json.hpp; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing libopencv-dev (C++ consumer tests)"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libopencv-dev >/dev/null) \
-	      || echo "could not install libopencv-dev: the C++ tests will be skipped"; \
-	  else echo "libopencv-dev missing and no root apt-get: the C++ tests will be skipped"; fi; }
+	    echo "installing $(CPP_DEBS) (C++ consumer tests)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CPP_DEBS) >/dev/null) \
+	      || echo "could not install $(CPP_DEBS): the C++ tests will be skipped"; \
+	  else echo "$(CPP_DEBS) missing and no root apt-get: the C++ tests will be skipped"; fi; }
 
 demo: $(STAMP)
 	$(BIN)/unet-deploy demo --out demo_out
