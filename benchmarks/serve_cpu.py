@@ -55,15 +55,15 @@ def _stats(p: list[float], n: int, seconds: float) -> dict:
 def in_process(onnx: Path, encoded: list[bytes], batch: int, seconds: float) -> dict:
     """Decode + predict_batch, ``batch`` images per call, for about ``seconds``."""
     from unet_deploy import Segmenter
-    from unet_deploy.serve.stages import decode
+    from unet_deploy.fileio import decode_image
 
     seg = Segmenter(onnx, device="cpu")
-    seg.predict_batch([decode(b) for b in encoded[:batch]], batch)  # warm-up
+    seg.predict_batch([decode_image(b, "png") for b in encoded[:batch]], batch)  # warm-up
     lat, n, i, t0 = [], 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         chunk = [encoded[(i + k) % len(encoded)] for k in range(batch)]
         s = time.perf_counter()
-        seg.predict_batch([decode(b) for b in chunk], batch)
+        seg.predict_batch([decode_image(b, "png") for b in chunk], batch)
         lat += [time.perf_counter() - s] * batch
         n, i = n + batch, i + batch
     return _stats(lat, n, time.perf_counter() - t0)

@@ -2,7 +2,8 @@
 
 Plain numpy/OpenCV and our runtime, no Triton import, so the same code runs inside the
 server's Python-backend stub and in-process in tests. The single-model layout calls
-``Segmenter.predict_batch`` between ``request_images`` and ``pack_results``; the ensemble
+``Segmenter.predict_batch`` between ``request_images`` (``fileio.decode_image``: the one image
+reader, EXIF orientation included) and ``pack_results``; the ensemble
 layout cuts the same pipeline around the network: ``prepare`` (decode + THE letterbox) and
 ``finish`` (argmax, exact un-letterbox, regions).
 """
@@ -14,23 +15,13 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UnetDeployError
+from ..fileio import decode_image
 from ..meta import ModelMeta
 from ..postprocess import argmax, find_regions, to_original
 from ..preprocess import LetterboxTransform, preprocess
 from ..runtime.segmenter import ARRAY_NAME, Result
 
 TRANSFORM_WIDTH = 8  # src_hw, dst_hw, new_hw, offset as int32: how "transform" travels pre -> post
-
-
-def decode(data: bytes, what: str = "image") -> np.ndarray:
-    """Encoded PNG/JPEG/... bytes -> the image as ``cv2.imread(IMREAD_UNCHANGED)`` gives it."""
-    import cv2
-
-    buf = np.frombuffer(bytes(data), np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-    if image is None:
-        raise UnetDeployError(f"{what}: not a decodable image ({buf.size} bytes, corrupt or unsupported); send PNG/JPEG file bytes")
-    return image
 
 
 def request_images(encoded: np.ndarray | None, raw: np.ndarray | None) -> list[np.ndarray]:
@@ -41,7 +32,7 @@ def request_images(encoded: np.ndarray | None, raw: np.ndarray | None) -> list[n
         if raw.dtype != np.uint8 or raw.ndim != 4 or raw.shape[3] not in (1, 3, 4):
             raise UnetDeployError(f"input 'raw' has shape {list(raw.shape)} {raw.dtype}; send uint8 [n, H, W, 1|3|4] (BGR order)")
         return [im[:, :, 0] if im.shape[2] == 1 else im for im in raw]
-    return [decode(b, f"image {i}") for i, b in enumerate(np.asarray(encoded, dtype=object).reshape(-1))]
+    return [decode_image(bytes(b), f"image {i}") for i, b in enumerate(np.asarray(encoded, dtype=object).reshape(-1))]
 
 
 def pack_results(results: Sequence[Result]) -> tuple[np.ndarray, np.ndarray]:
