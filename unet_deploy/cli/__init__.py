@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "predict": "unet_deploy.cli.predict:command",
     "bench": "unet_deploy.cli.bench:command",
     "demo": "unet_deploy.cli.demo:command",
+    "serve": "unet_deploy.cli.serve:command",
 }
 
 
