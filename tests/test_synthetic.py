@@ -91,3 +91,31 @@ def test_only_spots_are_rust_coloured():
             spot_red.append(np.median(red_minus_blue[s.mask == 2]))
     assert len(spot_red) >= 10
     assert max(background_red) < 15 < min(spot_red), (max(background_red), min(spot_red))
+
+
+def test_hires_preset_has_small_defects_on_large_frames():
+    from unet_deploy.data.synthetic import PRESETS
+
+    s = sample(0, 0, **PRESETS["hires"])
+    assert s.image.shape == (2048, 2448, 3) and s.mask.shape == (2048, 2448)
+    assert 15 <= len(s.shapes) <= 35
+    across = []
+    for c in (1, 2, 3):
+        n, labels = cv2.connectedComponents((s.mask == c).view(np.uint8), connectivity=8)
+        for i in range(1, n):
+            inside = np.pad((labels == i).view(np.uint8), 1)
+            across.append(2 * cv2.distanceTransform(inside, cv2.DIST_L2, 5).max() - 1)  # a stroke's width
+    assert len(across) == len(s.shapes)  # defects are kept apart, one component each
+    assert 2.5 <= min(across) and max(across) <= 44 and min(across) < 10, sorted(across)
+    assert (s.mask > 0).mean() < 0.05  # small defects on a large frame
+
+
+def test_synth_preset_options_override_and_errors(tmp_path):
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "h"), "--count", "1", "--preset", "hires",
+                                       "--size", "320", "256"])
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(tmp_path / "h" / "synth_0000.jpg")).shape == (256, 320, 3)
+    data = json.loads((tmp_path / "h" / "synth_0000.json").read_text())
+    assert 10 <= len(data["shapes"]) <= 35  # the preset's defect count (a few may find no free place)
+    bad = CliRunner().invoke(main, ["synth", str(tmp_path / "b"), "--count", "1", "--defect-size", "50", "10"])
+    assert bad.exit_code == 1 and "--defect-size 50 10" in bad.output and len(bad.output.strip().splitlines()) == 1

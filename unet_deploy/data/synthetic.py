@@ -71,16 +71,8 @@ def sample(
     with the image); ``defects`` (m, n): defects per image, uniform (default: 0-5, mostly 2-4).
     Depends only on (seed, index, size, defect_size, defects), so any image can be remade alone.
     """
+    _check(size, defect_size, defects)
     w, h = size
-    if w < 32 or h < 32:
-        raise UnetDeployError(f"--size {w} {h}: synthetic images need at least 32x32 pixels; pass a larger size")
-    if defect_size is not None and not 1 <= defect_size[0] <= defect_size[1] <= min(w, h) / 4:
-        raise UnetDeployError(
-            f"--defect-size {defect_size[0]:g} {defect_size[1]:g}: need 1 <= MIN <= MAX <= {min(w, h) / 4:g} "
-            "(a quarter of the shorter side)"
-        )
-    if defects is not None and not 0 <= defects[0] <= defects[1]:
-        raise UnetDeployError(f"--defects {defects[0]} {defects[1]}: need 0 <= MIN <= MAX")
     rng = np.random.default_rng([seed, index])
     base = _surface(rng, w, h)
     scale = min(w, h) / 256.0
@@ -122,6 +114,19 @@ def sample(
     return Sample(image=image, mask=np.array(canvas, dtype=np.uint8), shapes=shapes)
 
 
+def _check(size: tuple[int, int], defect_size: tuple[float, float] | None, defects: tuple[int, int] | None) -> None:
+    w, h = size
+    if w < 32 or h < 32:
+        raise UnetDeployError(f"--size {w} {h}: synthetic images need at least 32x32 pixels; pass a larger size")
+    if defect_size is not None and not 1 <= defect_size[0] <= defect_size[1] <= min(w, h) / 4:
+        raise UnetDeployError(
+            f"--defect-size {defect_size[0]:g} {defect_size[1]:g}: need 1 <= MIN <= MAX <= {min(w, h) / 4:g} "
+            "(a quarter of the shorter side)"
+        )
+    if defects is not None and not 0 <= defects[0] <= defects[1]:
+        raise UnetDeployError(f"--defects {defects[0]} {defects[1]}: need 0 <= MIN <= MAX")
+
+
 def generate(out_dir: str | Path, count: int, size: tuple[int, int] = (256, 256), seed: int = 0,
              progress: bool = True, defect_size: tuple[float, float] | None = None,
              defects: tuple[int, int] | None = None) -> list[Path]:
@@ -135,6 +140,7 @@ def generate(out_dir: str | Path, count: int, size: tuple[int, int] = (256, 256)
 
     if count < 1:
         raise UnetDeployError(f"--count {count}: make at least one image")
+    _check(size, defect_size, defects)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "labels.txt", labels_txt())
