@@ -43,7 +43,10 @@ uint32_t le(const Bytes& d, size_t at, int n) {
 }
 
 bool starts(const Bytes& d, size_t at, const std::string& s) {
-  return d.size() >= at + s.size() && std::equal(s.begin(), s.end(), d.begin() + static_cast<long>(at));
+  if (d.size() < at + s.size()) return false;
+  for (size_t i = 0; i < s.size(); ++i)
+    if (static_cast<unsigned char>(s[i]) != d[at + i]) return false;  // "\x89PNG": char may be signed
+  return true;
 }
 
 // Orientation (1..8, else 1), width and height tags of the first IFD of a TIFF structure at ``d[at, end)``.
