@@ -4,7 +4,10 @@ One epoch = train over the (augmented) training split, validate, then on rank 0:
 to ``RUN/metrics.csv``, write ``RUN/best.pt`` (best val mIoU) and ``RUN/last.pt`` atomically,
 a sample sheet ``RUN/samples/epoch_NNN.jpg`` (input | ground truth | prediction) and the curves
 ``RUN/curves.png``. ``last.pt`` holds everything needed to continue bit for bit: optimizer,
-scheduler, grad scaler, RNG states (one per rank), history. Run it under
+scheduler, grad scaler, RNG states (one per rank), history. With ``tile_scale`` the model is
+trained for tiled inference: ``data.dataset.TileDataset`` crops at that scale, validation
+metrics from whole images through ``tiling.tiled_class_map``, ``ModelMeta.tiling`` in every
+checkpoint (so in every export). Run it under
 ``torchrun --nproc_per_node N -m unet_deploy.train ...`` for DistributedDataParallel.
 
 Modules: ``options`` (settings, resume), ``distributed`` (rank, device, precision),
