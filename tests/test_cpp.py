@@ -2,8 +2,8 @@
 give the Python runtime's masks and regions on generated photos, for TorchScript and AOTInductor models.
 
 The build goes to export/cpp/build (incremental: a second run only relinks what changed). The test
-is skipped only when cmake, a C++ compiler or OpenCV's C++ package cannot be had; any other build
-failure fails it.
+is skipped only when cmake, a C++ compiler, OpenCV's C++ package or nlohmann::json cannot be had;
+any other build failure fails it.
 """
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def unet_infer() -> Path:
         done = subprocess.run(configure, capture_output=True, text=True)
         if done.returncode != 0 and "OpenCV" in done.stdout + done.stderr and not _has_opencv_dev():
             pytest.skip("OpenCV's C++ package is missing (apt install libopencv-dev, or `make cpp-deps` as root)")
+        if done.returncode != 0 and "nlohmann_json" in done.stdout + done.stderr:
+            pytest.skip("nlohmann::json is missing (apt install nlohmann-json3-dev, or `make cpp-deps` as root)")
         assert done.returncode == 0, f"cmake configure failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         done = subprocess.run(["cmake", "--build", str(BUILD), "-j", "2"], capture_output=True, text=True)
         assert done.returncode == 0, f"build failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
@@ -66,7 +68,7 @@ def _has_opencv_dev() -> bool:
 def cpp_inputs(tmp_path_factory) -> list[Path]:
     """Generated photos (JPEG and PNG; shrunk 2-20x, square, wide and tall, colour patches that the
     colour model splits into all its classes) plus variants that take the other letterbox paths:
-    gray 8-bit (Pillow), BGRA (alpha dropped), 16-bit (OpenCV area filter) and a small crop
+    gray 8-bit (Pillow), BGRA (alpha dropped), 16-bit (Pillow's float mode) and a small crop
     (enlarged, not shrunk)."""
     from unet_deploy.data.synthetic import sample
 
