@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .errors import UnetDeployError
-from .fileio import IMAGE_SUFFIXES, atomic_write_text, write_image
+from .fileio import IMAGE_SUFFIXES, atomic_write_text, quote, write_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Segmenter
@@ -42,9 +42,9 @@ def collect_images(sources: Iterable[str]) -> list[Path]:
                 if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
             )  # fmt: skip
         else:
-            raise UnetDeployError(f"{source}: no such file or folder; pass image files, folders or quoted globs")
+            raise UnetDeployError(f"{quote(source)}: no such file or folder; pass image files, folders or quoted globs")
         if not matches:
-            raise UnetDeployError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) found there")
+            raise UnetDeployError(f"{quote(source)}: no images ({', '.join(IMAGE_SUFFIXES)}) found there")
         found.extend(matches)
     return list(dict.fromkeys(found))
 
@@ -91,6 +91,9 @@ def predict_to_folder(
     """Segment ``images`` with ``seg``; write ``out/masks/<stem>.png``, ``out/overlays/<stem>.jpg``, ``out/report.json``.
 
     Masks are palette PNGs (pixel = class id, original size); stems come from ``output_stems``.
+    Each report entry names its files relative to ``out``: ``"mask"`` and, with overlays,
+    ``"overlay"``. The folders are checked writable (and a killed run's temporaries removed)
+    before the first image.
     An image that cannot be read is recorded in the report (and its one-line error written
     through tqdm to stderr); the others are still written. ``on_record`` receives each image's
     report entry as it is done (the CLI prints them as JSON lines). ``progress`` as tqdm's
@@ -98,9 +101,12 @@ def predict_to_folder(
     """
     from tqdm import tqdm
 
+    from .data.outputs import check_output_folder
     from .data.palette import save_palette_png
 
     out_dir = Path(out)
+    folders = [out_dir / "masks"] + ([out_dir / "overlays"] if overlays else [])
+    check_output_folder(out_dir, folders, [out_dir / "report.json"])
     reports, failed = [], 0
     disable = None if progress is None else not progress
     with tqdm(total=len(images), unit="img", desc="predict", disable=disable, file=sys.stderr) as bar:
@@ -108,11 +114,13 @@ def predict_to_folder(
             record = result.to_dict()
             if result.ok:
                 save_palette_png(out_dir / "masks" / f"{stem}.png", result.mask)
+                record["mask"] = f"masks/{stem}.png"
                 if overlays:
                     write_image(out_dir / "overlays" / f"{stem}.jpg", result.overlay())
+                    record["overlay"] = f"overlays/{stem}.jpg"
             else:
                 failed += 1
-                tqdm.write(f"error: {result.error}", file=sys.stderr)
+                tqdm.write(f"error: {' '.join(str(result.error).split())}", file=sys.stderr)
             if on_record is not None:
                 on_record(record)
             reports.append(record)

@@ -22,7 +22,7 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: str) -> int | 
 
 @_command("crop")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
 @click.option("--threshold", default="127", show_default=True, callback=_threshold,
               help="Grey level (0-255) above which a pixel is object, or 'otsu'.")
 @click.option("--min-area", type=float, default=1000.0, show_default=True, help="Smallest contour area kept (px).")
@@ -48,7 +48,7 @@ def command(src: Path, out: Path, threshold: int | str, min_area: float, max_are
 
     summary = crop_folder(src, out, threshold, min_area, max_area, margin, invert)
     for _, message in summary.failed:
-        click.echo(f"error: {message}", err=True)
+        click.echo(f"error: {' '.join(message.split())}", err=True)
     sources = len({c["source"] for c in summary.crops})
     click.echo(f"{len(summary.crops)} crops from {sources} images, {len(summary.no_roi)} without a region, "
                f"{len(summary.failed)} failed -> {out / CROPS_FILE}")

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import click
 
+from ..fileio import quote
 from ._command import command as _command
 
 
 @_command("labelme")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="labelme labels.txt: __ignore__, _background_, then the classes (id = line - 1).")
 @click.option("--classes", help="Comma-separated class names; background is id 0 and implicit.")
@@ -35,9 +36,9 @@ def command(src: Path, out: Path, labels_file: Path | None, classes: str | None,
     summary = convert_folder(src, out, classes=classes, labels_file=labels_file, viz=viz,
                              skip_unknown=skip_unknown)
     for _, message in summary.failed:
-        click.echo(f"error: {message}", err=True)
+        click.echo(f"error: {' '.join(message.split())}", err=True)
     for path in summary.not_labelme:
-        click.echo(f"skipped: {path} is not a labelme file", err=True)
+        click.echo(f"skipped: {quote(path)} is not a labelme file", err=True)
     extra = f", {summary.skipped_shapes} unknown-label shapes left out" if summary.skipped_shapes else ""
     click.echo(
         f"{len(summary.converted)} converted, {len(summary.failed)} failed{extra}; "

@@ -24,7 +24,7 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 @_command("predict")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--out", "-o", "out", required=True, help="Output folder.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--backend", default="auto", show_default=True,
               help="auto (by file suffix), onnxruntime, torchscript, aoti or checkpoint.")

@@ -34,18 +34,34 @@ def read_labels_file(path: str | Path) -> list[str]:
     return _check_names(names, str(path))
 
 
-def parse_classes(text: str | Sequence[str]) -> list[str]:
-    """Turn ``"scratch,spot"`` (or a list) into class names with background first (added if absent)."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    return _check_names([s.strip() for s in items if s.strip()], "--classes")
+def parse_classes(text: str | Sequence[str], source: str = "--classes") -> list[str]:
+    """Turn ``"scratch,spot"`` (or a list of names) into class names with background first (added if absent)."""
+    if isinstance(text, str):
+        items = text.split(",")
+    elif isinstance(text, (list, tuple)) and all(isinstance(n, str) for n in text):
+        items = list(text)
+    else:
+        raise UnetDeployError(f"{source}: classes must be a comma-separated text or a list of names, "
+                              f"not {type(text).__name__}")
+    return _check_names([s.strip() for s in items if s.strip()], source)
+
+
+def check_name(name: str, source: str) -> str:
+    """Return ``name`` when it can be a class name (one printable line, no edge spaces), else raise."""
+    if not name or not name.isprintable() or name != name.strip():
+        raise UnetDeployError(f"{source}: label {name!r} has a line break, a control character or edge spaces; "
+                              "rename it in labelme")
+    return name
 
 
 def _check_names(names: list[str], source: str) -> list[str]:
+    for name in names:
+        check_name(name, source)
     if not names or names[0] not in BACKGROUND_NAMES:
         names = [BACKGROUND] + [n for n in names if n not in BACKGROUND_NAMES]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise UnetDeployError(f"{source}: class names repeat ({', '.join(dupes)}); list each class once")
+        raise UnetDeployError(f"{source}: class names repeat ({', '.join(map(repr, dupes))}); list each class once")
     if len(names) > IGNORE_ID:
         raise UnetDeployError(f"{source}: {len(names)} classes do not fit 8-bit masks (max 255); merge classes")
     if len(names) < 2:

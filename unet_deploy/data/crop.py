@@ -20,6 +20,7 @@ from ..errors import UnetDeployError
 from ..fileio import IMAGE_SUFFIXES, atomic_write_text, write_image
 from .labelme import unique_stems
 from .labelme_files import read_image_oriented, read_labelme_json
+from .outputs import check_output_folder
 from .rasterize import LINE_WIDTH, POINT_RADIUS
 
 CROPS_FILE = "crops.json"
@@ -149,6 +150,7 @@ def crop_folder(
     images = _find_images(src, exclude=out)
     if not images:
         raise UnetDeployError(f"{src}: no images found ({', '.join(IMAGE_SUFFIXES)}); pass a folder of images")
+    check_output_folder(out, files=[out / CROPS_FILE])
     summary = CropSummary(out=out, crops=[], no_roi=[], failed=[])
     stems = unique_stems(src, images)
     for path in tqdm(images, desc="crop", unit="image", disable=not progress, dynamic_ncols=True):

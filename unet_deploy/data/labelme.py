@@ -4,7 +4,7 @@ labelme (v3 to v5+) stores shapes as point lists; its own converter draws them w
 PIL.ImageDraw, and so does ``rasterize`` (without depending on labelme). Label
 ``__ignore__`` is written as 255. The image comes from ``imageData`` when embedded, else
 from ``imagePath`` relative to the JSON (Windows separators allowed), with its EXIF
-orientation applied as labelme applies it (``labelme_files``). Class names: ``classes``.
+orientation applied as labelme applies it (``unet_deploy.fileio.decode_image``). Class names: ``classes``.
 This module converts one file or a whole folder; it re-exports the names of the others.
 
 Python use::
@@ -22,18 +22,18 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import UnetDeployError
-from ..fileio import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text, write_image
+from ..fileio import IMAGE_SUFFIXES, apply_orientation, atomic_write_bytes, atomic_write_text, quote, write_image
 from .classes import (BACKGROUND, BACKGROUND_NAMES, CLASS_NAMES_FILE, IGNORE_ID, IGNORE_LABEL, class_ids,
                       parse_classes, read_class_names, read_labels_file)
-from .labelme_files import (LabelmeImage, apply_orientation, exif_orientation, glob_escape, load_labelme_image,
-                            read_image_oriented, read_labelme_json)
+from .labelme_files import LabelmeImage, glob_escape, load_labelme_image, read_image_oriented, read_labelme_json
+from .outputs import check_output_folder
 from .palette import save_palette_png
 from .rasterize import LINE_WIDTH, POINT_RADIUS, SHAPE_TYPES, draw_shape, shape_label, shape_to_mask, shapes_to_mask
 
 __all__ = [
     "BACKGROUND", "BACKGROUND_NAMES", "CLASS_NAMES_FILE", "IGNORE_ID", "IGNORE_LABEL", "LINE_WIDTH", "POINT_RADIUS",
     "SHAPE_TYPES", "ConvertSummary", "LabelmeImage", "apply_orientation", "class_ids", "convert_folder",
-    "discover_labels", "draw_shape", "exif_orientation", "find_json_files", "labelme_to_mask",
+    "discover_labels", "draw_shape", "find_json_files", "labelme_to_mask",
     "load_labelme_image", "parse_classes", "read_class_names", "read_image_oriented", "read_labelme_json",
     "read_labels_file", "shape_to_mask", "shapes_to_mask", "unique_stems",
 ]  # fmt: skip
@@ -63,16 +63,19 @@ def _convert_one(
 
 
 def discover_labels(json_paths: Iterable[str | Path]) -> list[str]:
-    """Return background plus the sorted labels used in ``json_paths`` (unreadable files skipped)."""
+    """Return background plus the sorted labels used in ``json_paths``, checked as ``--classes`` is
+    (at most 255 classes). Unreadable files and files with a bad label are skipped here: the
+    conversion reports them, one line each."""
     labels: set[str] = set()
     for p in json_paths:
         try:
             data = read_labelme_json(p)
+            found = {shape_label(s, quote(p)) for s in data["shapes"] if isinstance(s, dict)}
         except UnetDeployError:
             continue
-        labels.update(shape_label(s) for s in data["shapes"] if isinstance(s, dict))
+        labels.update(found)
     labels -= {IGNORE_LABEL, *BACKGROUND_NAMES, ""}
-    return [BACKGROUND] + sorted(labels)
+    return parse_classes([BACKGROUND] + sorted(labels), "labels found in the JSON files")
 
 
 @dataclass
@@ -138,8 +141,7 @@ def convert_folder(
 ) -> ConvertSummary:
     """Convert every labelme JSON under ``src`` into a VOC-style dataset in ``out``.
 
-    Writes ``out/JPEGImages/<stem>.<ext>`` (the image, copied unchanged unless EXIF
-    rotated it), ``out/SegmentationClass/<stem>.png`` (palette PNG, pixel = class id),
+    Writes ``out/JPEGImages/<stem>.<ext>`` (the image, copied unchanged, EXIF tag included), ``out/SegmentationClass/<stem>.png`` (palette PNG, pixel = class id),
     ``out/class_names.txt`` and, with ``viz``, ``out/SegmentationClassVisualization/<stem>.jpg``.
     Classes come from ``labels_file`` (labelme's labels.txt), else ``classes``, else
     ``src/labels.txt`` when present, else every label found (sorted). Nested files get
@@ -150,12 +152,12 @@ def convert_folder(
 
     src, out = Path(src), Path(out)
     if not src.exists():
-        raise UnetDeployError(f"{src}: no such file or folder; pass the folder labelme saved into")
+        raise UnetDeployError(f"{quote(src)}: no such file or folder; pass the folder labelme saved into")
     if labels_file is not None and classes is not None:
         raise UnetDeployError("--labels and --classes both given; pass only one")
     jsons = find_json_files(src, exclude=out)
     if not jsons:
-        raise UnetDeployError(f"{src}: no labelme .json files found; pass the folder labelme saved into")
+        raise UnetDeployError(f"{quote(src)}: no labelme .json files found; pass the folder labelme saved into")
     root = src if src.is_dir() else src.parent
     if labels_file is not None:
         names, how = read_labels_file(labels_file), str(labels_file)
@@ -165,6 +167,8 @@ def convert_folder(
         names, how = read_labels_file(root / "labels.txt"), str(root / "labels.txt")
     else:
         names, how = discover_labels(jsons), "labels found in the JSON files"
+    check_output_folder(out, [out / "JPEGImages", out / "SegmentationClass"]
+                        + ([out / "SegmentationClassVisualization"] if viz else []), [out / CLASS_NAMES_FILE])
     _check_existing(out, names)
     atomic_write_text(out / CLASS_NAMES_FILE, "\n".join(names) + "\n")
 
@@ -197,7 +201,7 @@ def _check_existing(out: Path, names: list[str]) -> None:
         if prev != names:
             shown = ", ".join(prev[:6]) + (", ..." if len(prev) > 6 else "")
             raise UnetDeployError(
-                f"{old}: this dataset has other classes ({shown}); choose a new OUT folder or delete it"
+                f"{quote(old)}: this dataset has other classes ({shown}); choose a new OUT folder or delete it"
             )
 
 
@@ -207,7 +211,7 @@ def _write_image(folder: Path, stem: str, loaded: LabelmeImage) -> Path:
     for old in folder.glob(f"{glob_escape(stem)}.*"):  # a rerun with another format: keep one image per stem
         if old.suffix.lower() in IMAGE_SUFFIXES and old != target:
             old.unlink()
-    if loaded.rotated or suffix != loaded.suffix:
+    if suffix != loaded.suffix:
         return write_image(target, loaded.image)
     return atomic_write_bytes(target, loaded.raw)
 

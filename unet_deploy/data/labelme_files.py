@@ -1,4 +1,8 @@
-"""Reading one labelme JSON and the image it annotates (embedded or beside it), EXIF-oriented as labelme shows it."""
+"""Reading one labelme JSON and the image it annotates (embedded or beside it), EXIF-oriented as labelme shows it.
+
+Pixels are decoded by ``unet_deploy.fileio.decode_image``: the one EXIF rule and pixel limit of
+the project, so a dataset, ``Segmenter(path)`` and ``unet-predict`` see an image the same way.
+"""
 from __future__ import annotations
 
 import base64
@@ -12,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnetDeployError
-from ..fileio import IMAGE_SUFFIXES
+from ..fileio import IMAGE_SUFFIXES, decode_image, quote, read_image
 
 _PIL_FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
-_EXIF_ORIENTATION = 0x0112
 
 
 def read_labelme_json(json_path: str | Path) -> dict[str, Any]:
@@ -24,67 +27,27 @@ def read_labelme_json(json_path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except OSError as e:
-        raise UnetDeployError(f"{path}: cannot read file ({e.strerror}); check the path") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UnetDeployError(f"{path}: corrupt JSON ({e}); re-save it in labelme or remove it") from None
+        raise UnetDeployError(f"{quote(path)}: cannot read file ({e.strerror}); check the path") from None
+    except RecursionError:
+        raise UnetDeployError(f"{quote(path)}: JSON nested too deeply to be labelme's; remove it") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers beyond Python's digit limit
+        raise UnetDeployError(f"{quote(path)}: corrupt JSON ({quote(e)}); re-save it in labelme or remove it") from None
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
-        raise UnetDeployError(f"{path}: not a labelme file (no 'shapes' list); remove it from the folder")
+        raise UnetDeployError(f"{quote(path)}: not a labelme file (no 'shapes' list); remove it from the folder")
     return data
-
-
-def exif_orientation(raw: bytes) -> int:
-    """Return the EXIF orientation (1..8) of encoded image bytes; 1 when there is none."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(raw)) as img:
-            return int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-    except Exception:  # no EXIF, or a format PIL cannot parse: nothing to rotate
-        return 1
-
-
-def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
-    """Rotate/flip an array as EXIF ``orientation`` (1..8) says, like ``PIL.ImageOps.exif_transpose``."""
-    ops = {
-        2: lambda a: a[:, ::-1],
-        3: lambda a: a[::-1, ::-1],
-        4: lambda a: a[::-1],
-        5: lambda a: np.swapaxes(a, 0, 1),
-        6: lambda a: np.rot90(a, -1),
-        7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
-        8: lambda a: np.rot90(a, 1),
-    }
-    op = ops.get(orientation)
-    return image if op is None else np.ascontiguousarray(op(image))
-
-
-def _decode(raw: bytes, source: str) -> np.ndarray:
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) if raw else None
-    if image is None:  # a format OpenCV lacks (gif, ...): let PIL try
-        from PIL import Image
-
-        try:
-            with Image.open(io.BytesIO(raw)) as img:
-                image = np.array(img.convert("RGB"))[:, :, ::-1].copy()
-        except Exception:
-            raise UnetDeployError(f"{source}: not a readable image (corrupt or unsupported format)") from None
-    return image
 
 
 @dataclass
 class LabelmeImage:
     """The image a labelme JSON belongs to: pixels as OpenCV reads them, EXIF-oriented.
 
-    ``raw``/``suffix`` are the original encoded bytes and their extension, to copy the
-    image into a dataset unchanged when no rotation was applied (``rotated`` is False).
+    ``raw``/``suffix`` are the original encoded bytes and their extension, to copy the image
+    into a dataset unchanged: its EXIF tag travels with it, and every reader applies it as here.
     """
 
     image: np.ndarray
     raw: bytes
     suffix: str
-    rotated: bool
 
 
 def load_labelme_image(json_path: str | Path, data: dict[str, Any] | None = None) -> LabelmeImage:
@@ -98,7 +61,7 @@ def load_labelme_image(json_path: str | Path, data: dict[str, Any] | None = None
     data = read_labelme_json(json_path) if data is None else data
     suffix = ".png"
     if data.get("imageData"):
-        source = f"{json_path} (imageData)"
+        source = f"{quote(json_path)} (imageData)"
         try:
             raw = base64.b64decode(data["imageData"], validate=False)
         except (binascii.Error, ValueError, TypeError):
@@ -116,12 +79,23 @@ def load_labelme_image(json_path: str | Path, data: dict[str, Any] | None = None
         try:
             raw = path.read_bytes()
         except OSError as e:
-            raise UnetDeployError(f"{path}: cannot read the image of {json_path.name} ({e.strerror})") from None
+            raise UnetDeployError(f"{quote(path)}: cannot read the image of {quote(json_path.name)} ({e.strerror})") from None
         suffix = path.suffix.lower()
-    image = _decode(raw, source)
-    orientation = exif_orientation(raw)
-    image = apply_orientation(image, orientation)
-    return LabelmeImage(image=image, raw=raw, suffix=suffix, rotated=orientation not in (0, 1))
+    image = decode_image(raw, source)
+    _check_declared_size(json_path, data, image.shape[:2])
+    return LabelmeImage(image=image, raw=raw, suffix=suffix)
+
+
+def _check_declared_size(json_path: Path, data: dict[str, Any], hw: tuple[int, ...]) -> None:
+    """Refuse an annotation whose imageHeight/imageWidth (when given) is not the image's size."""
+    declared = (data.get("imageHeight"), data.get("imageWidth"))
+    if declared == (None, None):
+        return
+    if declared != tuple(hw) or any(isinstance(v, bool) for v in declared):
+        raise UnetDeployError(
+            f"{quote(json_path)}: declares imageHeight x imageWidth {quote(declared[0])} x {quote(declared[1])} "
+            f"but its image is {hw[0]} x {hw[1]}; the annotation is for another image: fix imagePath"
+        )
 
 
 def read_image_oriented(path: str | Path) -> np.ndarray:
@@ -129,12 +103,7 @@ def read_image_oriented(path: str | Path) -> np.ndarray:
 
     These are the pixel coordinates labelme annotates in. Raises ``UnetDeployError`` naming the file.
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UnetDeployError(f"{path}: cannot read file ({e.strerror}); check the path") from None
-    return apply_orientation(_decode(raw, str(path)), exif_orientation(raw))
+    return read_image(path)
 
 
 def _find_image_file(json_path: Path, image_path: Any) -> Path:
@@ -144,14 +113,17 @@ def _find_image_file(json_path: Path, image_path: Any) -> Path:
         candidates.append(rel if rel.is_absolute() else json_path.parent / rel)
         candidates.append(json_path.parent / rel.name)
     for c in candidates:
-        if c.is_file() and c.resolve() != json_path.resolve():
-            return c
+        try:
+            if c.is_file() and c.resolve() != json_path.resolve():
+                return c
+        except OSError as e:  # a name too long, a loop of links: not this image
+            raise UnetDeployError(f"{quote(json_path)}: imagePath is unusable ({e.strerror}); fix it in labelme") from None
     stem = json_path.stem
     for c in sorted(json_path.parent.glob(f"{glob_escape(stem)}.*")):
         if c.suffix.lower() in IMAGE_SUFFIXES and c.is_file():
             return c
     raise UnetDeployError(
-        f"{json_path}: image '{image_path}' not found and no imageData embedded; "
+        f"{quote(json_path)}: image {quote(image_path)} not found and no imageData embedded; "
         "put the image beside the JSON or save with image data in labelme"
     )
 
