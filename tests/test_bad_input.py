@@ -362,3 +362,20 @@ def test_any_array_gives_a_result_or_one_line(red_segmenter, array):
             continue
         for result in results:
             assert result.error is not None or result.mask.shape == array.shape[:2]
+
+
+def test_crop_with_a_broken_annotation_fails_alone(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("bad", "good"):
+        img = np.zeros((80, 80, 3), np.uint8)
+        img[20:60, 20:60] = 255
+        cv2.imwrite(str(src / f"{name}.png"), img)
+    (src / "bad.json").write_text(json.dumps(_doc([_shape("spot", [["12", "x"], [1]])], image="bad.png")))
+    (src / "good.json").write_text(json.dumps(_doc([_shape("spot", [[20, 20], [40, 20], [40, 40]])], image="good.png")))
+    res = CliRunner().invoke(crop_command, [str(src), str(tmp_path / "out"), "--min-area", "100"])
+    assert res.exit_code == 1
+    errors = _one_line_errors(res.output)
+    assert len(errors) == 1 and "bad" in errors[0]
+    assert (tmp_path / "out" / "good_0.png").is_file() and (tmp_path / "out" / "good_0.json").is_file()
+    assert not list((tmp_path / "out").glob("bad_*"))

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UnetDeployError
-from ..fileio import IMAGE_SUFFIXES, atomic_write_text, write_image
+from ..fileio import IMAGE_SUFFIXES, atomic_write_text, quote, write_image
 from .labelme import unique_stems
 from .labelme_files import read_image_oriented, read_labelme_json
 from .outputs import check_output_folder
@@ -93,7 +93,11 @@ def crop_labelme(data: dict[str, Any], box: CropBox, image_name: str) -> dict[st
     """
     shapes = []
     for shape in data.get("shapes", []):
-        pts = np.asarray(shape.get("points") or [], dtype=float).reshape(-1, 2)
+        try:
+            pts = np.asarray(shape.get("points") or [], dtype=float).reshape(-1, 2)
+        except (AttributeError, TypeError, ValueError, OverflowError):  # not a shape, or points not [x, y] numbers
+            raise UnetDeployError(f"{quote(image_name)}: a shape's 'points' is not a list of [x, y] numbers; "
+                                  "fix it in labelme") from None
         if pts.size == 0 or not _reaches(shape, pts, box):
             continue
         moved = dict(shape)
@@ -158,20 +162,20 @@ def crop_folder(
             image = read_image_oriented(path)
             annotation = path.with_suffix(".json")
             data = read_labelme_json(annotation) if annotation.is_file() else None
+            boxes = find_rois(image, threshold, min_area, max_area, margin, invert)
+            names = [f"{stems[path]}_{k}{path.suffix.lower()}" for k in range(len(boxes))]
+            docs = [crop_labelme(data, box, name) for box, name in zip(boxes, names)] if data is not None else []
         except UnetDeployError as e:
             summary.failed.append((path, e.message))
             continue
-        boxes = find_rois(image, threshold, min_area, max_area, margin, invert)
         if not boxes:
             summary.no_roi.append(str(path))
-        for k, box in enumerate(boxes):
-            name = f"{stems[path]}_{k}{path.suffix.lower()}"
+        for k, (box, name) in enumerate(zip(boxes, names)):
             write_image(out / name, image[box.y : box.y + box.h, box.x : box.x + box.w])
             record = {"file": name, "source": str(path), "box": box.xywh, "contour_area": box.area}
             if data is not None:
                 json_name = Path(name).with_suffix(".json").name
-                atomic_write_text(out / json_name, json.dumps(crop_labelme(data, box, name), ensure_ascii=False,
-                                                              indent=2))
+                atomic_write_text(out / json_name, json.dumps(docs[k], ensure_ascii=False, indent=2))
                 record["labelme"] = json_name
             summary.crops.append(record)
     params = {"threshold": threshold, "min_area": min_area, "max_area": max_area, "margin": margin,
