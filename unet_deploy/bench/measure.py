@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..meta import ModelMeta
+from ..tiling import scaled_size, tile_grid, tiled_class_map
 from ..postprocess import argmax, find_regions, to_original
 from ..preprocess import preprocess_batch
 
@@ -70,6 +71,48 @@ class Runner:
             masks.append(mask)
         t3 = time.perf_counter()
         return stage_times(t0, t1, t2, t3), masks
+
+
+class TiledRunner(Runner):
+    """``runner``'s inference function driven by ``tiling.tiled_class_map`` instead of the letterbox.
+
+    Stages: ``inference`` is the time inside the predictor calls, ``postprocess`` the regions,
+    and ``preprocess`` the rest of the tiled pipeline (scaling, cutting, normalising, blending, argmax).
+    """
+
+    def __init__(self, runner: Runner, tiling: dict[str, float], tile_batch: int = 8) -> None:
+        super().__init__(runner.infer, runner.meta, runner.artefact)
+        self.tiling, self.tile_batch = tiling, tile_batch
+
+    def __call__(self, images: Sequence[np.ndarray]) -> tuple[Stages, list[np.ndarray]]:
+        infer_s = post_s = 0.0
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            nonlocal infer_s
+            t = time.perf_counter()
+            out = self.infer(x)
+            infer_s += time.perf_counter() - t
+            return out
+
+        t0 = time.perf_counter()
+        masks = []
+        for image in images:
+            mask = tiled_class_map(image, self.meta, predict, self.tiling["scale"], self.tiling["overlap"], self.tile_batch)
+            t = time.perf_counter()
+            find_regions(mask, self.meta.classes)
+            post_s += time.perf_counter() - t
+            masks.append(mask)
+        t3 = time.perf_counter()
+        t2 = t3 - post_s
+        return stage_times(t0, t2 - infer_s, t2, t3), masks
+
+
+def tile_count(hw: Sequence[int], meta: ModelMeta, tiling: dict[str, float] | None) -> int:
+    """Network inputs per ``hw`` frame: 1 for the letterbox, the grid's ``len(ys) * len(xs)`` when tiled."""
+    if tiling is None:
+        return 1
+    ys, xs = tile_grid(scaled_size(hw, tiling["scale"]), meta.input_size, tiling["overlap"])
+    return len(ys) * len(xs)
 
 
 def stage_times(t0: float, t1: float, t2: float, t3: float) -> Stages:

@@ -14,10 +14,10 @@ from .machine import LIMIT_CAVEAT
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per device: the fastest of our cases (end-to-end p50 at batch 1) and its speed-up over the seed."""
+    """Per device: the fastest of our letterbox cases (end-to-end p50 at batch 1) and its speed-up over the seed."""
     out: dict[str, Any] = {}
     for device in DEVICES:
-        ok = [r for r in rows if r["device"] == device and r.get("status") == "ok"]
+        ok = [r for r in rows if r["device"] == device and r.get("status") == "ok" and r.get("mode") != "tiled"]
         ours = [r for r in ok if r["backend"] != SEED]
         if not ours:
             continue
@@ -45,14 +45,15 @@ def _table(report: dict[str, Any], reasons: bool) -> tuple[list[str], list[list[
     and the reason goes below the table, so that it does not widen the column.
     """
     batches = report["settings"]["batches"]
-    head = ["backend", "prec", "dev", "status", "MB", "first ms", "pre", "infer", "post", "e2e p50", "p90", "p99",
+    head = ["backend", "prec", "dev", "mode", "status", "tiles", "ms/MP", "MB", "first ms", "pre", "infer", "post", "e2e p50", "p90", "p99",
             "pre+post", *[f"img/s b{b}" for b in batches], "peak MB", "agree"]  # fmt: skip
     rows, notes = [], []
     for r in report["results"]:
         if r.get("status") != "ok":
             status = r["status"] if reasons else r["status"].split(":")[0]
-            rows.append([r["backend"], r["precision"], r["device"], status] + [""] * (len(head) - 4))
-            notes.append(f"{r['backend']} {r['precision']} {r['device']}: {r['status']}")
+            rows.append([r["backend"], r["precision"], r["device"], r.get("mode", "letterbox"), status]
+                        + [""] * (len(head) - 5))  # fmt: skip
+            notes.append(f"{r['backend']} {r['precision']} {r['device']} {r.get('mode', 'letterbox')}: {r['status']}")
             continue
         lat = r["latency_ms"]
         tput = {t["batch"]: (_fmt(t["images_per_s"], 2) if t.get("status") == "ok" else "skip") for t in r["throughput"]}
@@ -60,7 +61,8 @@ def _table(report: dict[str, Any], reasons: bool) -> tuple[list[str], list[list[
         peak = mem.get("cuda_max_allocated") if r["device"] == "cuda" else mem.get("rss_peak_delta")
         agree = r.get("pixel_agreement")
         rows.append([
-            r["backend"], r["precision"], r["device"], "ok", _fmt(r.get("size_mb")), _fmt(r["first_result_ms"], 0),
+            r["backend"], r["precision"], r["device"], r.get("mode", "letterbox"), "ok", _fmt(r.get("tiles")),
+            _fmt(r.get("ms_per_megapixel")), _fmt(r.get("size_mb")), _fmt(r["first_result_ms"], 0),
             _fmt(lat["preprocess"]["p50"]), _fmt(lat["inference"]["p50"]), _fmt(lat["postprocess"]["p50"]),
             _fmt(lat["end_to_end"]["p50"]), _fmt(lat["end_to_end"]["p90"]), _fmt(lat["end_to_end"]["p99"]),
             f"{100 * r['pre_post_share']:.1f}%" if r.get("pre_post_share") is not None else "-",
@@ -95,7 +97,7 @@ def format_table(report: dict[str, Any]) -> str:
     title = (f"{Path(m['path']).name}: {m['kind']}, {len(m['classes'])} classes, input "
              f"{m['input_size'][0]}x{m['input_size'][1]}, base {m['base_channels']}; source {s['description']}; "
              f"{report['settings']['runs']} runs after {report['settings']['warmup']} warm-up")  # fmt: skip
-    align = ["left"] * 4 + ["right"] * (len(head) - 4)
+    align = ["left"] * 5 + ["right"] * (len(head) - 5)
     table = tabulate(rows, headers=head, tablefmt="plain", disable_numparse=True, colalign=align)
     return "\n".join([title, table, *notes, *summary_lines(report)])
 

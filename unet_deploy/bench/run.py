@@ -14,7 +14,9 @@ from ..fileio import atomic_write_text
 from .cases import DEVICES, EAGER, SEED, Case, bench_name, select_cases, skip_reason
 from .cases import precisions as _precisions
 from .machine import cuda_available, hardware_info, hardware_limit, matmul_rates, model_gflops, torch_module
-from .measure import DEFAULT_BATCHES, BenchSettings, PeakRSS, measure, release_memory, size_mb, throughput
+from ..meta import check_tiling
+from .measure import (DEFAULT_BATCHES, BenchSettings, PeakRSS, TiledRunner, measure, release_memory, size_mb,
+                      throughput, tile_count)
 from .report import summary, to_markdown, write_json
 from .source import DEFAULT_SOURCE_SIZE, ModelSource, load_source, open_model
 
@@ -22,13 +24,16 @@ Log = Callable[[str], None]
 
 
 def run_case(case: Case, source: ModelSource, image: np.ndarray, settings: BenchSettings,
-             reference: np.ndarray | None = None, log: Log = lambda s: None) -> dict[str, Any]:  # fmt: skip
+             reference: np.ndarray | None = None, log: Log = lambda s: None,
+             tiling: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Benchmark one case; returns its report row with the measurements and its first mask (``"mask"``).
 
-    ``pixel_agreement`` is the share of the mask's pixels equal to ``reference`` (None without one).
+    ``tiling`` (``{"scale", "overlap"}``) runs the case's inference through ``tiling.tiled_class_map``
+    instead of the letterbox (``mode`` says which). ``ms_per_frame`` is the end-to-end p50,
+    ``ms_per_megapixel`` that over the source frame's megapixels, ``tiles`` the network inputs per
+    frame. ``pixel_agreement`` is the share of the mask's pixels equal to ``reference`` (None without one).
     """
-    row: dict[str, Any] = {"backend": case.backend, "precision": case.precision, "device": case.device,
-                           "format": case.fmt}  # fmt: skip
+    row = _head(case, tiling)
     start = time.perf_counter()
     deadline = start + settings.case_budget_s
     if settings.deadline is not None:
@@ -43,6 +48,8 @@ def run_case(case: Case, source: ModelSource, image: np.ndarray, settings: Bench
         source.artefact(case)  # export first: not part of the load time
         t0 = time.perf_counter()
         runner = source.runner(case, settings.threads)
+        if tiling is not None:
+            runner = TiledRunner(runner, tiling)
         t1 = time.perf_counter()
         runner.prepare([image])
         t2 = time.perf_counter()
@@ -59,6 +66,9 @@ def run_case(case: Case, source: ModelSource, image: np.ndarray, settings: Bench
         e2e = latency["end_to_end"]["p50"]
         row["pre_post_share"] = (latency["preprocess"]["p50"] + latency["postprocess"]["p50"]) / e2e if e2e else None
         row["fps"] = 1000.0 / e2e if e2e else None
+        row["tiles"] = tile_count(image.shape[:2], source.meta, tiling)
+        row["ms_per_frame"] = e2e
+        row["ms_per_megapixel"] = e2e / (image.shape[0] * image.shape[1] / 1e6)
         row["throughput"] = []
         for b in settings.batches:
             try:
@@ -75,13 +85,14 @@ def run_case(case: Case, source: ModelSource, image: np.ndarray, settings: Bench
     row["mask"] = masks[0]  # removed before the report is written
     row["status"] = "ok"
     row["seconds"] = time.perf_counter() - start
-    log(f"  {case.name}: e2e p50 {e2e:.1f} ms, first result {row['first_result_ms']:.0f} ms, {row['runs']} runs")
+    log(f"  {case.name} {row['mode']}: e2e p50 {e2e:.1f} ms, first result {row['first_result_ms']:.0f} ms, {row['runs']} runs")
     return row
 
 
 def benchmark(model: str | Path, cases: Sequence[Case] | None = None, settings: BenchSettings | None = None,
               image: np.ndarray | None = None, img_size: Sequence[int] | None = None, explicit_precision: bool = False,
-              hw_limit: bool = False, log: Log = lambda s: None, image_desc: str | None = None) -> dict[str, Any]:  # fmt: skip
+              hw_limit: bool = False, log: Log = lambda s: None, image_desc: str | None = None,
+              tiling: dict[str, float] | bool | None = None) -> dict[str, Any]:  # fmt: skip
     """Benchmark ``model`` (a checkpoint, or an exported model of any registered format) over ``cases``.
 
     A checkpoint is exported to each format a case needs, into a temporary folder. ``image``
@@ -89,6 +100,9 @@ def benchmark(model: str | Path, cases: Sequence[Case] | None = None, settings: 
     checkpoint's network input size. Returns the report dict that ``format_table``,
     ``to_markdown`` and the JSON file show: machine, model, settings, one row per case
     (skipped ones with their reason), and the speed-up of the best backend over the seed.
+    ``tiling`` (``{"scale", "overlap"}``; None: the model's ``meta.tiling``; False: none) adds a
+    tiled row after each case's letterbox row (the seed pipeline has none); tiled rows agree
+    with the first fp32 tiled mask.
     """
     settings = settings or BenchSettings()
     cases = list(cases) if cases is not None else select_cases(devices=["cuda" if cuda_available() else "cpu"])
@@ -102,7 +116,9 @@ def benchmark(model: str | Path, cases: Sequence[Case] | None = None, settings: 
             devices = list(dict.fromkeys(c.device for c in cases))
             own = bench_name(formats.get(source.format))
             cases = [Case(own, precision, d, source.format) for d in devices] + [c for c in cases if c.backend == SEED]
+        tiling = None if tiling is False else check_tiling(source.meta.tiling if tiling is None else tiling, "tiling")
         report = _report_head(source, image, image_desc, settings)
+        report["tiling"] = tiling
         if hw_limit and source.checkpoint is not None:
             devices = sorted({c.device for c in cases} & set(DEVICES) - ({"cuda"} if not cuda_available() else set()))
             report["hardware_limit"] = hardware_limit(report["model"]["gflops"], matmul_rates(devices or ["cpu"]))
@@ -112,7 +128,7 @@ def benchmark(model: str | Path, cases: Sequence[Case] | None = None, settings: 
         if source.checkpoint is not None and cases and (cases[0].backend, cases[0].precision) != (EAGER, "fp32"):
             reference = source.runner(Case(EAGER), settings.threads)([image])[1][0]
             report["reference"] = "eager fp32 cpu"
-        rows = []
+        rows, tiled_reference = [], None
         for i, case in enumerate(cases, 1):
             log(f"[{i}/{len(cases)}] {case.name}")
             row = _row(case, source, image, settings, explicit_precision, reference, log)
@@ -121,6 +137,13 @@ def benchmark(model: str | Path, cases: Sequence[Case] | None = None, settings: 
                 reference, report["reference"] = mask, case.name  # the first fp32 result is the reference
                 row["pixel_agreement"] = float((mask == reference).mean())
             rows.append(row)
+            if tiling is not None and case.backend != SEED:
+                row = _row(case, source, image, settings, explicit_precision, tiled_reference, log, tiling)
+                mask = row.pop("mask", None)
+                if tiled_reference is None and mask is not None and case.precision == "fp32":
+                    tiled_reference = mask
+                    row["pixel_agreement"] = 1.0
+                rows.append(row)
         report["export_ms"] = dict(source.export_ms)
     report["results"] = rows
     report["summary"] = summary(rows)
@@ -128,22 +151,28 @@ def benchmark(model: str | Path, cases: Sequence[Case] | None = None, settings: 
 
 
 def _row(case: Case, source: ModelSource, image: np.ndarray, settings: BenchSettings, explicit_precision: bool,
-         reference: np.ndarray | None, log: Log) -> dict[str, Any]:  # fmt: skip
+         reference: np.ndarray | None, log: Log, tiling: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """``run_case``, or the row saying why the case was skipped or failed."""
     reason = skip_reason(case, source, explicit_precision)
     if reason is None and settings.deadline is not None and time.perf_counter() > settings.deadline:
         reason = "time budget spent"
-    head = {"backend": case.backend, "precision": case.precision, "device": case.device, "format": case.fmt}
+    head = _head(case, tiling)
     if reason is not None:
         log(f"  skipped: {reason}")
         return head | {"status": f"skipped: {reason}"}
     try:
-        return run_case(case, source, image, settings, reference, log)
+        return run_case(case, source, image, settings, reference, log, tiling)
     except Exception as e:  # a backend that fails here is a finding, not the end of the run
         text = e.message if isinstance(e, UnetDeployError) else str(e)
         msg = " ".join(text.split())[:300] or type(e).__name__
         log(f"  error: {msg}")
         return head | {"status": f"error: {type(e).__name__}: {msg}"}
+
+
+def _head(case: Case, tiling: dict[str, float] | None) -> dict[str, Any]:
+    """The keys every row starts with: the case and its mode (``letterbox`` or ``tiled``)."""
+    return {"backend": case.backend, "precision": case.precision, "device": case.device, "format": case.fmt,
+            "mode": "letterbox" if tiling is None else "tiled"}  # fmt: skip
 
 
 def _report_head(source: ModelSource, image: np.ndarray, image_desc: str, settings: BenchSettings) -> dict[str, Any]:
@@ -189,6 +218,7 @@ def run_benchmark(
     json_path: str | Path | None = None,
     markdown_path: str | Path | None = None,
     log: Log | None = None,
+    tiling: dict[str, float] | bool | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``model`` as ``unet-bench`` does and return the report (optionally written as JSON/Markdown).
 
@@ -198,6 +228,7 @@ def run_benchmark(
     used as the source image (a file is resized to ``source_size`` W, H); by default a synthetic
     ``source_size`` image. ``report["results"]`` holds one row per case; ``report["summary"]``
     the best backend per device and its speed-up over the seed pipeline. ``log`` gets progress lines.
+    ``tiling`` (``{"scale", "overlap"}``, None: the model's own, False: letterbox only) adds tiled rows.
     """
     known = _precisions()
     bad = sorted(set(precisions or ()) - set(known))
@@ -220,7 +251,7 @@ def run_benchmark(
         src, desc = load_source(image, source_size)
     settings = BenchSettings(runs=runs, warmup=warmup, batches=tuple(batches), case_budget_s=budget_s, threads=threads)
     report = benchmark(model, cases, settings, src, img_size, explicit_precision=bool(precisions),
-                       hw_limit=hw_limit, log=log or (lambda s: None), image_desc=desc)  # fmt: skip
+                       hw_limit=hw_limit, log=log or (lambda s: None), image_desc=desc, tiling=tiling)  # fmt: skip
     if json_path:
         write_json(report, json_path)
     if markdown_path:
