@@ -206,3 +206,53 @@ def test_summarize_percentiles():
     s = bench.summarize([float(v) for v in range(1, 101)])
     assert (s["p50"], s["min"], s["mean"]) == (50.5, 1.0, 50.5)
     assert s["p90"] == pytest.approx(90.1) and s["p99"] == pytest.approx(99.01)
+
+
+def _check_tiled_report(report: dict, backends: set[str], tiling: dict) -> None:
+    """Letterbox and tiled rows for each backend; tile count from the grid; ms/MP from the row's own ms/frame."""
+    from unet_deploy.tiling import scaled_size, tile_grid
+
+    h, w = report["source"]["size"]
+    ys, xs = tile_grid(scaled_size((h, w), tiling["scale"]), report["model"]["input_size"], tiling["overlap"])
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    assert {(r["backend"], r["mode"]) for r in ok} == {(b, m) for b in backends for m in ("letterbox", "tiled")}
+    for r in ok:
+        assert r["tiles"] == (len(ys) * len(xs) if r["mode"] == "tiled" else 1)
+        assert r["ms_per_frame"] == r["latency_ms"]["end_to_end"]["p50"] > 0
+        assert r["ms_per_megapixel"] == pytest.approx(r["ms_per_frame"] / (h * w / 1e6))
+    tiled = {r["backend"]: r for r in ok if r["mode"] == "tiled"}
+    letterbox = {r["backend"]: r for r in ok if r["mode"] == "letterbox"}
+    for b in backends:  # many network inputs cost more inference than the letterbox's one
+        assert tiled[b]["latency_ms"]["inference"]["p50"] > letterbox[b]["latency_ms"]["inference"]["p50"]
+    assert report["summary"]["cpu"]["best"].split()[0] in backends  # the summary ranks letterbox rows
+
+
+def test_tiled_cases(tiny_checkpoint, tmp_path):
+    """--tile-scale adds a tiled row beside each case's letterbox row, in the table and the JSON."""
+    tiling = {"scale": 0.5, "overlap": 0.25}
+    out = tmp_path / "bench.json"
+    result = _invoke(str(tiny_checkpoint), "--backend", "eager,onnxruntime", "--device", "cpu", "--runs", "2",
+                     "--warmup", "1", "--batch", "1", "--source-size", "512", "384", "--threads", "1",
+                     "--tile-scale", "0.5", "--overlap", "0.25", "--json", str(out), "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["tiling"] == tiling
+    _check_tiled_report(report, {"eager", "onnxruntime"}, tiling)
+    assert "tiled" in result.output and "ms/MP" in result.output
+    # the tiled mask at fp32 on both backends is the same map
+    tiled = [r for r in report["results"] if r["mode"] == "tiled" and r["status"] == "ok"]
+    assert all(r["pixel_agreement"] > 0.99 for r in tiled)
+
+
+def test_model_tiling_is_the_default(tiny_checkpoint, tmp_path):
+    """A model whose metadata says tiling is benchmarked tiled without asking; tiling=False turns it off."""
+    model, meta = load_checkpoint(tiny_checkpoint)
+    meta.tiling = {"scale": 0.5, "overlap": 0.5}
+    path = save_checkpoint(tmp_path / "tiled.pt", model, meta, epoch=1)
+    source = bench.source_image(512, 384)
+    kw = dict(backends=["eager"], device="cpu", runs=2, warmup=1, batches=[1], image=source, threads=1)
+    report = bench.run_benchmark(path, **kw)
+    assert report["tiling"] == meta.tiling
+    _check_tiled_report(report, {"eager"}, meta.tiling)
+    plain = bench.run_benchmark(path, tiling=False, **kw)
+    assert plain["tiling"] is None and {r["mode"] for r in plain["results"]} == {"letterbox"}

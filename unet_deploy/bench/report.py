@@ -45,13 +45,13 @@ def _table(report: dict[str, Any], reasons: bool) -> tuple[list[str], list[list[
     and the reason goes below the table, so that it does not widen the column.
     """
     batches = report["settings"]["batches"]
-    head = ["backend", "prec", "dev", "mode", "status", "tiles", "ms/MP", "MB", "first ms", "pre", "infer", "post", "e2e p50", "p90", "p99",
+    head = ["backend", "prec", "dev", "status", "mode", "tiles", "ms/MP", "MB", "first ms", "pre", "infer", "post", "e2e p50", "p90", "p99",
             "pre+post", *[f"img/s b{b}" for b in batches], "peak MB", "agree"]  # fmt: skip
     rows, notes = [], []
     for r in report["results"]:
         if r.get("status") != "ok":
             status = r["status"] if reasons else r["status"].split(":")[0]
-            rows.append([r["backend"], r["precision"], r["device"], r.get("mode", "letterbox"), status]
+            rows.append([r["backend"], r["precision"], r["device"], status, r.get("mode", "letterbox")]
                         + [""] * (len(head) - 5))  # fmt: skip
             notes.append(f"{r['backend']} {r['precision']} {r['device']} {r.get('mode', 'letterbox')}: {r['status']}")
             continue
@@ -61,7 +61,7 @@ def _table(report: dict[str, Any], reasons: bool) -> tuple[list[str], list[list[
         peak = mem.get("cuda_max_allocated") if r["device"] == "cuda" else mem.get("rss_peak_delta")
         agree = r.get("pixel_agreement")
         rows.append([
-            r["backend"], r["precision"], r["device"], r.get("mode", "letterbox"), "ok", _fmt(r.get("tiles")),
+            r["backend"], r["precision"], r["device"], "ok", r.get("mode", "letterbox"), _fmt(r.get("tiles")),
             _fmt(r.get("ms_per_megapixel")), _fmt(r.get("size_mb")), _fmt(r["first_result_ms"], 0),
             _fmt(lat["preprocess"]["p50"]), _fmt(lat["inference"]["p50"]), _fmt(lat["postprocess"]["p50"]),
             _fmt(lat["end_to_end"]["p50"]), _fmt(lat["end_to_end"]["p90"]), _fmt(lat["end_to_end"]["p99"]),
