@@ -36,9 +36,16 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--classes", default=None, help="Class names a,b,c for a model without metadata (or to rename).")
 @click.option("--img-size", default=None, help="Network input N or HxW for a model without metadata.")
 @click.option("--threads", default=None, type=click.IntRange(1), help="Inference threads (default: the backend's).")
+@click.option("--tile-scale", type=float, default=None, metavar="S",
+              help="Tile the image at scale S (1.0 = native pixels) instead of letterboxing it [default: the model's].")
+@click.option("--overlap", type=float, default=None, metavar="O", help="Tile overlap, a fraction of a tile [default: 0.25].")
+@click.option("--no-tile", is_flag=True, help="Letterbox the whole image even if the model was trained on tiles.")
+@click.option("--letterbox", "pad", type=click.Choice(["top-left", "center", "rect"]), default=None,
+              help="Override the model's letterbox pad (rect: pad only to the next multiple of 16).")
 def command(
     model: str, sources: tuple[str, ...], out: str, device: str, backend: str, min_area: int, batch_size: int,
     json_lines: bool, overlays: bool, classes: str | None, img_size: str | None, threads: int | None,
+    tile_scale: float | None, overlap: float | None, no_tile: bool, pad: str | None,
 ) -> None:  # fmt: skip
     """Segment images with MODEL; write masks, overlays and report.json to --out.
 
@@ -58,6 +65,7 @@ def command(
       unet-predict runs/a/model.onnx parts/ --out pred
       unet-predict model.onnx 'line3/**/*.png' one.jpg --out pred --min-area 50 --device cpu
       unet-predict model.torchscript.pt parts/ --out pred --batch-size 16 --json > regions.jsonl
+      unet-predict model.onnx big_frames/ --out pred --tile-scale 1.0       # small defects, native pixels
     """
     from tqdm import tqdm
 
@@ -67,8 +75,16 @@ def command(
     images = collect_images(sources)
     size = _parse_size(img_size)
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    if no_tile and tile_scale is not None:
+        raise UnetDeployError("--no-tile and --tile-scale contradict each other; pass one of them")
+    if overlap is not None and tile_scale is None:
+        raise UnetDeployError("--overlap applies to tiles: pass --tile-scale S with it")
+    tiling: dict[str, float] | bool | None = False if no_tile else None
+    if tile_scale is not None:
+        tiling = {"scale": tile_scale, "overlap": 0.25 if overlap is None else overlap}
     seg = Segmenter(model, device=device, backend=backend, classes=names, input_size=size,
-                    min_area=min_area, threads=threads)  # fmt: skip
+                    min_area=min_area, threads=threads, tiling=tiling, tile_batch=batch_size,
+                    letterbox=pad)  # fmt: skip
     info = sys.stderr if json_lines else sys.stdout
     click.echo(f"{seg.describe()}, {len(images)} image(s)", file=info)
     print_json = (lambda record: tqdm.write(json.dumps(record), file=sys.stdout)) if json_lines else None

@@ -7,6 +7,7 @@ answer depends on the model file only, not on the way it is run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,9 +19,10 @@ import numpy as np
 from .. import formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
-from ..meta import ModelMeta, check_size, sidecar_path
+from ..meta import ModelMeta, check_size, check_tiling, sidecar_path
 from ..postprocess import CONTOUR_COLOR, Region, argmax, find_regions, overlay, to_original
-from ..preprocess import preprocess
+from ..preprocess import check_image, preprocess
+from ..tiling import tiled_class_map
 from .base import Backend, backend_class, sidecar_meta
 
 log = logging.getLogger("unet_deploy.runtime")
@@ -92,6 +94,13 @@ class Segmenter:
     else from the ``<stem>.json`` sidecar; ``classes=``/``input_size=`` override it or stand in
     when there is none. ``min_area`` drops smaller regions (original pixels). ``providers``
     (ONNX Runtime provider list) and ``threads`` (intra-op threads) tune the backend.
+
+    ``tiling``: ``None`` follows the model's ``meta.tiling``; ``{"scale": s, "overlap": o}``
+    tiles every image at native resolution (``unet_deploy.tiling``, ``tile_batch`` tiles per
+    inference call); ``False`` letterboxes the whole image. ``letterbox`` overrides the pad mode
+    (``"top-left"``, ``"center"`` or ``"rect"``: pad only to the next multiple of 16). Frames of
+    different network shapes (rect letterbox) are batched per shape; ONNX Runtime, AOTI and the
+    torch backends take any multiple of 16, OpenVINO compiles once per shape and keeps it.
     """
 
     def __init__(
@@ -105,6 +114,9 @@ class Segmenter:
         providers: Sequence[Any] | None = None,
         threads: int | None = None,
         precision: str | None = None,
+        tiling: dict[str, float] | bool | None = None,
+        tile_batch: int = 8,
+        letterbox: str | None = None,
     ) -> None:
         self.model_path = Path(model)
         if not self.model_path.is_file():
@@ -116,6 +128,14 @@ class Segmenter:
         self._backend: Backend = cls(self.model_path, device=device, threads=threads, precision=precision,
                                      providers=providers, classes=classes)  # fmt: skip
         self.meta = _resolve_meta(self._backend, classes, input_size)
+        if letterbox is not None:
+            self.meta = dataclasses.replace(self.meta, letterbox={**self.meta.letterbox, "pad": letterbox})
+        if tiling is True:
+            raise UnetDeployError("tiling=True says nothing about the scale; pass {'scale': 1.0, 'overlap': 0.25}")
+        self.tiling = None if tiling is False else check_tiling(self.meta.tiling if tiling is None else tiling)
+        if int(tile_batch) < 1:
+            raise UnetDeployError(f"tile_batch {tile_batch} must be at least 1")
+        self.tile_batch = int(tile_batch)
         self.min_area = int(min_area)
         note = f" ({self._backend.device_note})" if self._backend.device_note else ""
         log.info("%s: %s on %s%s", self.model_path.name, self.backend, self.device, note)
@@ -203,26 +223,43 @@ class Segmenter:
             file = ARRAY_NAME if isinstance(item, np.ndarray) else str(item)
             try:
                 image = item if isinstance(item, np.ndarray) else read_image(item)
-                x, transform = preprocess(image, self.meta)
+                # tiles are cut and normalised inside tiled_class_map: only check the image here
+                x, transform = (check_image(image), None) if self.tiling else preprocess(image, self.meta)
             except UnetDeployError as e:
                 results[i] = Result(file, classes=self.classes, error=_one_line(e.message, file))
                 continue
             ready.append((i, file, image, x, transform, _ms(t0)))
-        if ready:
+        if self.tiling is not None:
+            for i, file, image, _, _, pre_ms in ready:
+                t0 = time.perf_counter()
+                mask = tiled_class_map(image, self.meta, self.infer, self.tiling["scale"], self.tiling["overlap"],
+                                       tile_batch=self.tile_batch)  # fmt: skip
+                results[i] = self._result(file, image, mask, pre_ms, _ms(t0), 0.0)
+            return results  # type: ignore[return-value]
+        groups: dict[tuple[int, ...], list[tuple]] = {}  # rect letterbox: one batch per network shape
+        for r in ready:
+            groups.setdefault(r[3].shape, []).append(r)
+        for group in groups.values():
             t0 = time.perf_counter()
-            logits = self.infer(np.stack([r[3] for r in ready]))
-            inference_ms = _ms(t0) / len(ready)
+            logits = self.infer(np.stack([r[3] for r in group]))
+            inference_ms = _ms(t0) / len(group)
             t0 = time.perf_counter()
             class_maps = argmax(logits)
-            argmax_ms = _ms(t0) / len(ready)
-            for (i, file, image, _, transform, pre_ms), class_map in zip(ready, class_maps):
+            argmax_ms = _ms(t0) / len(group)
+            for (i, file, image, _, transform, pre_ms), class_map in zip(group, class_maps):
                 t0 = time.perf_counter()
                 mask = to_original(class_map, transform)
-                regions = find_regions(mask, self.meta.classes, self.min_area)
-                timings = {"preprocess": pre_ms, "inference": inference_ms, "postprocess": argmax_ms + _ms(t0)}
-                timings = {k: round(v, 3) for k, v in timings.items()}
-                results[i] = Result(file, mask, regions, timings, self.classes, image)
+                results[i] = self._result(file, image, mask, pre_ms, inference_ms, argmax_ms + _ms(t0))
         return results  # type: ignore[return-value]
+
+    def _result(self, file: str, image: np.ndarray, mask: np.ndarray, pre_ms: float, infer_ms: float,
+                post_ms: float) -> Result:  # fmt: skip
+        """The Result of one image: regions found on its original-size mask, timings in ms (tiled:
+        ``inference`` covers cutting, predicting, blending and the argmax of its tiles)."""
+        t0 = time.perf_counter()
+        regions = find_regions(mask, self.meta.classes, self.min_area)
+        timings = {"preprocess": pre_ms, "inference": infer_ms, "postprocess": post_ms + _ms(t0)}
+        return Result(file, mask, regions, {k: round(v, 3) for k, v in timings.items()}, self.classes, image)
 
 
 def _resolve_meta(backend: Backend, classes: list[str] | None, input_size: Any) -> ModelMeta:
@@ -248,7 +285,7 @@ def _resolve_meta(backend: Backend, classes: list[str] | None, input_size: Any) 
                     f"{path}: the model has {meta.num_classes} classes {meta.classes} but {len(classes)} "
                     f"names were given ({','.join(classes)}); pass {meta.num_classes} names"
                 )
-            meta.classes = classes
+            meta = dataclasses.replace(meta, classes=list(classes))  # validated like any ModelMeta
         if input_size:
             meta.input_size = check_size(input_size)
     if backend.input_hw and tuple(meta.input_size) != tuple(backend.input_hw):
