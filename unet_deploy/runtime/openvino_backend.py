@@ -9,6 +9,8 @@ so it measures exactly what users run. Imports only numpy and openvino (the ``[o
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from ..errors import UnetDeployError
 from ..formats._common import first_line
 from ..formats.openvino import PRECISIONS, read_meta, require_openvino
 from .base import Backend, parse_device, sidecar_meta
+
+MAX_SHAPES = 8  # compiled input shapes kept per model (rect letterbox: one per frame aspect)
 
 
 def available() -> bool:
@@ -116,16 +120,27 @@ class OpenVINOBackend(Backend):
         out = self.model.outputs[0].get_partial_shape()
         if out.rank.is_static and out[1].is_static:
             self.num_outputs = out[1].get_length()
-        self._requests: dict[tuple[int, int], Any] = {}
+        # One compiled model per input (H, W), shared by all threads (least recently used dropped past
+        # MAX_SHAPES); one InferRequest per thread and shape, since a request is not thread-safe.
+        self._compiled: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._local = threading.local()
         if self.meta is not None:
             self._request(tuple(self.meta.input_size))
 
     def _request(self, hw: tuple[int, int]) -> Any:
-        """The infer request compiled for input height and width ``hw`` (compiled on first use)."""
-        if hw not in self._requests:
-            compiled = compile_model(self.model, self.compiled_as, self.threads, hw)
-            self._requests[hw] = compiled.create_infer_request()
-        return self._requests[hw]
+        """This thread's infer request for input height and width ``hw`` (compiled on first use)."""
+        with self._lock:
+            compiled = self._compiled.get(hw)
+            if compiled is None:
+                compiled = self._compiled[hw] = compile_model(self.model, self.compiled_as, self.threads, hw)
+                while len(self._compiled) > MAX_SHAPES:
+                    self._compiled.popitem(last=False)
+            self._compiled.move_to_end(hw)
+        requests = self._local.__dict__.setdefault("requests", {})
+        if requests.get(hw, (None,))[0] is not compiled:
+            requests[hw] = (compiled, compiled.create_infer_request())
+        return requests[hw][1]
 
     def _compiled_as(self, asked: str | None) -> str:
         """The precision to compile for: as exported, or the asked one where this IR and CPU can run it."""

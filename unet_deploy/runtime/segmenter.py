@@ -93,7 +93,9 @@ class Segmenter:
     ``seg.device`` and ``seg.backend`` say what was chosen. ModelMeta is read from the file,
     else from the ``<stem>.json`` sidecar; ``classes=``/``input_size=`` override it or stand in
     when there is none. ``min_area`` drops smaller regions (original pixels). ``providers``
-    (ONNX Runtime provider list) and ``threads`` (intra-op threads) tune the backend.
+    (ONNX Runtime provider list) and ``threads`` (intra-op threads) tune the backend; the
+    torch backends apply ``threads`` with ``torch.set_num_threads``, which is process-wide, and only
+    when it is given. One Segmenter may be called from several threads at once.
 
     ``tiling``: ``None`` follows the model's ``meta.tiling``; ``{"scale": s, "overlap": o}``
     tiles every image at native resolution (``unet_deploy.tiling``, ``tile_batch`` tiles per

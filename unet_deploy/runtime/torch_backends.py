@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -185,8 +186,15 @@ class AOTIBackend(_TorchBackend):
         self.precision = self.exported_precision()
         if precision is not None and precision != self.precision:
             self.refuse_precision(precision, (self.precision,))
+        self._lock = threading.RLock()
 
     def _run(self, x: Any) -> Any:
+        # One call at a time: the batch sizes are learnt while running and the input checks are
+        # switched on through the environment around each call.
+        with self._lock:
+            return self._run_locked(x)
+
+    def _run_locked(self, x: Any) -> Any:
         size = self.fixed_batch
         if size is not None and x.shape[0] != size:
             return self._run_fixed(x, size)
@@ -200,14 +208,14 @@ class AOTIBackend(_TorchBackend):
             small = self._TOO_SMALL.search(str(e))
             if small and self.min_batch == 1:
                 self.min_batch = int(small.group(1))  # learnt once
-                return self._run(x)
+                return self._run_locked(x)
             found = self._FIXED.search(str(e))
             if not found:
                 raise
             dim, expected, got = (int(v) for v in found.groups())
             if dim == 0 and size is None:
                 self.fixed_batch = expected  # learnt once; the Segmenter re-batches from now on
-                return self._run(x)
+                return self._run_locked(x)
             what = "batch size" if dim == 0 else "input channels" if dim == 1 else "input size"
             raise UnetDeployError(
                 f"{self.path}: the package fixes {what} (dim {dim}) at {expected}, got {got}; "
@@ -221,5 +229,5 @@ class AOTIBackend(_TorchBackend):
             n = part.shape[0]
             if n < size:
                 part = self.torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
-            chunks.append(self._run(part)[:n])
+            chunks.append(self._run_locked(part)[:n])
         return self.torch.cat(chunks)
