@@ -259,3 +259,20 @@ def test_every_exported_file_runs_on_its_registry_backend_and_agrees(exported_ti
                 ref = model(x).numpy()
                 got = backend.forward(x.numpy())
                 assert got.dtype == ref.dtype and abs(got - ref).max() <= 1e-4, (fmt, tuple(x.shape))
+
+
+def test_export_refuses_a_folder_target_and_cleans_a_killed_exports_staging(tiny_checkpoint, tmp_path):
+    from unet_deploy.export import export_model
+    from unet_deploy.fileio import temporary_name
+
+    out = tmp_path / "out"
+    (out / "tiny.onnx").mkdir(parents=True)
+    with pytest.raises(UnetDeployError) as e:
+        export_model(tiny_checkpoint, "onnx", out_dir=out, verbose=False)
+    assert "is a folder" in str(e.value) and "\n" not in str(e.value)
+    (out / "tiny.onnx").rmdir()
+    stale = temporary_name(out / "tiny.onnx", ".export").with_name(".tiny.onnx.999999999.deadbeef.export")
+    stale.mkdir()
+    export_model(tiny_checkpoint, "onnx", out_dir=out, verbose=False)
+    assert (out / "tiny.onnx").is_file() and not stale.exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

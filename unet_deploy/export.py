@@ -15,7 +15,6 @@ import copy
 import importlib.util
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from . import formats as registry
 from .errors import UnetDeployError
+from .fileio import remove_stale_temporaries, temporary_name
 from .formats import Format
 from .formats._common import EXAMPLE_BATCH, ExportOptions, quiet, stderr_log
 from .meta import DIVISOR, ModelMeta, check_size, sidecar_path
@@ -217,7 +217,11 @@ def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: Expo
     if checking and cases is None:
         cases = reference_logits(model, meta, opts.dynamic, opts.device)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
+    remove_stale_temporaries(target.parent)  # staging folders a kill -9 of an earlier export left
+    if target.is_dir():
+        raise UnetDeployError(f"{target}: is a folder, not a file; remove it or choose another --out")
+    staging = temporary_name(target, ".export")
+    staging.mkdir()
     staged = staging / target.name  # same name: exporters may insist on a suffix (.pt2)
     try:
         t0 = time.perf_counter()
