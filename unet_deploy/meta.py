@@ -54,7 +54,7 @@ def _integer(value: Any, what: str) -> int:
         if not value.is_integer():
             hint = f"; use e.g. {round(value)}" if math.isfinite(value) else ""
             raise UnetDeployError(f"{what} {_short(value)} is not an integer{hint}")
-        return int(value)
+        value = int(value)  # then bounded like any int below
     try:
         if isinstance(value, bool):
             raise TypeError
