@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import metrics
 from ..errors import UnetDeployError
+from ..fileio import remove_stale_temporaries
 from ..meta import ModelMeta
 from .curves import plot_curves, write_metrics_csv
 from .distributed import Distributed, amp_dtype, autocast
@@ -24,7 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data.dataset import SegmentationDataset
 
 SAMPLE_ROWS = 4
-OUTPUTS = ("best.pt", "last.pt", "metrics.csv", "curves.png")
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Trainer:
             self._restore(run)
         if dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temporaries(self.out)
+            remove_stale_temporaries(self.out)  # a killed run's partial files; a live writer's are kept
         amp_name = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.amp_dtype]
         self.log(
             f"training {len(train_set)} images, validating {len(val_set)} ({len(classes)} classes) on "
@@ -333,13 +333,6 @@ def _rng_state() -> dict[str, Any]:
 
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """Delete the temporary files a killed run left beside its outputs (fileio.atomic_path names)."""
-    for name in OUTPUTS:
-        for tmp in out.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
 
 
 def _summary(row: dict[str, Any], classes: Sequence[str], epochs: int) -> str:
