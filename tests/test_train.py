@@ -140,13 +140,7 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(voc, tmp_path
     train(voc, whole, epochs=3, loss="ce+dice", class_weights="auto", seed=5, **TINY_KW)
 
     run = tmp_path / "killed"
-    proc = _python("-m", "unet_deploy.train", voc, "--out", run, *opts)
-    while not (run / "curves.png").exists() and proc.poll() is None:  # epoch 1 fully written
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    output, _ = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, output
-    state = read_checkpoint(run / "last.pt")  # never half-written
+    state, _ = _kill_after_first_epoch(voc, run, opts)  # last.pt never half-written
     assert 1 <= state["epoch"] < 3
 
     result = _cli([voc, "--resume", run / "last.pt"])  # --epochs 3 comes from the checkpoint
@@ -259,18 +253,25 @@ def test_tile_scale_is_in_the_onnx_export(tile_run, tmp_path):
     assert json.loads(props[ONNX_METADATA_KEY])["tiling"] == {"scale": 0.5, "overlap": 0.4}
 
 
+
+def _kill_after_first_epoch(voc, run, opts) -> tuple[dict, str]:
+    """Start training in a subprocess, SIGKILL it once epoch 1 is fully written; (last.pt state, output)."""
+    proc = _python("-m", "unet_deploy.train", voc, "--out", run, *opts)
+    while not (run / "curves.png").exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    output, _ = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, output
+    return read_checkpoint(run / "last.pt"), output
+
 @pytest.mark.slow
 def test_tile_scale_kill_9_then_resume_matches_an_uninterrupted_run(voc, tmp_path):
     opts = ["--epochs", 2, "--tile-scale", 1.0, "--no-amp", "--seed", 3, *TINY, "--img-size", 32]
     whole = tmp_path / "whole"
     assert _cli([voc, "--out", whole, *opts]).exit_code == 0
     run = tmp_path / "killed"
-    proc = _python("-m", "unet_deploy.train", voc, "--out", run, *opts)
-    while not (run / "curves.png").exists() and proc.poll() is None:  # epoch 1 fully written
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    output, _ = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL and read_checkpoint(run / "last.pt")["epoch"] == 1, output
+    state, output = _kill_after_first_epoch(voc, run, opts)
+    assert state["epoch"] == 1, output
     result = _cli([voc, "--resume", run / "last.pt"])  # crops, tiling and --epochs come from the checkpoint
     assert result.exit_code == 0, result.output
     rows = read_metrics_csv(run / "metrics.csv")
