@@ -1,9 +1,11 @@
-"""Prediction into a folder: collect images (files, folders, globs), name outputs, write masks, overlays and report.json.
+"""Prediction into a folder: collect images (files, folders, globs), name outputs, write masks, overlays and report.json;
+or a video stream into report.jsonl (``predict_stream_to_folder``).
 
 The library half of `unet-predict` (the command is ``unet_deploy.cli.predict``)::
 
     seg = Segmenter("model.onnx")
     summary = predict_to_folder(seg, collect_images(["parts/"]), "pred")   # summary.failed, summary.report
+    summary = predict_stream_to_folder(seg, "line3.mp4", "pred", every=3)  # summary.end.broken
 """
 from __future__ import annotations
 
@@ -128,3 +130,89 @@ def predict_to_folder(
     report = {"model": str(model), "backend": seg.backend, "device": seg.device, "images": reports}
     path = atomic_write_text(out_dir / "report.json", json.dumps(report) + "\n")
     return PredictSummary(out_dir, len(images), failed, path)
+
+
+# ---------------------------------------------------------------------------- streams
+
+VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+@dataclass
+class StreamSummary:
+    """What ``predict_stream_to_folder`` wrote: frames processed, failed and dropped, how the
+    stream ended (``end.broken``: truncated file, camera lost), ``report.jsonl`` and the video if asked."""
+
+    out: Path
+    frames: int
+    failed: int
+    dropped: int
+    end: Any
+    report: Path
+    video: Path | None
+
+
+def predict_stream_to_folder(
+    seg: "Segmenter",
+    source: str | int,
+    out: str | Path,
+    *,
+    every: int = 1,
+    max_frames: int | None = None,
+    drop_frames: bool = False,
+    save_video: str | Path | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool | None = None,
+) -> StreamSummary:
+    """Segment a video file, camera or URL (``Segmenter.stream``) into ``out/report.jsonl``.
+
+    One JSON line per processed frame (``FrameResult.to_dict()``: frame, timestamp_ms, time,
+    size, regions, timings), written and flushed as each frame is done, so a killed run keeps
+    every line it finished. ``save_video`` writes the overlays as a video (``.mp4``: mp4v,
+    ``.avi``/``.mkv``: MJPG, which stays readable up to the last frame when the run is killed).
+    A stream that ends or breaks returns normally; ``end`` says which.
+    """
+    from tqdm import tqdm
+
+    from .data.outputs import check_output_folder
+
+    out_dir = Path(out)
+    report = out_dir / "report.jsonl"
+    check_output_folder(out_dir, [], [report] + ([Path(save_video)] if save_video else []))
+    stream = seg.stream(source, every=every, max_frames=max_frames, drop_frames=drop_frames)
+    video, writer, frames, failed = (Path(save_video) if save_video else None), None, 0, 0
+    disable = None if progress is None else not progress
+    try:
+        with open(report, "w", encoding="utf-8") as lines, stream, \
+                tqdm(total=max_frames, unit="frame", desc="stream", disable=disable, file=sys.stderr) as bar:  # fmt: skip
+            for result in stream:
+                record = result.to_dict()
+                lines.write(json.dumps(record) + "\n")
+                lines.flush()  # one write per complete line: a kill -9 keeps whole lines only
+                frames += 1
+                if not result.ok:
+                    failed += 1
+                    tqdm.write(f"error: {' '.join(str(result.error).split())}", file=sys.stderr)
+                elif video is not None:
+                    writer = writer or _video_writer(video, stream.fps, every, result.size)
+                    writer.write(result.overlay())
+                if on_record is not None:
+                    on_record(record)
+                bar.update(1)
+    finally:
+        if writer is not None:
+            writer.release()
+    return StreamSummary(out_dir, frames, failed, stream.dropped, stream.end, report, video)
+
+
+def _video_writer(path: Path, fps: float | None, every: int, size: tuple[int, int]) -> Any:
+    """An opened ``cv2.VideoWriter`` for ``path`` at the kept frames' rate (10/s when the source has none)."""
+    import cv2
+
+    fourcc = VIDEO_FOURCC.get(path.suffix.lower())
+    if fourcc is None:
+        raise UnetDeployError(f"{quote(path)}: --save-video takes {', '.join(VIDEO_FOURCC)}; choose one of these suffixes")
+    rate = fps / every if fps else 10.0
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), rate, (size[1], size[0]))
+    if not writer.isOpened():
+        raise UnetDeployError(f"{quote(path)}: OpenCV cannot write this video ({fourcc}); try an .avi name")
+    return writer

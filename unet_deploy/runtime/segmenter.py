@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from ..postprocess import CONTOUR_COLOR, Region, argmax, find_regions, overlay, 
 from ..preprocess import check_image, preprocess
 from ..tiling import tiled_class_map
 from .base import Backend, backend_class, sidecar_meta
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..stream import FrameStream
 
 log = logging.getLogger("unet_deploy.runtime")
 
@@ -197,6 +200,19 @@ class Segmenter:
                 chunk = []
         if chunk:
             yield from self._predict_chunk(chunk)
+
+    def stream(self, source: str | int | Path, every: int = 1, max_frames: int | None = None,
+               drop_frames: bool = False, queue_size: int = 4) -> "FrameStream":  # fmt: skip
+        """Segment a video file, camera (``0``, ``"camera:0"``) or ``rtsp://``/``http://`` URL, pipelined.
+
+        Returns a ``unet_deploy.stream.FrameStream``: iterate it for ``FrameResult``s (a ``Result``
+        with ``frame``, ``timestamp_ms``) in frame order; ``every``, ``max_frames`` and
+        ``drop_frames`` as there. A source that cannot be opened raises here, in one line.
+        """
+        from ..stream import FrameStream
+
+        return FrameStream(self, source, every=every, max_frames=max_frames, drop_frames=drop_frames,
+                           queue_size=queue_size)  # fmt: skip
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits ``(N, K, H, W)`` for a preprocessed batch ``(N, C, H, W)`` (re-batched to a
