@@ -8,11 +8,11 @@
             print(res.frame, res.timestamp_ms, res.class_areas())
     print(frames.end.message)                            # end of file, or where it broke
 
-Three threads joined by bounded queues: the reader (``stream_source.Reader``: OpenCV decode),
-preprocess + inference (THE letterbox of ``unet_deploy.preprocess``, then ``Segmenter.infer``:
-ONNX Runtime, OpenVINO and torch release the GIL while they compute, so this thread is the
-backend's asynchronous worker), and postprocess (argmax, un-letterbox, regions: numpy and OpenCV
-release the GIL too); the caller's thread takes the results. Each stage is one thread reading a
+Four threads joined by bounded queues: the reader (``stream_source.Reader``: OpenCV decode),
+preprocess (THE letterbox of ``unet_deploy.preprocess``), inference (``Segmenter.infer``: ONNX
+Runtime, OpenVINO and torch release the GIL while they compute, so this thread is the backend's
+asynchronous worker), and postprocess (argmax, un-letterbox, regions); OpenCV, Pillow's resize and
+numpy release the GIL too, so the stages overlap. The caller's thread takes the results. Each stage is one thread reading a
 FIFO queue, so results come out in frame order. A slow consumer fills the queues and then blocks
 the reader, or, with ``drop_frames``, makes it drop its oldest frame: memory never grows.
 """
@@ -125,14 +125,13 @@ class FrameStream:
         if self._started:
             raise UnetDeployError(f"{self.name}: a FrameStream is iterated once; call seg.stream(...) again")
         self._started = True
-        frames: queue.Queue = queue.Queue(self.queue_size)
-        inferred: queue.Queue = queue.Queue(self.queue_size)
-        done: queue.Queue = queue.Queue(self.queue_size)
+        frames, prepared, inferred, done = (queue.Queue(self.queue_size) for _ in range(4))
         self._reader = Reader(self._capture, self.source, frames, self._stop, self.every, self.max_frames,
                               self.drop_frames)  # fmt: skip
         self._threads = [
             self._reader,
-            _Stage("unet-stream-infer", self._infer, frames, inferred, self._stop),
+            _Stage("unet-stream-pre", self._preprocess, frames, prepared, self._stop),
+            _Stage("unet-stream-infer", self._infer, prepared, inferred, self._stop),
             _Stage("unet-stream-post", self._postprocess, inferred, done, self._stop),
         ]
         t0 = time.perf_counter()
@@ -155,23 +154,29 @@ class FrameStream:
             self.stage_seconds["decode"] = self._reader.busy_s
             self.close()
 
-    def _infer(self, frame: Frame) -> tuple:
-        """Stage 2: the letterbox and the network (tiled: the whole tiled prediction)."""
+    def _preprocess(self, frame: Frame) -> tuple:
+        """Stage 2: THE letterbox (tiled: only the image check; tiles are cut in stage 3)."""
         t0 = time.perf_counter()
-        seg, image = self.seg, frame.image
         try:
-            if seg.tiling is not None:
-                check_image(image)
-                mask = tiled_class_map(image, seg.meta, seg.infer, seg.tiling["scale"], seg.tiling["overlap"],
-                                       tile_batch=seg.tile_batch)  # fmt: skip
-                return frame, None, mask, 0.0, _ms(t0)
-            x, transform = preprocess(image, seg.meta)
+            if self.seg.tiling is not None:
+                return frame, None, check_image(frame.image), _ms(t0)
+            x, transform = preprocess(frame.image, self.seg.meta)
         except UnetDeployError as e:
-            return frame, e, None, _ms(t0), 0.0
-        pre_ms = _ms(t0)
-        t1 = time.perf_counter()
-        logits = seg.infer(x[None])
-        return frame, transform, logits, pre_ms, _ms(t1)
+            return frame, e, None, _ms(t0)
+        return frame, transform, x, _ms(t0)
+
+    def _infer(self, item: tuple) -> tuple:
+        """Stage 3: the network on one frame (tiled: the whole tiled prediction, a mask)."""
+        frame, transform, x, pre_ms = item
+        if isinstance(transform, UnetDeployError):
+            return frame, transform, None, pre_ms, 0.0
+        t0 = time.perf_counter()
+        seg = self.seg
+        if transform is None:
+            mask = tiled_class_map(x, seg.meta, seg.infer, seg.tiling["scale"], seg.tiling["overlap"],
+                                   tile_batch=seg.tile_batch)  # fmt: skip
+            return frame, None, mask, pre_ms, _ms(t0)
+        return frame, transform, seg.infer(x[None]), pre_ms, _ms(t0)
 
     def _postprocess(self, item: tuple) -> FrameResult:
         """Stage 3: argmax, back to the frame's size, regions; the FrameResult."""
