@@ -82,6 +82,17 @@ def test_stream_masks_equal_the_segmenter_on_each_decoded_frame(exported_color, 
     assert not any(r.mask is results[0].mask for r in results[1:])
 
 
+def test_a_tiled_segmenter_streams_its_tiled_masks(exported_color, video):
+    seg = Segmenter(exported_color["onnx"], tiling={"scale": 1.0, "overlap": 0.25})
+    frames = decoded_frames(video)
+    with seg.stream(video, max_frames=3) as stream:
+        results = list(stream)
+    assert [r.frame for r in results] == [0, 1, 2] and "--max-frames" in stream.end.message
+    for r in results:
+        assert np.array_equal(r.mask, seg(frames[r.frame]).mask)
+        assert not np.array_equal(r.mask, Segmenter(exported_color["onnx"], tiling=False)(frames[r.frame]).mask)
+
+
 def test_cli_every_3_writes_one_json_line_per_processed_frame(exported_color, video, tmp_path):
     out = tmp_path / "out"
     result = _run(exported_color["onnx"], video, "--out", out, "--every", 3, "--save-video", out / "overlay.avi")
