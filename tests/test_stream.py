@@ -140,6 +140,10 @@ def test_a_truncated_video_keeps_its_frames_and_ends_in_one_line_exit_1(red, vid
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "stream broke at frame" in errors[0] and "truncated or corrupt" in errors[0]
     assert [r["frame"] for r in _lines(tmp_path / "o" / "report.jsonl")] == list(range(readable))
+    exe = Path(sys.executable).with_name("unet-predict")  # the real stderr: FFmpeg's own messages are silenced too
+    proc = subprocess.run([str(exe), str(red), str(cut), "--out", str(tmp_path / "o2")], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [errors[0].replace("/o/", "/o2/")], proc.stderr
 
 
 def test_video_and_image_options_do_not_mix(red, video, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import IO, Any, Callable
 
 import click
 
@@ -123,8 +124,8 @@ def command(
         click.get_current_context().exit(1)
 
 
-def _stream(seg, source: str, out: str, every: int, max_frames: int | None, drop_frames: bool,
-            save_video: str | None, on_record, info) -> None:  # fmt: skip
+def _stream(seg: Any, source: str, out: str, every: int, max_frames: int | None, drop_frames: bool,
+            save_video: str | None, on_record: Callable[[dict], None] | None, info: IO[str]) -> None:  # fmt: skip
     """The video half of the command: one line at the end; exit 1 when the stream broke or frames failed."""
     import os
 
