@@ -218,3 +218,39 @@ def test_report_lines_are_on_disk_as_each_frame_is_done(red, video, tmp_path):
                                        progress=False)  # fmt: skip
     assert seen == [(0, 1), (2, 2), (4, 3), (6, 4), (8, 5)]
     assert (summary.frames, summary.failed, summary.dropped, summary.end.broken) == (5, 0, 0, False)
+
+
+class _Camera:
+    """A stand-in for cv2.VideoCapture on a camera that gives ``frames`` frames, then is unplugged."""
+
+    def __init__(self, frames: int) -> None:
+        self.left = frames
+
+    def get(self, prop: int) -> float:
+        return {cv2.CAP_PROP_FPS: 30.0, cv2.CAP_PROP_FRAME_WIDTH: 64, cv2.CAP_PROP_FRAME_HEIGHT: 48}.get(prop, -1.0)
+
+    def read(self):
+        self.left -= 1
+        return (True, color_image(self.left, (64, 48))) if self.left >= 0 else (False, None)
+
+    def grab(self) -> bool:
+        return self.read()[0]
+
+    def release(self) -> None:
+        self.left = 0
+
+
+def test_an_unplugged_camera_keeps_its_frames_and_ends_broken(red, monkeypatch, tmp_path):
+    import unet_deploy.stream as stream_module
+    from unet_deploy.predict import predict_stream_to_folder
+
+    monkeypatch.setattr(stream_module, "open_capture", lambda source: _Camera(5))
+    summary = predict_stream_to_folder(Segmenter(red), "camera:0", tmp_path / "o", every=2, progress=False)
+    assert summary.end.broken and "camera:0: no frame after 5 read (camera unplugged" in summary.end.message
+    records = _lines(tmp_path / "o" / "report.jsonl")
+    assert [r["frame"] for r in records] == [0, 2, 4] and summary.frames == 3
+    assert [r["timestamp_ms"] >= 0 for r in records] == [True] * 3 and records[0]["file"] == "camera:0"
+    monkeypatch.setattr(stream_module, "open_capture", lambda source: _Camera(50))
+    result = _run(red, "0", "--out", tmp_path / "o2", "--max-frames", 4)
+    assert result.exit_code == 0 and "4 frame(s) processed (--max-frames)" in result.stdout, result.output
+    assert [r["frame"] for r in _lines(tmp_path / "o2" / "report.jsonl")] == [0, 1, 2, 3]
