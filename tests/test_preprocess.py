@@ -9,8 +9,8 @@ from unet_deploy.data.synthetic import sample
 from unet_deploy.errors import UnetDeployError
 from unet_deploy.fileio import read_image
 from unet_deploy.meta import ModelMeta
-from unet_deploy.preprocess import (check_image, letterbox, letterbox_geometry, preprocess, to_model_color,
-                                    unletterbox_mask)
+from unet_deploy.preprocess import (_resize, check_image, letterbox, letterbox_geometry, preprocess,
+                                    to_model_color, unletterbox_mask)
 from tests.seed_net import seed_letterbox
 
 
@@ -184,3 +184,23 @@ def test_extreme_aspect_ratios(hw, pad):
     out, t = letterbox(img, 256, pad)
     assert out.shape == (*t.dst_hw, 3) and max(t.dst_hw) == 256
     assert unletterbox_mask(np.ones(t.dst_hw, np.uint8), t).shape == hw
+
+
+@pytest.mark.parametrize("hw, new_hw", [
+    ((1080, 1920), (144, 256)), ((1080, 1920), (180, 320)),  # PIL halves first: OpenCV does the halving
+    ((1082, 1922), (144, 256)), ((1081, 1921), (144, 256)),  # even, and odd sizes (PIL's own reduce)
+    ((720, 1280), (144, 256)), ((2160, 3840), (144, 256)), ((600, 2000), (77, 256)),  # other factors
+    ((100, 200), (16, 32)), ((7, 9), (30, 40)),
+])
+@pytest.mark.parametrize("channels", [0, 3])
+def test_8_bit_resize_is_pils_reducing_gap_bicubic_bit_for_bit(hw, new_hw, channels):
+    """Noise (every rounding case of the 2x2 halving) and a camera-like frame."""
+    from PIL import Image
+
+    rng = np.random.default_rng(hw[0] * 7 + channels)
+    shape = hw + ((channels,) if channels else ())
+    frame = cv2.resize(sample(5, 0, (64, 36)).image, hw[::-1], interpolation=cv2.INTER_CUBIC)
+    for image in (rng.integers(0, 256, shape, dtype=np.uint8), frame if channels else frame[:, :, 1].copy()):
+        pil = np.asarray(Image.fromarray(image).resize(new_hw[::-1], Image.BICUBIC, reducing_gap=3.0))
+        ours = _resize(image, new_hw, None)
+        assert ours.dtype == np.uint8 and ours.shape == pil.shape and np.array_equal(ours, pil)

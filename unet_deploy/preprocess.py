@@ -112,7 +112,7 @@ def _resize(image: np.ndarray, hw: tuple[int, int], interpolation: int | None) -
             return np.asarray(Image.fromarray(plane).resize((nw, nh), Image.BICUBIC, reducing_gap=3.0))
 
         if image.dtype == np.uint8:
-            return pil_resize(image)
+            return _pil_bicubic_u8(image, (nh, nw))
         planes = [image] if image.ndim == 2 else [image[:, :, c] for c in range(image.shape[2])]
         out = [np.clip(np.rint(pil_resize(p.astype(np.float32))), 0, 65535).astype(np.uint16) for p in planes]
         return out[0] if image.ndim == 2 else np.dstack(out)
@@ -121,6 +121,24 @@ def _resize(image: np.ndarray, hw: tuple[int, int], interpolation: int | None) -
     squeezed = image.ndim == 3 and image.shape[2] == 1
     image = cv2.resize(image, (nw, nh), interpolation=interpolation)
     return image[:, :, None] if squeezed else image  # OpenCV drops a single channel axis
+
+
+def _pil_bicubic_u8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """PIL's ``resize(BICUBIC, reducing_gap=3)`` of an 8-bit gray/3-channel image, bit for bit.
+
+    When PIL would first ``reduce`` by 2x2 (even sizes), OpenCV's INTER_AREA halving does it
+    instead: the same ``(a + b + c + d + 2) >> 2`` per pixel, without PIL's full-size copy
+    (1080p: 5.4 -> 3.4 ms). The bicubic pass then runs in PIL on the halved image with the box
+    PIL itself would pass. Other factors go through PIL unchanged.
+    """
+    from PIL import Image
+
+    (nh, nw), (h, w) = hw, image.shape[:2]
+    factor = (int(w / nw / 3.0) or 1, int(h / nh / 3.0) or 1)  # PIL's own reducing_gap rule
+    if factor != (2, 2) or h % 2 or w % 2:
+        return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC, reducing_gap=3.0))
+    half = cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    return np.asarray(Image.fromarray(half).resize((nw, nh), Image.BICUBIC, box=(0.0, 0.0, w / 2, h / 2)))
 
 
 def unletterbox_mask(mask: np.ndarray, transform: LetterboxTransform) -> np.ndarray:
@@ -135,7 +153,7 @@ def unletterbox_mask(mask: np.ndarray, transform: LetterboxTransform) -> np.ndar
         raise ValueError(f"mask is {mask.shape[:2]}, expected network size {transform.dst_hw}")
     rows = top + np.minimum(((np.arange(h) + 0.5) * nh / h).astype(np.intp), nh - 1)
     cols = left + np.minimum(((np.arange(w) + 0.5) * nw / w).astype(np.intp), nw - 1)
-    return np.take(np.take(mask, rows, axis=0), cols, axis=1)
+    return np.take(np.take(mask, cols, axis=1), rows, axis=0)  # columns first: gathers on the small map, rows copied whole
 
 
 def to_model_color(image: np.ndarray, color: str = "RGB") -> np.ndarray:
