@@ -105,6 +105,24 @@ def test_argmax_softmax_sigmoid_and_ties():
     assert argmax(sigmoid)[0].tolist() == [[1, 0], [0, 1]]
 
 
+@pytest.mark.parametrize("channels", [3, 4, 7])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, np.int32])
+def test_argmax_is_numpy_argmax_bit_for_bit(channels, dtype):
+    """Ties (coarse values), infinities, -0.0 and NaN (the first NaN wins), batched and not."""
+    rng = np.random.default_rng(channels)
+    logits = rng.integers(-3, 4, (2, channels, 9, 13)).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        logits[0, :, 0, 0] = np.inf
+        logits[0, 1:, 1, 0] = -np.inf
+        logits[1, :, 2, :] = -0.0
+        logits[1, 0, 3, :] = 0.0
+    for x in (logits, logits[1]):
+        assert np.array_equal(argmax(x), np.argmax(x, axis=x.ndim - 3).astype(np.uint8))
+    if np.dtype(dtype).kind == "f":
+        logits[1, 2, 4, 5] = logits[0, 1, 0, 3] = np.nan
+        assert np.array_equal(argmax(logits), np.argmax(logits, axis=1).astype(np.uint8))
+
+
 def test_argmax_never_wraps_class_ids_past_uint8():
     from unet_deploy.errors import UnetDeployError
 

@@ -65,7 +65,24 @@ def argmax(logits: np.ndarray) -> np.ndarray:
         return (np.take(logits, 0, axis=axis) > 0).astype(np.uint8)
     if logits.shape[axis] == 2:  # twice as fast as argmax, same tie rule
         return (np.take(logits, 1, axis=axis) > np.take(logits, 0, axis=axis)).astype(np.uint8)
-    return np.argmax(logits, axis=axis).astype(np.uint8)
+    if logits.dtype.kind == "f" and np.isnan(logits).any():  # argmax picks the first NaN
+        return np.argmax(logits, axis=axis).astype(np.uint8)
+    return _running_argmax(logits, axis)
+
+
+def _running_argmax(logits: np.ndarray, axis: int) -> np.ndarray:
+    """``np.argmax(logits, axis)`` as uint8 for NaN-free logits: a running maximum over the
+    channels, a channel winning only where strictly greater (the first maximum wins, as there).
+    Whole-plane operations: 8x faster than ``np.argmax`` on (4, 144, 256) float32."""
+    def channel(c: int) -> np.ndarray:
+        return logits[(slice(None),) * axis + (c,)]
+
+    best = channel(0).copy()
+    out = np.zeros(best.shape, np.uint8)
+    for c in range(1, logits.shape[axis]):
+        np.copyto(out, np.uint8(c), where=channel(c) > best)
+        np.maximum(best, channel(c), out=best)
+    return out
 
 
 def to_original(class_map: np.ndarray, transform: LetterboxTransform) -> np.ndarray:
@@ -77,9 +94,10 @@ def find_regions(mask: np.ndarray, class_names: Sequence[str], min_area: int = 0
     """All regions of every class > 0 in ``mask`` (HxW class ids), by the contract in this module's docstring.
 
     A class id with no name in ``class_names`` is reported as ``class_<id>``. Same answer as
-    running ``connectedComponentsWithStats`` and ``findContours`` per component, about 5x
-    faster: per class it works on the class's bounding box only, labels without statistics
-    and takes all outer borders from one ``findContours(RETR_CCOMP)`` (borders of holes skipped).
+    running ``connectedComponentsWithStats`` and ``findContours`` per component, much faster:
+    per class it works on the class's bounding box only, takes all outer borders from one
+    ``findContours(RETR_CCOMP)`` (borders of holes skipped) and counts each component's pixels
+    with an 8-connected ``floodFill`` from its border's first pixel (no labelling pass).
     """
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW class ids, got shape {mask.shape}")
@@ -102,7 +120,6 @@ def _class_regions(mask: np.ndarray, c: int, name: str, min_area: int) -> list[t
     if w0 == 0:  # class absent
         return []
     binary = full[y0 : y0 + h0, x0 : x0 + w0]
-    labels, areas = _labels_and_areas(binary)
     contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     out = []
     for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
@@ -110,27 +127,15 @@ def _class_regions(mask: np.ndarray, c: int, name: str, min_area: int) -> list[t
             continue
         contour = contour.reshape(-1, 2)
         fx, fy = (int(v) for v in contour[0])  # the border starts at the component's first pixel
-        area = int(areas[labels[fy, fx]])
+        # erase the component, counting its pixels (holes excluded) and boxing it; 5x faster
+        # than labelling the box: it touches the component only
+        area, _, _, (x, y, w, h) = cv2.floodFill(binary, None, (fx, fy), 0, flags=8)
         if area < min_area:
             continue
-        x, y, w, h = cv2.boundingRect(contour)
         contour += (x0, y0)
-        region = Region(c, name, area, [x + x0, y + y0, w, h], contour)
+        region = Region(c, name, int(area), [x + x0, y + y0, w, h], contour)
         out.append(((c, y + y0, x + x0, fx + x0), region))
     return out
-
-
-def _labels_and_areas(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected labels and the pixel count of each label (16-bit labels + calcHist when they fit:
-    4x faster than ``connectedComponentsWithStats``, whose statistics pass dominates its time)."""
-    if binary.size < 1 << 24:  # calcHist counts in float32: exact below 2**24
-        try:
-            n, labels = cv2.connectedComponents(binary, connectivity=8, ltype=cv2.CV_16U)
-            return labels, cv2.calcHist([labels], [0], None, [n], [0, n]).ravel().astype(np.int64)
-        except cv2.error:  # more than 65535 labels
-            pass
-    n, labels = cv2.connectedComponents(binary, connectivity=8, ltype=cv2.CV_32S)
-    return labels, np.bincount(labels.ravel(), minlength=n)
 
 
 _VOC_BGR_LUT = voc_palette()[:, ::-1].reshape(256, 1, 3).copy()  # cv2.LUT: 8x faster than indexing
