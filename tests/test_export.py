@@ -240,7 +240,7 @@ def test_seed_state_dict_class_count_mismatch_is_one_line(tiny, tmp_path):
 
 def test_format_names_resolve_in_order_without_duplicates():
     assert [f.name for f in export.resolve_formats(["aoti", "onnx,aoti"])] == ["aoti", "onnx"]
-    assert [f.name for f in export.resolve_formats("all", "int8")] == ["openvino"]  # only it exports int8
+    assert [f.name for f in export.resolve_formats("all", "int8")] == ["onnx", "openvino"]  # only they export int8
     with pytest.raises(UnetDeployError, match=r"--format torchscript cannot export int8; use fp32\|fp16"):
         export.export_model("unused.pt", "torchscript,openvino", precision="int8", verbose=False)
 

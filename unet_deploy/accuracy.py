@@ -206,12 +206,21 @@ def evaluate(
     )  # fmt: skip
 
 
+class GateRefused(UnetDeployError):
+    """The accuracy gate refused a reduced-precision export (``--precision auto`` then tries the next one)."""
+
+    def __init__(self, message: str, result: GateResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 def enforce(result: GateResult, target: str | Path) -> None:
-    """Raise the one-line refusal for ``target`` when ``result`` did not pass."""
+    """Raise the one-line refusal (``GateRefused``) for ``target`` when ``result`` did not pass."""
     if result.passed:
         return
-    raise UnetDeployError(
+    raise GateRefused(
         f"{target}: {result.precision} export refused by the accuracy gate: {result.line()}; "
         "calibrate on more representative training images (--calib), or accept the loss "
-        "explicitly with --min-agreement/--max-miou-drop"
+        "explicitly with --min-agreement/--max-miou-drop",
+        result,
     )

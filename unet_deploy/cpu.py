@@ -88,3 +88,12 @@ def int8_isa() -> str:
     """The int8 instruction family this CPU uses: ``"amx"``, ``"vnni"`` or ``"avx2"`` (saturating)."""
     f = features()
     return "amx" if f.amx else "vnni" if f.vnni else "avx2"
+
+
+def int8_mismatch(record: object, name: str) -> str | None:
+    """A warning when an int8 model calibrated for VNNI (``meta.extra["int8"]["isa"]``) runs where int8 saturates."""
+    isa = record.get("isa") if isinstance(record, dict) else None
+    if isa == "vnni" and int8_isa() == "avx2":
+        return (f"{name}: int8 calibrated for VNNI CPUs runs here on AVX2 only, where int8 sums saturate and "
+                "accuracy can drop; re-export with --int8-isa avx2 for this CPU")
+    return None

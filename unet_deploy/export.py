@@ -64,13 +64,20 @@ def resolve_formats(formats: str | Iterable[str], precision: str | None = None) 
     return list(dict.fromkeys(rows))
 
 
+AUTO = "auto"  # --precision auto: int8 if it passes the gate, else bf16 where native, else fp32
+
+
 def _check_options(rows: list[Format], opts: ExportOptions) -> None:
     """One-line errors for options that no chosen format can honour."""
     known = tuple(dict.fromkeys(p for f in rows for p in f.precisions))
-    if opts.precision not in known:
+    if opts.precision == AUTO:
+        if any("int8" not in f.precisions for f in rows):
+            users = "|".join(f.name for f in registry.exportable() if "int8" in f.precisions)
+            raise UnetDeployError(f"--precision auto applies to --format {users} only; give a precision for the others")
+    elif opts.precision not in known:
         raise UnetDeployError(f"--precision {opts.precision!r} is not one of {'|'.join(known)}")
     for fmt in rows:
-        if opts.precision not in fmt.precisions:
+        if opts.precision != AUTO and opts.precision not in fmt.precisions:
             raise UnetDeployError(f"--format {fmt.name} cannot export {opts.precision}; use {'|'.join(fmt.precisions)}")
     asked = {"opset": opts.opset is not None, "portable": opts.portable, "dynamic": not opts.dynamic,
              "calib": opts.calib is not None}  # fmt: skip
@@ -240,8 +247,10 @@ def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: Expo
         extras = sorted(p for p in staging.iterdir() if p != staged)  # sidecar, OpenVINO .bin, ONNX .data
         for p in extras + [staged]:  # the artefact last: a reader that finds it finds the rest
             os.replace(p, target.parent / p.name)
-    except UnetDeployError as e:
-        raise UnetDeployError(e.message.replace(str(staged), str(target))) from None
+    except UnetDeployError as e:  # the same error (a GateRefused stays one), naming the target
+        e.message = e.message.replace(str(staged), str(target))
+        e.args = (e.message,)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -265,6 +274,7 @@ def export_model(
     min_agreement: float | None = None,
     max_miou_drop: float | None = None,
     log: Callable[[str], None] | None = None,
+    int8_isa: str | None = None,
 ) -> dict[str, Path]:
     """Export a checkpoint (ours or a seed ``unet.pth``), a ``UNet`` or ``(UNet, ModelMeta)`` to ``formats``.
 
@@ -273,22 +283,25 @@ def export_model(
     sidecar into ``out_dir`` (default: beside the checkpoint). ``img_size`` (H, W multiples of
     16) sets the metadata's input size and the export example; ``dynamic=False`` fixes H and W
     there. With ``check`` each artefact is loaded by its runtime backend and compared with the
-    eager model before it is kept. OpenVINO bf16/int8 also need ``calib`` (int8) and ``val``
-    for its accuracy gate. Progress goes to stderr, one line per stage (``log`` replaces that,
+    eager model before it is kept. bf16/int8 (OpenVINO, ONNX int8) also need ``calib`` (int8)
+    and ``val`` for the accuracy gate; ``int8_isa`` (``auto``/``vnni``/``avx2``) is the CPU kind
+    int8 is calibrated for. ``precision="auto"`` (openvino, onnx) keeps int8 if it passes the
+    gate, else bf16 where this CPU has it natively (OpenVINO), else fp32, and logs why. Progress goes to stderr, one line per stage (``log`` replaces that,
     ``verbose=False`` silences it). Returns ``{format: path}``.
     """
     t_start = time.perf_counter()
     rows = resolve_formats(formats, precision)
     opts = ExportOptions(dynamic=dynamic, precision=precision, opset=opset, device=device, portable=portable,
                          log=log or (stderr_log if verbose else quiet), check=check, calib=Path(calib) if calib else None,
-                         val=Path(val) if val else None, min_agreement=min_agreement, max_miou_drop=max_miou_drop)  # fmt: skip
+                         val=Path(val) if val else None, min_agreement=min_agreement, max_miou_drop=max_miou_drop,
+                         int8_isa=int8_isa)  # fmt: skip
     _check_options(rows, opts)  # before loading the checkpoint; check_request below adds the formats' own
     size = check_size(img_size, "--img-size") if img_size is not None else None
     opts.device = _check_device(device, rows)
     model, meta, stem, source = _source(checkpoint_or_model, classes)
     meta = replace(meta, input_size=size or meta.input_size)
     out = Path(out_dir) if out_dir is not None else (source.parent if source else Path.cwd())
-    targets = {fmt.name: fmt.path(out, stem, precision) for fmt in rows}
+    targets = {fmt.name: fmt.path(out, stem, "fp32" if precision == AUTO else precision) for fmt in rows}
     check_request(rows, opts, targets)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -305,9 +318,43 @@ def export_model(
         f"{' (N, H, W dynamic, H and W multiples of 16)' if dynamic else ' (H, W fixed; N dynamic)'}, "
         f"{precision}, on {opts.device}"
     )
-    cases = reference_logits(model, meta, dynamic, opts.device) if check and precision in TOLERANCE else None
-    results = {fmt.name: export_to(fmt, model, meta, targets[fmt.name], opts, cases, checked=True) for fmt in rows}
+    cases = reference_logits(model, meta, dynamic, opts.device) if check and precision in (*TOLERANCE, AUTO) else None
+    if precision == AUTO:
+        results = {fmt.name: _export_auto(fmt, model, meta, out, stem, opts, cases) for fmt in rows}
+    else:
+        results = {fmt.name: export_to(fmt, model, meta, targets[fmt.name], opts, cases, checked=True) for fmt in rows}
     written = [str(p) for p in results.values()] + list(dict.fromkeys(str(sidecar_path(p)) for p in results.values()))
     opts.log(f"Export complete in {time.perf_counter() - t_start:.1f} s: {', '.join(written)}")
     return results
 
+
+
+def _export_auto(fmt: Format, model: Any, meta: ModelMeta, out: Path, stem: str, opts: ExportOptions,
+                 cases: list[tuple[np.ndarray, np.ndarray]] | None) -> Path:  # fmt: skip
+    """``--precision auto`` for one format: int8 if it passes the gate, else native bf16, else fp32; one line why."""
+    from . import cpu
+    from .accuracy import GateRefused
+
+    why: list[str] = []
+    plan = ["int8"] if opts.calib is not None else []
+    if opts.calib is None:
+        why.append("no --calib for int8")
+    if "bf16" in fmt.precisions and not cpu.has_native_bf16():
+        why.append("no native bf16 on this CPU")
+    elif "bf16" in fmt.precisions and opts.calib is None and opts.val is None:
+        why.append("no --val for the bf16 gate")
+    elif "bf16" in fmt.precisions:
+        plan.append("bf16")
+    for precision in plan + ["fp32"]:
+        step = replace(opts, precision=precision)
+        try:
+            path = export_to(fmt, model, meta, fmt.path(out, stem, precision), step, cases)
+        except GateRefused as e:
+            r = e.result
+            drop = "" if r.miou_drop is None else f", mIoU drop {r.miou_drop:.2f} (max {r.max_miou_drop:g})"
+            why.append(f"{precision} refused by the gate: agreement {r.agreement:.2f}% (min {r.min_agreement:g}%){drop}")
+            continue
+        reason = "passed the accuracy gate" if precision != "fp32" else "the full-precision fallback"
+        opts.log(f"{fmt.title} --precision auto: {precision} ({reason}{'; ' if why else ''}{'; '.join(why)})")
+        return path
+    raise AssertionError("fp32 export neither succeeded nor raised")  # pragma: no cover

@@ -17,7 +17,8 @@ def _precisions() -> str:
     rows = formats.exportable()
     known = "|".join(dict.fromkeys(p for f in rows for p in f.precisions))
     per_format = "; ".join(f"{f.name} {'|'.join(f.precisions)}" for f in rows)
-    return f"{known} ({per_format})."
+    return (f"{known}|auto ({per_format}). auto (openvino, onnx): int8 if it passes the accuracy gate, "
+            "else bf16 where this CPU has it natively, else fp32; the choice and why in one line.")
 
 
 def _epilog() -> str:
@@ -58,14 +59,17 @@ class _ExportCommand(Command):
               help="Reload each artefact with its runtime backend and compare it with the eager model (kept only if it agrees).")
 @click.option("--portable", is_flag=True, help="aoti: AVX2 (x86-64-v3) kernels instead of host-tuned ones.")
 @click.option("--calib", type=click.Path(path_type=Path), metavar="DATA",
-              help="openvino int8: dataset whose training images calibrate (a few dozen are used).")
+              help="int8 (openvino, onnx): dataset whose training images calibrate (a few dozen are used).")
 @click.option("--val", type=click.Path(path_type=Path), metavar="DATA",
-              help="openvino bf16/int8: validation images for the accuracy gate [default: held back from --calib].")
+              help="bf16/int8: validation images for the accuracy gate [default: held back from --calib].")
+@click.option("--int8-isa", type=click.Choice(["auto", "vnni", "avx2"]), default="auto", show_default=True,
+              help="CPU kind int8 is for: avx2 (no VNNI: int8 sums saturate) gets 7-bit weights in every layer; "
+                   "auto: this CPU.")
 @click.option("--min-agreement", type=float, help="Accuracy gate: least pixel agreement with fp32, % [default: 99.0].")
 @click.option("--max-miou-drop", type=float, help="Accuracy gate: most mIoU lost against fp32, points [default: 1.0].")
 def command(checkpoint: Path, formats_: tuple[str, ...], out_dir: Path | None, img_size: tuple[int, int] | None,
             dynamic: bool, precision: str, opset: int | None, device: str, classes: str | None, check: bool,
-            portable: bool, calib: Path | None, val: Path | None, min_agreement: float | None,
+            portable: bool, calib: Path | None, val: Path | None, int8_isa: str, min_agreement: float | None,
             max_miou_drop: float | None) -> None:  # fmt: skip
     """Export CHECKPOINT (a unet-train checkpoint or a seed unet.pth) for deployment.
 
@@ -83,12 +87,13 @@ def command(checkpoint: Path, formats_: tuple[str, ...], out_dir: Path | None, i
       unet-export runs/a/best.pt -f aoti --portable            # AVX2 package for other CPUs
       unet-export runs/a/best.pt -f onnx --precision fp16      # for ONNX Runtime CUDA
       unet-export runs/a/best.pt -f openvino --precision int8 --calib data/voc   # Intel CPUs, gated
+      unet-export runs/a/best.pt -f onnx --precision auto --calib data/voc       # int8 QDQ if it passes
     """
     from ..export import export_model
 
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     results = export_model(checkpoint, formats_, out_dir, img_size, dynamic, precision, opset, device, names, check,
                            portable, calib=calib, val=val, min_agreement=min_agreement, max_miou_drop=max_miou_drop,
-                           log=echo_err)  # fmt: skip
+                           log=echo_err, int8_isa=int8_isa)  # fmt: skip
     for path in results.values():
         click.echo(str(path))

@@ -32,7 +32,8 @@ class ExportOptions:
     """What one ``export_model`` call asked for, handed to each format's ``export``.
 
     ``calib``/``val``/``min_agreement``/``max_miou_drop`` are the accuracy gate's inputs for
-    reduced precisions that need one (OpenVINO bf16/int8); ``check`` says whether to run it.
+    reduced precisions that need one (OpenVINO bf16/int8, ONNX int8); ``check`` says whether
+    to run it; ``int8_isa``/``int8`` say how int8 is calibrated (``formats.quantize``).
     """
 
     dynamic: bool = True
@@ -49,6 +50,8 @@ class ExportOptions:
     threads: int | None = None
     calib_count: int = 32  # images that calibrate int8
     val_count: int = 32  # validation images the gate measures
+    int8_isa: str | None = None  # "auto" | "vnni" | "avx2": the CPU kind an int8 artefact is for
+    int8: Any = None  # formats.quantize.Int8Recipe (None: the measured default)
 
 
 @contextmanager

@@ -4,6 +4,11 @@ Input ``images`` (N, C, H, W float32), output ``logits``; H and W are symbolic m
 16. ModelMeta travels in ``metadata_props["unet_deploy"]``. The weights stay inside the
 ``.onnx`` file unless the protobuf limit (2 GB) forces an external ``.data`` file beside it.
 The file passes ``onnx.checker`` with ``full_check`` (shape inference included).
+
+``int8`` (``model.int8.onnx``) is a QDQ graph (QuantizeLinear/DequantizeLinear around each
+quantized op, per-channel weights): NNCF's ONNX backend with the same recipe, gate and
+accuracy-control fallback as OpenVINO (``formats.quantize``). ONNX Runtime runs it with its
+int8 kernels, TensorRT reads QDQ as explicit quantization.
 """
 from __future__ import annotations
 
@@ -18,9 +23,9 @@ from ._common import INPUT_NAME, OUTPUT_NAME, ExportOptions
 FORMAT = Format(
     name="onnx", title="ONNX", suffixes=(".onnx",), backend="onnxruntime",
     backend_class="unet_deploy.runtime.onnx_runtime:OnnxRuntimeBackend", exporter=__name__,
-    precisions=("fp32", "fp16"), devices=("cpu", "cuda"), needs_torch=False, requires=("torch", "onnx", "onnxscript"),
-    options=frozenset({"dynamic", "opset"}), aliases=("ort",),
-    note="ONNX Runtime CPU/CUDA, OpenCV DNN; needs no torch to run",
+    precisions=("fp32", "fp16", "int8"), devices=("cpu", "cuda"), needs_torch=False,
+    requires=("torch", "onnx", "onnxscript"), options=frozenset({"dynamic", "opset", "calib"}), aliases=("ort",),
+    note="ONNX Runtime CPU/CUDA, OpenCV DNN; needs no torch to run; int8 is gated QDQ", named_precisions=("int8",),
 )  # fmt: skip
 # Opset 18 is the lowest the torch.export-based exporter writes (torch 2.13 keeps 18 when asked
 # for 13 or 17); ONNX Runtime >= 1.14 and OpenCV >= 4.8 DNN read it.
@@ -31,8 +36,12 @@ _INLINE_LIMIT = 1_800_000_000
 
 
 def check_options(opts: ExportOptions, target: Path) -> None:
-    """Fail on an unsupported ``--opset`` before anything slow runs."""
+    """Fail on an unsupported ``--opset`` or missing int8 data before anything slow runs."""
     check_opset(opts.opset)
+    if opts.precision == "int8":
+        from . import quantize
+
+        quantize.gate_data(opts, target)
 
 
 def check_opset(opset: int | None) -> int:
@@ -51,23 +60,58 @@ def check_opset(opset: int | None) -> int:
 
 
 def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> None:
-    """Export ``model`` with ``torch.onnx.export(dynamo=True)``, add the metadata, save and check."""
+    """Export ``model`` with ``torch.onnx.export(dynamo=True)``, add the metadata, save and check.
+
+    int8: the fp32 graph is quantized and gated (``formats.quantize``); returns the metadata written.
+    """
     import onnx
     import torch
 
     from ._torch import dynamic_shapes, reduced_precision
 
-    model = reduced_precision(model, opts.precision)
+    fp32 = model
+    model = reduced_precision(model, "fp32" if opts.precision == "int8" else opts.precision)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     program = torch.onnx.export(
         model, (example,), dynamo=True, verbose=False, optimize=True,
         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
         opset_version=check_opset(opts.opset), dynamic_shapes=dynamic_shapes(opts.dynamic),
     )  # fmt: skip
-    program.model.metadata_props[ONNX_METADATA_KEY] = meta.to_json()
     program.model.producer_name = "unet-deploy"
+    if opts.precision == "int8":
+        return _int8(fp32, program.model_proto, path, meta, opts)
+    program.model.metadata_props[ONNX_METADATA_KEY] = meta.to_json()
     program.save(str(path), external_data=weights > _INLINE_LIMIT)
     onnx.checker.check_model(str(path), full_check=True)
+    return None
+
+
+def _int8(model: Any, proto: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
+    """Quantize the fp32 ``proto`` to QDQ int8 with NNCF, gate it, save it to ``path``."""
+    import onnx
+
+    from ..runtime.onnx_runtime import OnnxRuntimeBackend
+    from . import quantize
+
+    def save(quantized: Any, written: ModelMeta) -> None:
+        entries = [e for e in quantized.metadata_props if e.key != ONNX_METADATA_KEY]
+        del quantized.metadata_props[:]
+        quantized.metadata_props.extend(entries)
+        quantized.metadata_props.add(key=ONNX_METADATA_KEY, value=written.to_json())
+        onnx.save(quantized, str(path))
+
+    def predictor(quantized: Any):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])
+        return lambda x: session.run(None, {INPUT_NAME: x})[0]
+
+    convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
+    graph = quantize.Int8Graph(proto, convs, save, predictor, lambda x: {INPUT_NAME: x},
+                               lambda m: sum(n.op_type == "QuantizeLinear" for n in m.graph.node))  # fmt: skip
+    written = quantize.quantize_gated(model, graph, path, meta, opts, OnnxRuntimeBackend)
+    onnx.checker.check_model(str(path), full_check=True)
+    return written
 
 
 def read_meta(session: Any, path: Path) -> ModelMeta | None:

@@ -3,12 +3,12 @@
 1. ``openvino.convert_model`` from the torch model: dynamic batch, height and width, input
    ``images`` and output ``logits`` as in the ONNX export. fp32 is parity-checked by the
    exporter through ``OpenVINOBackend``, like every format.
-2. ``int8``: NNCF post-training quantization calibrated on a few dozen training images
-   letterboxed exactly as at run time. ``bf16``: the weights stay fp32 and the backend asks
-   OpenVINO for bf16 inference on CPUs that have it (AMX / AVX512-BF16).
-3. ``bf16``/``int8`` must pass the accuracy gate (``openvino_quant.gate``: the staged IR
-   through ``OpenVINOBackend`` against the eager fp32 model on validation images) or the
-   export is refused and nothing is written.
+2. ``int8``: NNCF post-training quantization (``formats.quantize``: the recipe, the target
+   ISA's overflow fix, the accuracy-control fallback). ``bf16``: the weights stay fp32 and the
+   backend asks OpenVINO for bf16 inference on CPUs that have it (AMX / AVX512-BF16).
+3. ``bf16``/``int8`` must pass the accuracy gate (``quantize.gate``: the staged IR through
+   ``OpenVINOBackend`` against the eager fp32 model on validation images) or the export is
+   refused and nothing is written.
 4. ``<stem>.xml`` (``<stem>.bf16.xml``, ``<stem>.int8.xml`` for reduced precisions, each with
    its own sidecar) with ModelMeta in ``rt_info["unet_deploy"]``; ``meta.extra`` holds
    ``precision`` and the gate's ``accuracy``.
@@ -64,9 +64,9 @@ def ir_path(out_dir: str | Path, stem: str, precision: str = "fp32") -> Path:
 
 def check_options(opts: ExportOptions, target: Path) -> None:
     """The gate's data and thresholds, checked before minutes of conversion."""
-    from . import openvino_quant
+    from . import quantize
 
-    openvino_quant.gate_data(opts, target)
+    quantize.gate_data(opts, target)
 
 
 def convert(model: Any, meta: ModelMeta) -> Any:
@@ -99,20 +99,33 @@ def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOp
 
     Returns the metadata written (with the gate's ``accuracy`` for bf16/int8).
     """
-    from . import openvino_quant
+    from ..runtime.openvino_backend import OpenVINOBackend
+    from . import quantize
 
     t0 = time.perf_counter()
     ov_model = convert(model, meta)
     opts.log(f"OpenVINO: converted in {time.perf_counter() - t0:.1f} s (openvino {require_openvino().__version__})")
     if opts.precision == "int8":
-        ov_model = openvino_quant.quantize(ov_model, meta, opts)
+        graph = quantize.Int8Graph(ov_model, conv_names(ov_model), lambda m, mt: save(m, mt, path),
+                                   lambda compiled: lambda x: compiled(x)[0],
+                                   quantizers=lambda m: _count(m, "FakeQuantize"))  # fmt: skip
+        return quantize.quantize_gated(model, graph, path, meta, opts, OpenVINOBackend)
     save(ov_model, meta, path)
     if opts.precision == "fp32":
         return meta
-    accuracy = openvino_quant.gate(model, path, meta, opts)
+    accuracy = quantize.gate(model, path, meta, opts, OpenVINOBackend)
     out_meta = replace(meta, extra={**meta.extra, "accuracy": accuracy})
     save(ov_model, out_meta, path)
     return out_meta
+
+
+def _count(ov_model: Any, op_type: str) -> int:
+    return sum(op.get_type_name() == op_type for op in ov_model.get_ordered_ops())
+
+
+def conv_names(ov_model: Any) -> list[str]:
+    """The convolutions' node names in graph order (the first sees the image, the last writes the logits)."""
+    return [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
 
 
 def export_openvino(
@@ -129,19 +142,22 @@ def export_openvino(
     max_miou_drop: float | None = None,
     threads: int | None = None,
     check: bool = True,
+    int8_isa: str | None = None,
+    int8: Any = None,
     log: Callable[[str], None] = stderr_log,
 ) -> Path:
     """Export a torch UNet (eval mode) and its ModelMeta to the OpenVINO IR ``target`` (an ``.xml`` path).
 
     The same path as ``export_model(..., "openvino")`` (``unet_deploy.export.export_to``) with
     the gate's knobs: ``calib`` (training images, int8), ``val`` (validation images; default
-    the held-back images of ``calib``), ``calib_count``/``val_count`` images, thresholds.
+    the held-back images of ``calib``), ``calib_count``/``val_count`` images, thresholds, and
+    int8's ``int8_isa`` and recipe (``quantize.Int8Recipe``).
     """
     from ..export import export_to
-    from .openvino_quant import CALIB_COUNT, VAL_COUNT
+    from .quantize import CALIB_COUNT, VAL_COUNT
 
     opts = ExportOptions(precision=precision, log=log, check=check, calib=Path(calib) if calib else None,
                          val=Path(val) if val else None, min_agreement=min_agreement, max_miou_drop=max_miou_drop,
                          threads=threads, calib_count=calib_count or CALIB_COUNT,
-                         val_count=val_count or VAL_COUNT)  # fmt: skip
+                         val_count=val_count or VAL_COUNT, int8_isa=int8_isa, int8=int8)  # fmt: skip
     return export_to(FORMAT, model, meta, Path(target), opts)

@@ -10,13 +10,14 @@ import copy
 import dataclasses
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
-from .. import formats
+from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
 from ..meta import ModelMeta, check_size, check_tiling, sidecar_path
@@ -142,6 +143,9 @@ class Segmenter:
             raise UnetDeployError(f"tile_batch {tile_batch} must be at least 1")
         self.tile_batch = int(tile_batch)
         self.min_area = int(min_area)
+        mismatch = cpu.int8_mismatch(self.meta.extra.get("int8"), self.model_path.name)
+        if mismatch:
+            warnings.warn(mismatch, RuntimeWarning, stacklevel=2)
         note = f" ({self._backend.device_note})" if self._backend.device_note else ""
         log.info("%s: %s on %s%s", self.model_path.name, self.backend, self.device, note)
 
