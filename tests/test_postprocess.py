@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from unet_deploy.data.palette import voc_palette
-from unet_deploy.postprocess import CONTOUR_COLOR, argmax, colorize, find_regions, overlay
+from unet_deploy.postprocess import CONTOUR_COLOR, argmax, class_boxes, colorize, find_regions, overlay, to_original
+from unet_deploy.preprocess import letterbox_geometry
 
 NAMES = ["background", "scratch", "spot", "dent"]
 
@@ -51,6 +52,26 @@ def test_regions_follow_the_contract_on_a_large_sparse_mask():
         cv2.ellipse(mask, (int(x), int(y)), (int(rng.integers(2, 60)), int(rng.integers(2, 40))),
                     float(rng.integers(0, 180)), 0, 360, int(rng.integers(1, 4)), -1)
     assert _as_tuples(find_regions(mask, NAMES, 20)) == _reference_regions(mask, NAMES, 20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 300), st.sampled_from(["top-left", "center", "rect"]),
+       st.sampled_from([32, (32, 48)]), st.integers(0, 2**32 - 1), st.integers(0, 3))
+def test_class_boxes_hold_every_pixel_and_change_no_region(h, w, pad, net, seed, min_area):
+    """Up- and down-scaled maps, padding that holds classes no original pixel looks at."""
+    t = letterbox_geometry((h, w), net, pad)
+    rng = np.random.default_rng(seed)
+    class_map = cv2.resize(rng.integers(0, 5, (8, 8)).astype(np.uint8), t.dst_hw[::-1], interpolation=cv2.INTER_NEAREST)
+    class_map[rng.random(t.dst_hw) < 0.02] = 4
+    mask = to_original(class_map, t)
+    boxes = class_boxes(class_map, t)
+    for c in range(1, 5):
+        ys, xs = np.nonzero(mask == c)
+        if ys.size:  # a box may hold none (a shrunk map skips network pixels), never too few
+            x, y, bw, bh = boxes[c]
+            assert x <= xs.min() and xs.max() < x + bw and y <= ys.min() and ys.max() < y + bh
+    plain = find_regions(mask, NAMES, min_area)
+    assert _as_tuples(find_regions(mask, NAMES, min_area, boxes=boxes)) == _as_tuples(plain)
 
 
 def test_a_ring_counts_its_pixels_not_its_hole_and_nested_parts_are_their_own_regions():

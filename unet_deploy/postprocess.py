@@ -19,7 +19,7 @@ import numpy as np
 from .data.palette import voc_palette
 from .errors import UnetDeployError
 from .meta import MAX_CLASSES
-from .preprocess import LetterboxTransform, unletterbox_mask
+from .preprocess import LetterboxTransform, network_indices, unletterbox_mask
 
 # Default look: classes filled at 50% and outlined in green, as the seed drew its contours.
 CONTOUR_COLOR = (0, 255, 0)
@@ -90,7 +90,31 @@ def to_original(class_map: np.ndarray, transform: LetterboxTransform) -> np.ndar
     return unletterbox_mask(class_map, transform)
 
 
-def find_regions(mask: np.ndarray, class_names: Sequence[str], min_area: int = 0) -> list[Region]:
+Box = tuple[int, int, int, int]  # x, y, w, h
+
+
+def class_boxes(class_map: np.ndarray, transform: LetterboxTransform) -> dict[int, Box]:
+    """For each class > 0 of a network-size class map, a box (x, y, w, h) in original pixels that
+    holds all its pixels once ``to_original`` maps it back (possibly none; a class whose box lies
+    in the padding is left out). Found on the small map, so ``find_regions(..., boxes=)`` need
+    not scan the whole original mask once per class."""
+    rows, cols = network_indices(transform)
+    class_map = np.ascontiguousarray(class_map, dtype=np.uint8)
+    boxes = {}
+    for c in range(1, int(class_map.max()) + 1 if class_map.size else 1):
+        x, y, w, h = cv2.boundingRect((class_map == c).view(np.uint8))
+        if w == 0:
+            continue
+        y0, y1 = int(np.searchsorted(rows, y, "left")), int(np.searchsorted(rows, y + h - 1, "right"))
+        x0, x1 = int(np.searchsorted(cols, x, "left")), int(np.searchsorted(cols, x + w - 1, "right"))
+        if y1 > y0 and x1 > x0:  # else it lies where no original pixel looks (padding, skipped rows)
+            boxes[c] = (x0, y0, x1 - x0, y1 - y0)
+    return boxes
+
+
+def find_regions(
+    mask: np.ndarray, class_names: Sequence[str], min_area: int = 0, boxes: dict[int, Box] | None = None
+) -> list[Region]:
     """All regions of every class > 0 in ``mask`` (HxW class ids), by the contract in this module's docstring.
 
     A class id with no name in ``class_names`` is reported as ``class_<id>``. Same answer as
@@ -98,13 +122,17 @@ def find_regions(mask: np.ndarray, class_names: Sequence[str], min_area: int = 0
     per class it works on the class's bounding box only, takes all outer borders from one
     ``findContours(RETR_CCOMP)`` (borders of holes skipped) and counts each component's pixels
     with an 8-connected ``floodFill`` from its border's first pixel (no labelling pass).
+    ``boxes`` (``class_boxes``): only these classes, each searched inside its box only.
     """
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW class ids, got shape {mask.shape}")
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    if boxes is None:
+        everywhere = (0, 0, mask.shape[1], mask.shape[0])
+        boxes = {c: everywhere for c in range(1, int(mask.max()) + 1 if mask.size else 1)}
     keyed: list[tuple[tuple[int, int, int, int], Region]] = []
-    for c in range(1, int(mask.max()) + 1 if mask.size else 1):
-        keyed.extend(_class_regions(mask, c, _class_name(class_names, c), min_area))
+    for c in sorted(boxes):
+        keyed.extend(_class_regions(mask, c, _class_name(class_names, c), min_area, boxes[c]))
     keyed.sort(key=lambda kr: kr[0])
     return [r for _, r in keyed]
 
@@ -113,13 +141,15 @@ def _class_name(class_names: Sequence[str], c: int) -> str:
     return class_names[c] if c < len(class_names) else f"class_{c}"
 
 
-def _class_regions(mask: np.ndarray, c: int, name: str, min_area: int) -> list[tuple[tuple, Region]]:
-    """Regions of class ``c`` with their sort keys (class, y, x, x of the first pixel of the top row)."""
-    full = (mask == c).view(np.uint8)
+def _class_regions(mask: np.ndarray, c: int, name: str, min_area: int, box: Box) -> list[tuple[tuple, Region]]:
+    """Regions of class ``c`` (all inside ``box``) with their sort keys (class, y, x, x of the first pixel of the top row)."""
+    bx, by, bw, bh = box
+    full = (mask[by : by + bh, bx : bx + bw] == c).view(np.uint8)
     x0, y0, w0, h0 = cv2.boundingRect(full)
     if w0 == 0:  # class absent
         return []
     binary = full[y0 : y0 + h0, x0 : x0 + w0]
+    x0, y0 = x0 + bx, y0 + by
     contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     out = []
     for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):

@@ -148,12 +148,19 @@ def unletterbox_mask(mask: np.ndarray, transform: LetterboxTransform) -> np.ndar
     original row ``y`` takes network row ``top + min(floor((y + 0.5) * new_h / H), new_h - 1)``
     (columns alike); no shift, no off-by-one, padding dropped.
     """
-    (h, w), (nh, nw), (top, left) = transform.src_hw, transform.new_hw, transform.offset
     if mask.shape[:2] != tuple(transform.dst_hw):
         raise ValueError(f"mask is {mask.shape[:2]}, expected network size {transform.dst_hw}")
+    rows, cols = network_indices(transform)
+    return np.take(np.take(mask, cols, axis=1), rows, axis=0)  # columns first: gathers on the small map, rows copied whole
+
+
+def network_indices(transform: LetterboxTransform) -> tuple[np.ndarray, np.ndarray]:
+    """The network row taken by each original row and the network column taken by each original
+    column (``unletterbox_mask``'s rule); both non-decreasing."""
+    (h, w), (nh, nw), (top, left) = transform.src_hw, transform.new_hw, transform.offset
     rows = top + np.minimum(((np.arange(h) + 0.5) * nh / h).astype(np.intp), nh - 1)
     cols = left + np.minimum(((np.arange(w) + 0.5) * nw / w).astype(np.intp), nw - 1)
-    return np.take(np.take(mask, cols, axis=1), rows, axis=0)  # columns first: gathers on the small map, rows copied whole
+    return rows, cols
 
 
 def to_model_color(image: np.ndarray, color: str = "RGB") -> np.ndarray:

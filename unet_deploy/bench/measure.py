@@ -20,7 +20,7 @@ import numpy as np
 
 from ..meta import ModelMeta
 from ..tiling import scaled_size, tile_grid, tiled_class_map
-from ..postprocess import argmax, find_regions, to_original
+from ..postprocess import argmax, class_boxes, find_regions, to_original
 from ..preprocess import preprocess_batch
 
 STAGES = ("preprocess", "inference", "postprocess", "end_to_end")
@@ -66,8 +66,9 @@ class Runner:
         t2 = time.perf_counter()
         masks = []
         for i, t in enumerate(transforms):
-            mask = to_original(argmax(logits[i]), t)
-            find_regions(mask, self.meta.classes)
+            class_map = argmax(logits[i])
+            mask = to_original(class_map, t)
+            find_regions(mask, self.meta.classes, boxes=class_boxes(class_map, t))
             masks.append(mask)
         t3 = time.perf_counter()
         return stage_times(t0, t1, t2, t3), masks

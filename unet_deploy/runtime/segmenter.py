@@ -21,7 +21,7 @@ from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
 from ..meta import ModelMeta, check_size, check_tiling, sidecar_path
-from ..postprocess import CONTOUR_COLOR, Region, argmax, find_regions, overlay, to_original
+from ..postprocess import CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original
 from ..preprocess import check_image, preprocess
 from ..tiling import tiled_class_map
 from .base import Backend, backend_class, sidecar_meta
@@ -270,16 +270,17 @@ class Segmenter:
             argmax_ms = _ms(t0) / len(group)
             for (i, file, image, _, transform, pre_ms), class_map in zip(group, class_maps):
                 t0 = time.perf_counter()
-                mask = to_original(class_map, transform)
-                results[i] = self._result(file, image, mask, pre_ms, inference_ms, argmax_ms + _ms(t0))
+                mask, boxes = to_original(class_map, transform), class_boxes(class_map, transform)
+                results[i] = self._result(file, image, mask, pre_ms, inference_ms, argmax_ms + _ms(t0), boxes)
         return results  # type: ignore[return-value]
 
     def _result(self, file: str, image: np.ndarray, mask: np.ndarray, pre_ms: float, infer_ms: float,
-                post_ms: float) -> Result:  # fmt: skip
-        """The Result of one image: regions found on its original-size mask, timings in ms (tiled:
-        ``inference`` covers cutting, predicting, blending and the argmax of its tiles)."""
+                post_ms: float, boxes: dict | None = None) -> Result:  # fmt: skip
+        """The Result of one image: regions found on its original-size mask (inside ``boxes``, the
+        ``class_boxes`` of its class map, when given), timings in ms (tiled: ``inference`` covers
+        cutting, predicting, blending and the argmax of its tiles)."""
         t0 = time.perf_counter()
-        regions = find_regions(mask, self.meta.classes, self.min_area)
+        regions = find_regions(mask, self.meta.classes, self.min_area, boxes)
         timings = {"preprocess": pre_ms, "inference": infer_ms, "postprocess": post_ms + _ms(t0)}
         return Result(file, mask, regions, {k: round(v, 3) for k, v in timings.items()}, self.classes, image)
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import UnetDeployError
 from ..fileio import decode_image
 from ..meta import ModelMeta
-from ..postprocess import argmax, find_regions, to_original
+from ..postprocess import argmax, class_boxes, find_regions, to_original
 from ..preprocess import LetterboxTransform, preprocess
 from ..runtime.segmenter import ARRAY_NAME, Result
 
@@ -67,5 +67,6 @@ def finish(logits: np.ndarray, transforms: np.ndarray, meta: ModelMeta, min_area
         v = [int(a) for a in t]
         transform = LetterboxTransform((v[0], v[1]), (v[2], v[3]), (v[4], v[5]), (v[6], v[7]))
         mask = to_original(class_map, transform)
-        results.append(Result(ARRAY_NAME, mask, find_regions(mask, meta.classes, min_area), {}, list(meta.classes)))
+        regions = find_regions(mask, meta.classes, min_area, class_boxes(class_map, transform))
+        results.append(Result(ARRAY_NAME, mask, regions, {}, list(meta.classes)))
     return results
