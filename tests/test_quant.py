@@ -64,6 +64,17 @@ def test_int8_isa_auto_follows_this_cpu_and_bad_values_are_one_line(monkeypatch)
         quantize.target_isa("sse4")
 
 
+def test_onednn_isa_cap_is_what_the_cpu_facts_report():
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes OpenVINO's and torch's oneDNN run AVX2 kernels; unet_deploy.cpu agrees."""
+    import subprocess
+    import sys
+
+    code = "from unet_deploy import cpu; f = cpu.features(); print(cpu.int8_isa(), f.native_bf16, f.avx512, ' '.join(f.flags))"
+    out = subprocess.run([sys.executable, "-c", code], env={"ONEDNN_MAX_CPU_ISA": "AVX2", "PATH": ""},
+                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert out[:3] == ["avx2", "False", "False"] and set(out[3:]) <= {"avx2", "fma"}
+
+
 def test_vnni_model_on_an_avx2_cpu_warns_once(model_meta, voc_dir, tmp_path, monkeypatch):
     xml = _export(model_meta, voc_dir, ir_path(tmp_path, "tiny", "int8"), [], int8_isa="vnni")
     with warnings.catch_warnings():

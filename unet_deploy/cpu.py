@@ -55,12 +55,29 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return name or platform.processor() or platform.machine() or "unknown CPU", flags
 
 
+# oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``, which OpenVINO's and torch's oneDNN honour) -> the flags it leaves.
+_CAPS = {
+    "AVX2": {"avx2", "fma"},
+    "AVX2_VNNI": {"avx2", "fma", "avx_vnni"},
+    "AVX512_CORE": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl"},
+    "AVX512_CORE_VNNI": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
+    "AVX512_CORE_BF16": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"},
+}
+
+
 @functools.lru_cache(maxsize=1)
 def features() -> CpuFeatures:
-    """This machine's ``CpuFeatures`` (read once per process)."""
+    """This machine's ``CpuFeatures`` (read once per process).
+
+    Under ``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``: oneDNN in OpenVINO and torch then runs AVX2
+    kernels) the flags above the cap are dropped, so precision choices match the kernels.
+    """
     import os
 
     name, flags = _cpuinfo()
+    cap = _CAPS.get(os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).strip().upper())
+    if cap is not None:
+        flags = flags & (cap | (set(flags) - set(_REPORTED)))
     amx = bool({"amx_int8", "amx_bf16"} & flags)
     return CpuFeatures(
         model=name,

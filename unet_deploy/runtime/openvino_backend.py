@@ -48,15 +48,16 @@ def compile_config(precision: str, threads: int | None = None) -> dict[str, Any]
 
     Latency hint (one image at a time, all cores on it). ``fp32`` pins f32 inference (on AMX
     CPUs OpenVINO would otherwise pick bf16 by itself); ``bf16`` asks for bf16 where the CPU
-    has it (elsewhere it stays f32, see :func:`effective_precision`); ``int8`` leaves the
-    layers NNCF did not quantize at OpenVINO's default precision for this CPU.
+    has it (elsewhere it stays f32, see :func:`effective_precision`); ``int8`` runs the layers
+    NNCF left unquantized at bf16 where the CPU has it natively, else f32 (OpenVINO's own
+    default, stated so that ``unet_deploy.cpu``, and its ISA cap, decides).
     """
     if precision not in PRECISIONS:
         raise UnetDeployError(f"precision {precision!r} must be one of {PRECISIONS}")
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
     if precision == "fp32":
         config["INFERENCE_PRECISION_HINT"] = "f32"
-    elif precision == "bf16":
+    else:  # bf16, int8
         config["INFERENCE_PRECISION_HINT"] = "bf16" if cpu.has_native_bf16() else "f32"
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
