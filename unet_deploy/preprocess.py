@@ -151,7 +151,8 @@ def unletterbox_mask(mask: np.ndarray, transform: LetterboxTransform) -> np.ndar
     if mask.shape[:2] != tuple(transform.dst_hw):
         raise ValueError(f"mask is {mask.shape[:2]}, expected network size {transform.dst_hw}")
     rows, cols = network_indices(transform)
-    return np.take(np.take(mask, cols, axis=1), rows, axis=0)  # columns first: gathers on the small map, rows copied whole
+    first = int(rows[0])  # columns first, on the rows taken only: gathers on the small map, rows copied whole
+    return np.take(np.take(mask[first : int(rows[-1]) + 1], cols, axis=1), rows - first, axis=0)
 
 
 def network_indices(transform: LetterboxTransform) -> tuple[np.ndarray, np.ndarray]:
