@@ -143,14 +143,16 @@ def _class_name(class_names: Sequence[str], c: int) -> str:
 
 def _class_regions(mask: np.ndarray, c: int, name: str, min_area: int, box: Box) -> list[tuple[tuple, Region]]:
     """Regions of class ``c`` (all inside ``box``) with their sort keys (class, y, x, x of the first pixel of the top row)."""
-    bx, by, bw, bh = box
-    full = (mask[by : by + bh, bx : bx + bw] == c).view(np.uint8)
-    x0, y0, w0, h0 = cv2.boundingRect(full)
-    if w0 == 0:  # class absent
-        return []
-    binary = full[y0 : y0 + h0, x0 : x0 + w0]
-    x0, y0 = x0 + bx, y0 + by
+    x0, y0, w0, h0 = box
+    binary = (mask[y0 : y0 + h0, x0 : x0 + w0] == c).view(np.uint8)
+    if (w0, h0) == mask.shape[::-1]:  # no box given: the class's own (findContours scans all it gets)
+        x, y, w0, h0 = cv2.boundingRect(binary)
+        if w0 == 0:  # class absent
+            return []
+        binary, x0, y0 = binary[y : y + h0, x : x + w0], x0 + x, y0 + y
     contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:  # class absent
+        return []
     out = []
     for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
         if parent >= 0:  # the border of a hole
