@@ -142,7 +142,8 @@ def _class_name(class_names: Sequence[str], c: int) -> str:
 
 
 def _class_regions(mask: np.ndarray, c: int, name: str, min_area: int, box: Box) -> list[tuple[tuple, Region]]:
-    """Regions of class ``c`` (all inside ``box``) with their sort keys (class, y, x, x of the first pixel of the top row)."""
+    """Regions of class ``c`` (all inside ``box``) with their sort keys (class, y, x, x of the
+    first pixel of the top row)."""
     x0, y0, w0, h0 = box
     binary = (mask[y0 : y0 + h0, x0 : x0 + w0] == c).view(np.uint8)
     if (w0, h0) == mask.shape[::-1]:  # no box given: the class's own (findContours scans all it gets)
