@@ -80,7 +80,7 @@ def test_a_registered_format_is_offered_by_export_the_cli_and_the_runtime(fake_f
 
     help_text = CliRunner().invoke(export_command, ["--help"]).output
     assert "fake (.fake: a 1x1 conv as JSON, run by numpy)" in " ".join(help_text.split())
-    assert "aoti, openvino, fake, all" in " ".join(help_text.split())
+    assert "aoti, openvino, triton, fake, all" in " ".join(help_text.split())
 
     assert backend_class(path) is FakeBackend and "fake-numpy" in backend_names()
     seg = Segmenter(path)
@@ -118,7 +118,7 @@ def test_lookup_by_name_alias_backend_and_suffix(tmp_path, tiny_checkpoint):
     torch.jit.save(torch.jit.script(red_conv()), str(scripted))
     assert formats.for_path(scripted).name == "torchscript"
     assert formats.FORMATS["openvino"].path(tmp_path, "m", "int8") == tmp_path / "m.int8.xml"
-    assert [f.name for f in formats.exportable()] == ["torchscript", "onnx", "aoti", "openvino"]
+    assert [f.name for f in formats.exportable()] == ["torchscript", "onnx", "aoti", "openvino", "triton"]
 
 
 def _cpp_suffixes() -> tuple[set[str], set[str], set[str]]:
@@ -134,14 +134,14 @@ def _cpp_suffixes() -> tuple[set[str], set[str], set[str]]:
 
 def test_the_cpp_consumer_knows_the_registry_suffixes():
     sidecar, refused, aoti = _cpp_suffixes()
-    torch_free = {s for f in formats.FORMATS.values() if not f.needs_torch for s in f.suffixes}
+    torch_free = {s for f in formats.FORMATS.values() if not f.needs_torch and not f.folder for s in f.suffixes}
     assert refused == torch_free  # what it sends to unet-predict: exactly the formats that need no torch
     assert aoti == set(formats.get("aoti").suffixes)
     for fmt in formats.FORMATS.values():
         if fmt.backend in ("torchscript", "aoti"):  # what it runs: the file export writes, and its sidecar
             assert fmt.suffixes[0] in sidecar and fmt.suffixes[0] not in refused
     assert sidecar <= set(formats.suffixes())  # it strips no suffix the registry does not know
-    for written in (f.suffixes[0] for f in formats.exportable()):  # and it finds every sidecar export writes
+    for written in (f.suffixes[0] for f in formats.exportable() if not f.folder):  # every sidecar export writes
         assert written in sidecar, written
 
 

@@ -176,21 +176,37 @@ def test_ensemble_configs_and_python_steps_on_the_server(color_repo, tmp_path):
         c.close()
 
 
-def test_registry_exporter_writes_the_python_layout(tmp_path, monkeypatch):
-    from unet_deploy.formats import onnx as onnx_format
-    from unet_deploy.formats._common import ExportOptions
-    from unet_deploy.serve.repository import export
+def test_format_triton_is_a_registry_row_that_export_writes_and_replaces(color_checkpoint, tmp_path):
+    """``unet-export CKPT --format triton``: a parity-checked ONNX inside a python-layout repository folder."""
+    from unet_deploy import formats
+    from unet_deploy.errors import UnetDeployError
+    from unet_deploy.export import export_model, resolve_formats
+    from unet_deploy.runtime import Segmenter
 
-    from .test_runtime import red_model
-
-    # The ONNX exporter has its own tests; here the hand-built ONNX stands in for its output (no torch export: fast).
-    monkeypatch.setattr(onnx_format, "export", lambda model, example, path, meta, opts: red_model(path))
-    meta = ModelMeta(classes=["background", "red"], input_size=(64, 64))
-    export(None, None, tmp_path / "red.triton", meta, ExportOptions(log=lambda m: None))
-    model_dir = tmp_path / "red.triton" / "unet"
-    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.py", "red.json", "red.onnx"]
+    lines: list[str] = []
+    repo = export_model(color_checkpoint, "triton", out_dir=tmp_path, log=lines.append)["triton"]
+    assert repo == tmp_path / f"{color_checkpoint.stem}.triton" and repo.is_dir()
+    assert any(line.startswith("ONNX: parity ok") for line in lines)  # the model inside was checked
+    model_dir = repo / "unet"
+    onnx_name = f"{color_checkpoint.stem}.onnx"
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == sorted(["model.py", f"{color_checkpoint.stem}.json", onnx_name])
     params = read_parameters(model_dir / "config.pbtxt")
-    assert ModelMeta.from_json(params["unet_deploy"]).classes == meta.classes and params["model_file"] == "red.onnx"
+    assert params["model_file"] == onnx_name
+    inside = Segmenter(model_dir / "1" / onnx_name)
+    assert ModelMeta.from_json(params["unet_deploy"]) == inside.meta
+    # Re-exporting replaces the folder whole (a stale file in it is gone), and leaves no temporaries.
+    (model_dir / "stale.txt").write_text("x")
+    export_model(color_checkpoint, "triton", out_dir=tmp_path, verbose=False)
+    assert not (model_dir / "stale.txt").exists() and (model_dir / "config.pbtxt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([repo.name, f"{color_checkpoint.stem}.json"])
+    # Not a runtime format: Segmenter says so in one line; --format all and the bench leave it out.
+    with pytest.raises(UnetDeployError, match=r"color\.triton: a Triton repository folder, not a model file; serve it with `unet-deploy serve`"):
+        Segmenter(repo)
+    assert "triton" not in [f.name for f in resolve_formats("all")]
+    from unet_deploy.bench.cases import cases
+
+    assert "triton" not in {c.fmt for c in cases()}
+    assert formats.for_path("m.triton").folder
 
 
 @needs_serve

@@ -48,8 +48,9 @@ def resolve_formats(formats: str | Iterable[str], precision: str | None = None) 
     choices = ", ".join([f.name for f in exportable] + ["all"])
     if not names:
         raise UnetDeployError(f"no export format given; pass --format {choices}")
-    if "all" in names:
-        return [f for f in exportable if not _missing(f) and (precision is None or precision in f.precisions)]
+    if "all" in names:  # the formats users run in-process (a Triton repository folder is asked for by name)
+        return [f for f in exportable if f.backend_class and not _missing(f)
+                and (precision is None or precision in f.precisions)]  # fmt: skip
     rows = []
     for name in names:
         fmt = next((f for f in exportable if name in (f.name, *f.aliases)), None)
@@ -220,13 +221,14 @@ def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: Expo
     if not checked:
         check_request([fmt], opts, {fmt.name: target})
     meta = _stamp(meta, opts)
-    checking = opts.check and opts.precision in TOLERANCE
-    if checking and cases is None:
+    checking = opts.check and opts.precision in TOLERANCE and fmt.backend_class is not None  # a folder's
+    if checking and cases is None:  # exporter checks what it holds (the Triton repository's ONNX)
         cases = reference_logits(model, meta, opts.dynamic, opts.device)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target.parent)  # staging folders a kill -9 of an earlier export left
-    if target.is_dir():
-        raise UnetDeployError(f"{target}: is a folder, not a file; remove it or choose another --out")
+    if target.is_dir() != fmt.folder and target.exists():
+        kind = "a folder, not a file" if target.is_dir() else "a file, not a folder"
+        raise UnetDeployError(f"{target}: is {kind}; remove it or choose another --out")
     staging = temporary_name(target, ".export")
     staging.mkdir()
     staged = staging / target.name  # same name: exporters may insist on a suffix (.pt2)
@@ -245,8 +247,9 @@ def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: Expo
             opts.log(f"{fmt.title}: parity check skipped (--no-check)")
         written.save(staging / sidecar_path(staged).name)
         extras = sorted(p for p in staging.iterdir() if p != staged)  # sidecar, OpenVINO .bin, ONNX .data
-        for p in extras + [staged]:  # the artefact last: a reader that finds it finds the rest
+        for p in extras:
             os.replace(p, target.parent / p.name)
+        _replace(staged, target)  # the artefact last: a reader that finds it finds the rest
     except UnetDeployError as e:  # the same error (a GateRefused stays one), naming the target
         e.message = e.message.replace(str(staged), str(target))
         e.args = (e.message,)
@@ -254,6 +257,17 @@ def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: Expo
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _replace(staged: Path, target: Path) -> None:
+    """Move ``staged`` to ``target``; a folder already there is swapped out whole, then removed."""
+    if not target.is_dir():
+        os.replace(staged, target)
+        return
+    old = temporary_name(target, ".export")  # a kill -9 here leaves a staging name the next export removes
+    os.replace(target, old)
+    os.replace(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_model(

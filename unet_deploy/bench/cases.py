@@ -63,14 +63,14 @@ def cases() -> list[Case]:
     for device in DEVICES:
         out += [Case(EAGER, "fp32", device), Case(SEED, "fp32", device)]
         for fmt in formats.FORMATS.values():
-            if device in fmt.devices:
+            if device in fmt.devices and fmt.backend_class:  # a Triton repository is benchmarked by serve_cpu.py
                 out += [Case(bench_name(fmt), p, device, fmt.name) for p in fmt.precisions]
     return list(dict.fromkeys(out))
 
 
 def backend_names() -> list[str]:
     """Every backend ``--backend`` accepts: ``eager``, ``seed`` and each registered format's backend."""
-    return list(dict.fromkeys([EAGER, SEED] + [bench_name(f) for f in formats.FORMATS.values()]))
+    return list(dict.fromkeys([EAGER, SEED] + [bench_name(f) for f in formats.FORMATS.values() if f.backend_class]))
 
 
 def precisions() -> list[str]:

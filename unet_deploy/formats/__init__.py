@@ -43,6 +43,7 @@ class Format:
     # "module:function(path) -> bool": a file with another format's suffix that really is this
     # format (a TorchScript archive saved as ``.pt``).
     sniff: str | None = None
+    folder: bool = False  # the artefact is a folder (a Triton repository), replaced whole on re-export
 
     def load_backend(self) -> type["Backend"]:
         """The runtime backend class (imported now)."""
@@ -130,9 +131,9 @@ def strip_suffix(name: str) -> str:
 
 
 def _register_builtin() -> None:
-    from . import aoti, checkpoint, onnx, openvino, torchscript
+    from . import aoti, checkpoint, onnx, openvino, torchscript, triton
 
-    for module in (torchscript, onnx, aoti, openvino, checkpoint):
+    for module in (torchscript, onnx, aoti, openvino, triton, checkpoint):
         register(module.FORMAT)
 
 

@@ -126,9 +126,7 @@ class Segmenter:
     ) -> None:
         self.model_path = Path(model)
         if not self.model_path.is_file():
-            raise UnetDeployError(
-                f"{self.model_path}: model file not found; pass a model file ({', '.join(formats.suffixes())})"
-            )
+            _refuse_path(self.model_path)
         classes = [str(c) for c in classes] if classes else None
         cls = backend_class(self.model_path, backend)
         self._backend: Backend = cls(self.model_path, device=device, threads=threads, precision=precision,
@@ -283,6 +281,17 @@ class Segmenter:
         regions = find_regions(mask, self.meta.classes, self.min_area, boxes)
         timings = {"preprocess": pre_ms, "inference": infer_ms, "postprocess": post_ms + _ms(t0)}
         return Result(file, mask, regions, {k: round(v, 3) for k, v in timings.items()}, self.classes, image)
+
+
+def _refuse_path(path: Path) -> None:
+    """The one-line error for a model path that is not a file (a Triton repository folder says what it is)."""
+    files = [x for f in formats.FORMATS.values() if not f.folder for x in f.suffixes]
+    if path.is_dir():
+        fmt = next((f for f in formats.FORMATS.values() if f.folder and path.name.endswith(f.suffixes)), None)
+        if fmt is not None:
+            raise UnetDeployError(f"{path}: a {fmt.title} repository folder, not a model file; serve it with "
+                                  f"`unet-deploy serve`, or pass the model file inside it")  # fmt: skip
+    raise UnetDeployError(f"{path}: model file not found; pass a model file ({', '.join(files)})")
 
 
 def _resolve_meta(backend: Backend, classes: list[str] | None, input_size: Any) -> ModelMeta:

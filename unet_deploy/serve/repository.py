@@ -131,12 +131,12 @@ def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: Any) -> 
 
     ``path`` is the repository folder (``<stem>.triton``); the model in it is named ``unet``.
     """
+    from ..export import export_to
     from ..formats import onnx as onnx_format
 
     with tempfile.TemporaryDirectory(prefix="unet-triton-onnx-") as tmp:
         onnx_path = Path(tmp) / f"{Path(path).name.split('.')[0] or 'model'}.onnx"
-        onnx_format.export(model, example, onnx_path, meta, opts)
-        meta.save(sidecar_path(onnx_path))
+        export_to(onnx_format.FORMAT, model, meta, onnx_path, opts)  # staged, parity-checked, with its sidecar
         export_triton(onnx_path, path, log=opts.log)
     return meta
 
