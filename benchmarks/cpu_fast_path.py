@@ -147,10 +147,23 @@ def quantize_ort(onnx_path: Path, calib_inputs: list[np.ndarray]) -> Path:
     return out
 
 
+REUSE: dict[str, Any] = {}  # --reuse: exports of an earlier run in the same --work folder, by name
+
+
 def timed_export(what: str, fn: Callable[[], Path], files: dict[str, Any]) -> None:
-    """Run one export; ``files[what]`` gets its path, seconds, MB and metadata, or the one-line error."""
+    """Run one export; ``files[what]`` gets its path, seconds, MB and metadata, or the one-line error.
+
+    With ``--reuse`` an export recorded by an earlier run (``exports.json`` in ``--work``) whose file
+    is still there is taken as it is, with the seconds that run measured.
+    """
     from unet_deploy.runtime.base import sidecar_meta
 
+    done = REUSE.get(what)
+    if done is not None and (isinstance(done, str) or Path(done["path"]).is_file()):
+        files[what] = done if isinstance(done, str) else {**done, "path": Path(done["path"]),
+                                                          "meta": _artefact_meta(Path(done["path"]))}  # fmt: skip
+        log(f"{what}: reused from the earlier run ({done if isinstance(done, str) else Path(done['path']).name})")
+        return
     t0 = time.perf_counter()
     try:
         path = Path(fn())
@@ -262,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", type=int, help="held-back 1920x1080 images for the accuracy (default 8)")
     p.add_argument("--train-only", action="store_true", help="only train (or find) the checkpoint, then stop")
     p.add_argument("--no-avx2", action="store_true", help="skip the emulated AVX2-only section")
+    p.add_argument("--reuse", action="store_true", help="take the exports an earlier run left in --work (time again only)")
     p.add_argument("--avx2-child", type=Path, help=argparse.SUPPRESS)  # internal: the AVX2 section's JSON out
     p.add_argument("--work", help="folder for data and exports (default: a temporary one)")
     p.add_argument("--out", type=Path, default=RESULT, help=f"Markdown result (default {RESULT.relative_to(ROOT)})")
@@ -323,6 +337,9 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
                                **{**bar, **kw})  # fmt: skip
 
     files: dict[str, Any] = {}
+    record = work / "exports.json"
+    if args.reuse and record.is_file():
+        REUSE.update(json.loads(record.read_text()))
     timed_export("onnx fp32", lambda: export_model(ckpt, "onnx", work / "onnx", img_size=meta.input_size, verbose=False)["onnx"], files)
     timed_export("onnx int8 (NNCF QDQ)", lambda: export_model(ckpt, "onnx", work / "onnx", img_size=meta.input_size,
                  precision="int8", calib=calib_dir, val=val_dir, log=keep, **bar)["onnx"], files)  # fmt: skip
@@ -345,6 +362,9 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
                                  "ms_rect": infer_ms(f["path"], _rect_hw(meta, s))})  # fmt: skip
         else:
             variant_rows.append({"name": name, "error": f})
+
+    record.write_text(json.dumps({k: v if isinstance(v, str) else {"path": str(v["path"]), "seconds": v["seconds"],
+                                                                   "mb": v["mb"]} for k, v in files.items()}))  # fmt: skip
 
     def backend_runner(cls: type, key: str, pad: str) -> Callable[[], Any]:
         return lambda: bench.Runner(cls(files[key]["path"], device="cpu").forward, _padded(meta, pad))
@@ -393,7 +413,7 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
     if not args.no_avx2 and isinstance(files.get("openvino int8"), dict):
         out = work / "avx2.json"
         cmd = [sys.executable, __file__, "--avx2-child", str(out), "--checkpoint", str(ckpt), "--work", str(work),
-               "--runs", str(s.runs), "--val", str(s.val)] + (["--quick"] if args.quick else [])  # fmt: skip
+               "--runs", str(s.runs), "--val", str(s.val)] + ["--quick"] * args.quick + ["--reuse"] * args.reuse  # fmt: skip
         log("AVX2-only section: a child process with " + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()))
         subprocess.run(cmd, env={**os.environ, **AVX2_ENV}, check=True)
         avx2 = json.loads(out.read_text())
@@ -433,10 +453,18 @@ def avx2_child(args: argparse.Namespace, s: Settings, work: Path) -> int:
     calib_dir, val_dir, val, frame = _data(s, work, meta)
     lines: list[str] = []
     files: dict[str, Any] = {}
+    record = work / "exports-avx2.json"
+    if args.reuse and record.is_file():
+        saved = json.loads(record.read_text())
+        REUSE.update(saved["files"])
+        lines = saved["lines"]
     timed_export("openvino int8 --int8-isa avx2", lambda: export_openvino(
         model, meta, ir_path(work / "ov-avx2", "model", "int8"), precision="int8", calib=calib_dir, val=val_dir,
         val_count=s.val, int8_isa="avx2", log=lambda line: (lines.append(line), log("avx2: " + line)),
         min_agreement=MIN_AGREEMENT, max_miou_drop=MAX_DROP), files)  # fmt: skip
+    f = files["openvino int8 --int8-isa avx2"]
+    record.write_text(json.dumps({"lines": lines, "files": {"openvino int8 --int8-isa avx2": f if isinstance(f, str) else
+                                  {"path": str(f["path"]), "seconds": f["seconds"], "mb": f["mb"]}}}))  # fmt: skip
     files["openvino int8 (calibrated for VNNI)"] = {"path": ir_path(work / "ov", "model", "int8")}
     files["openvino fp32"] = {"path": ir_path(work / "ov", "model", "fp32")}
     from unet_deploy.runtime import Segmenter
