@@ -124,26 +124,24 @@ def checkpoint(args: argparse.Namespace, s: Settings, work: Path) -> tuple[Path,
 
 
 # ----------------------------------------------------------------------------- exports
-def quantize_ort(onnx_path: Path, calib_inputs: list[np.ndarray]) -> Path:
-    """ONNX Runtime's own static int8 (QDQ, per-channel weights, first conv fp32, as our recipe) on the same inputs."""
+def quantize_nncf_onnx(onnx_path: Path, calib_inputs: list[np.ndarray]) -> Path:
+    """NNCF's ONNX backend, the other QDQ quantizer, with the package's recipe (first conv fp32, no fallback)."""
+    import logging
+
+    import nncf
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{"images": x} for x in calib_inputs])
+    from unet_deploy.formats.quantize import Int8Recipe, _nncf_kwargs
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.items, None)
-
-    pre = onnx_path.with_name(onnx_path.stem + ".pre.onnx")
-    # ONNX shape inference + fusions, as ORT recommends (its symbolic pass fails on dynamic H/W).
-    quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-    first = next(n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv")
-    out = onnx_path.with_name(onnx_path.stem + ".ort-int8.onnx")
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=[first])  # fmt: skip
+    model = onnx.load(str(onnx_path))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    kwargs = _nncf_kwargs(Int8Recipe(), "vnni", convs, len(calib_inputs))
+    nncf.set_log_level(logging.ERROR)
+    advanced = kwargs.pop("advanced_quantization_parameters")
+    quantized = nncf.quantize(model, nncf.Dataset([{"images": x} for x in calib_inputs]), advanced_parameters=advanced,
+                              **kwargs)  # fmt: skip
+    out = onnx_path.with_name(onnx_path.stem + ".nncf-int8.onnx")
+    onnx.save(quantized, str(out))
     return out
 
 
@@ -341,11 +339,11 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
     if args.reuse and record.is_file():
         REUSE.update(json.loads(record.read_text()))
     timed_export("onnx fp32", lambda: export_model(ckpt, "onnx", work / "onnx", img_size=meta.input_size, verbose=False)["onnx"], files)
-    timed_export("onnx int8 (NNCF QDQ)", lambda: export_model(ckpt, "onnx", work / "onnx", img_size=meta.input_size,
+    timed_export("onnx int8 (the package's)", lambda: export_model(ckpt, "onnx", work / "onnx", img_size=meta.input_size,
                  precision="int8", calib=calib_dir, val=val_dir, log=keep, **bar)["onnx"], files)  # fmt: skip
     if isinstance(files["onnx fp32"], dict):
         inputs = calibration_inputs(accuracy.spread(accuracy.dataset_images(calib_dir), s.calib), meta)
-        timed_export("onnx int8 (ORT static)", lambda: quantize_ort(files["onnx fp32"]["path"], inputs), files)
+        timed_export("onnx int8 (NNCF ONNX)", lambda: quantize_nncf_onnx(files["onnx fp32"]["path"], inputs), files)
     for prec in ("fp32", "bf16", "int8"):
         timed_export(f"openvino {prec}", lambda prec=prec: ov(prec, work / "ov"), files)
     variant_rows = []
@@ -383,10 +381,10 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
             (Row("eager fp32", "fp32", pad), eager("fp32", pad), None),
             (Row("eager bf16 (Segmenter precision=bf16)", "bf16", pad), eager("bf16", pad), None),
             (Row("ONNX Runtime fp32", "fp32", pad), backend_runner(OnnxRuntimeBackend, "onnx fp32", pad), "onnx fp32"),
-            (Row("ONNX Runtime int8 (NNCF QDQ, the package's)", "int8", pad),
-             backend_runner(OnnxRuntimeBackend, "onnx int8 (NNCF QDQ)", pad), "onnx int8 (NNCF QDQ)"),
-            (Row("ONNX Runtime int8 (ORT quantize_static)", "int8", pad),
-             backend_runner(OnnxRuntimeBackend, "onnx int8 (ORT static)", pad), "onnx int8 (ORT static)"),
+            (Row("ONNX Runtime int8 (the package's: ORT quantize_static)", "int8", pad),
+             backend_runner(OnnxRuntimeBackend, "onnx int8 (the package's)", pad), "onnx int8 (the package's)"),
+            (Row("ONNX Runtime int8 (NNCF's ONNX backend, same recipe)", "int8", pad),
+             backend_runner(OnnxRuntimeBackend, "onnx int8 (NNCF ONNX)", pad), "onnx int8 (NNCF ONNX)"),
             (Row("OpenVINO fp32", "fp32", pad), backend_runner(ovb.OpenVINOBackend, "openvino fp32", pad), "openvino fp32"),
             (Row("OpenVINO bf16", "bf16", pad), backend_runner(ovb.OpenVINOBackend, "openvino bf16", pad), "openvino bf16"),
             (Row("OpenVINO int8 (the package's)", "int8", pad), backend_runner(ovb.OpenVINOBackend, "openvino int8", pad),

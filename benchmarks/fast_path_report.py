@@ -125,7 +125,8 @@ def report(*, rows: list[Any], files: dict[str, Any], variants: list[dict[str, A
     out += ["", "## Acceptance (issue 17)", ""]
     for pad in ("top-left", "rect"):
         out.append(_acceptance("OpenVINO int8", _get(rows, "OpenVINO int8", pad), seed, ref, SPEEDUP["int8"]))
-        out.append(_acceptance("ONNX Runtime int8 (NNCF QDQ)", _get(rows, "ONNX Runtime int8 (NNCF", pad), seed, ref, SPEEDUP["int8"]))
+        out.append(_acceptance("ONNX Runtime int8 (the package's)", _get(rows, "ONNX Runtime int8 (the package's", pad),
+                               seed, ref, SPEEDUP["int8"]))  # fmt: skip
         out.append(_acceptance("OpenVINO bf16", _get(rows, "OpenVINO bf16", pad), seed, ref, SPEEDUP["bf16"], accuracy=False))
     if avx2:
         arows = avx2["rows"]

@@ -122,6 +122,7 @@ def test_onnx_int8_is_a_gated_qdq_graph_run_by_onnxruntime(checkpoint, voc_dir, 
     seg = Segmenter(path)
     assert (seg.backend, seg.precision) == ("onnxruntime", "int8")
     assert seg.meta.extra["int8"]["isa"] == quantize.target_isa("auto")
+    assert seg.meta.extra["int8"]["quantizer"] == "onnxruntime.quantization.quantize_static"  # the faster of the two
     assert seg.meta.extra["accuracy"]["agreement"] >= TEST_MIN_AGREEMENT
     # It segments as the gate measured: the gate's agreement on these frames, recomputed here.
     from unet_deploy import accuracy

@@ -61,6 +61,9 @@ class Int8Graph:
     predictor: Callable[[Any], Callable[[np.ndarray], np.ndarray]]  # NNCF's inference object -> Predict
     feed: Callable[[np.ndarray], Any] = lambda x: x  # one calibration input as NNCF's engine takes it
     quantizers: Callable[[Any], int] = lambda m: -1  # quantize nodes in a graph (FakeQuantize, QuantizeLinear)
+    # The first pass, (model, inputs, recipe, isa) -> quantized model, when not NNCF's PTQ (ONNX: ORT's quantize_static).
+    first_pass: Callable[[Any, list[Any], "Int8Recipe", str], Any] | None = None
+    quantizer: str = "nncf.quantize"
 
 
 def target_isa(asked: str | None) -> str:
@@ -151,8 +154,11 @@ def quantize_gated(torch_model: Any, graph: Int8Graph, path: Path, meta: ModelMe
     kwargs = _nncf_kwargs(recipe, isa, graph.convs, len(inputs))
     nncf.set_log_level(logging.ERROR)
     advanced = kwargs.pop("advanced_quantization_parameters")
-    quantized = nncf.quantize(graph.model, nncf.Dataset(inputs), advanced_parameters=advanced, **kwargs)
-    record = {"isa": isa, "calibrated_on": cpu.features().summary(), "calib_images": len(paths),
+    if graph.first_pass is not None:
+        quantized = graph.first_pass(graph.model, inputs, recipe, isa)
+    else:
+        quantized = nncf.quantize(graph.model, nncf.Dataset(inputs), advanced_parameters=advanced, **kwargs)
+    record = {"isa": isa, "calibrated_on": cpu.features().summary(), "calib_images": len(paths), "quantizer": graph.quantizer,
               "overflow_fix": overflow_fix(recipe, isa), "recipe": recipe.to_dict(), "accuracy_control": None,
               "quantizers": graph.quantizers(quantized)}  # fmt: skip
     opts.log(f"int8: NNCF calibrated on {len(paths)} images of {opts.calib} for {isa} CPUs "
@@ -168,6 +174,7 @@ def quantize_gated(torch_model: Any, graph: Int8Graph, path: Path, meta: ModelMe
         quantized, record["accuracy_control"] = _accuracy_controlled(torch_model, graph, paths, inputs, meta, opts,
                                                                      kwargs, advanced)  # fmt: skip
         record["accuracy_control"]["quantizers_before"] = record["quantizers"]
+        record["quantizer"] = "nncf.quantize_with_accuracy_control"
         record["quantizers"] = graph.quantizers(quantized)
         stamped = _with(meta, int8=record)
         graph.save(quantized, stamped)
