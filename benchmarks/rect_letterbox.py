@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, help="folder for data and the run (default: temporary)")
     args = p.parse_args(argv)
     size = (192, 108) if args.quick else (480, 270)
-    count, val_count, epochs, base = (16, 4, 1, 8) if args.quick else (200, 24, 12, 16)
+    count, val_count, epochs, base = (16, 4, 1, 8) if args.quick else (160, 24, 10, 16)
     from unet_deploy.data.synthetic import CLASSES
     from unet_deploy.runtime import Segmenter
     from unet_deploy.train import train
