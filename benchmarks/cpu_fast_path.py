@@ -340,6 +340,7 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
     record = work / "exports.json"
     if args.reuse and record.is_file():
         REUSE.update(json.loads(record.read_text()))
+        gate_lines.extend(f"(earlier run) {line}" for line in REUSE.pop("_lines", []))
     timed_export("onnx fp32", lambda: export_model(ckpt, "onnx", work / "onnx", img_size=meta.input_size, verbose=False)["onnx"], files)
     timed_export("onnx int8 (the package's)", lambda: export_model(ckpt, "onnx", work / "onnx", img_size=meta.input_size,
                  precision="int8", calib=calib_dir, val=val_dir, log=keep, **bar)["onnx"], files)  # fmt: skip
@@ -363,8 +364,8 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
         else:
             variant_rows.append({"name": name, "error": f})
 
-    record.write_text(json.dumps({k: v if isinstance(v, str) else {"path": str(v["path"]), "seconds": v["seconds"],
-                                                                   "mb": v["mb"]} for k, v in files.items()}))  # fmt: skip
+    record.write_text(json.dumps({"_lines": gate_lines, **{k: v if isinstance(v, str) else {
+        "path": str(v["path"]), "seconds": v["seconds"], "mb": v["mb"]} for k, v in files.items()}}))  # fmt: skip
 
     def backend_runner(cls: type, key: str, pad: str) -> Callable[[], Any]:
         return lambda: bench.Runner(cls(files[key]["path"], device="cpu").forward, _padded(meta, pad))

@@ -144,6 +144,7 @@ def report(*, rows: list[Any], files: dict[str, Any], variants: list[dict[str, A
     for what, f in files.items():
         out.append(f"- {what}: " + (f"{f['mb']:.1f} MB, {f['seconds']:.0f} s" if isinstance(f, dict) else f"failed: {f}"))
     out += ["", "Gate and quantization lines (export log):", ""]
-    out += [f"    {line}" for line in gate_lines if line.startswith(("accuracy gate", "int8:", "OpenVINO --", "ONNX --"))]
+    keep = ("accuracy gate", "int8:", "OpenVINO --", "ONNX --")
+    out += [f"    {line}" for line in gate_lines if line.removeprefix("(earlier run) ").startswith(keep)]
     out += ["", f"Run time {seconds:.0f} s (training excluded). Command: `{command}`.", ""]
     return "\n".join(out)
