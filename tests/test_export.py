@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -80,7 +81,7 @@ def test_each_format_reloads_with_its_metadata_and_the_eager_logits(request, tin
     path = _exported(fmt, request)
     assert path.name == NAMES[fmt] and path.is_file()
     run, got = _load(fmt, path)
-    assert got == replace(meta, extra={"precision": "fp32"})
+    assert got == replace(meta, extra={"precision": "fp32"}, letterbox=export.export_letterbox(meta, None))
     assert ModelMeta.load(sidecar_path(path)) == got
     _assert_matches(run, model)
 
@@ -166,7 +167,7 @@ def test_cli_exports_a_seed_state_dict(tiny, exported_light, tmp_path):
     assert result.stderr.count("parity ok") == 2 and (out / "unet.json").is_file()
     for fmt, path in zip(["torchscript", "onnx"], paths):
         run, got = _load(fmt, path)
-        assert got == replace(meta, extra={"precision": "fp32"})
+        assert got == replace(meta, extra={"precision": "fp32"}, letterbox=export.export_letterbox(meta, None))
         _assert_matches(run, _load(fmt, exported_light[fmt])[0], atol=1e-5, min_agree=1.0)
 
 
@@ -253,7 +254,7 @@ def test_every_exported_file_runs_on_its_registry_backend_and_agrees(exported_ti
     for fmt, path in exported_tiny.items():
         assert path.name == NAMES[fmt] and formats.for_path(path).name == fmt
         backend = formats.for_path(path).load_backend()(path, device="cpu")
-        assert backend.meta == replace(meta, extra={"precision": "fp32"}) and backend.precision == "fp32"
+        assert backend.meta == replace(meta, extra={"precision": "fp32"}, letterbox=export.export_letterbox(meta, None)) and backend.precision == "fp32"
         with torch.inference_mode():
             for x in _inputs():
                 ref = model(x).numpy()
@@ -276,3 +277,29 @@ def test_export_refuses_a_folder_target_and_cleans_a_killed_exports_staging(tiny
     export_model(tiny_checkpoint, "onnx", out_dir=out, verbose=False)
     assert (out / "tiny.onnx").is_file() and not stale.exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_new_exports_letterbox_rect_unless_told(color_checkpoint, tmp_path):
+    """rect is the default of new exports of square-letterbox models (issue 17's measured bar); --letterbox overrides."""
+    import dataclasses
+
+    from unet_deploy.checkpoint import load_checkpoint
+    from unet_deploy.errors import UnetDeployError
+    from unet_deploy.export import export_letterbox
+    from unet_deploy.runtime import Segmenter
+
+    _, meta = load_checkpoint(color_checkpoint)
+    assert meta.pad == "top-left"
+    path = export.export_model(color_checkpoint, "onnx", out_dir=tmp_path / "a", verbose=False)["onnx"]
+    seg = Segmenter(path)
+    assert seg.meta.pad == "rect"
+    frame = np.zeros((90, 160, 3), np.uint8)  # 16:9: the network sees 48x64 instead of 64x64
+    from unet_deploy.preprocess import preprocess
+
+    assert preprocess(frame, seg.meta)[0].shape[1:] == (48, 64)
+    kept = export.export_model(color_checkpoint, "onnx", out_dir=tmp_path / "b", verbose=False, letterbox="top-left")
+    assert Segmenter(kept["onnx"]).meta.pad == "top-left"
+    centred = dataclasses.replace(meta, letterbox={"pad": "center", "fill": 0})
+    assert export_letterbox(centred, None)["pad"] == "center"  # only the measured case changes
+    with pytest.raises(UnetDeployError, match=r"^--letterbox 'square' is not one of top-left\|center\|rect$"):
+        export_letterbox(meta, "square")

@@ -52,7 +52,7 @@ def test_avx2_target_gets_7_bit_weights_and_records_its_isa(model_meta, voc_dir,
         assert (record["isa"], record["overflow_fix"]) == (isa, fix)
         assert record["calibrated_on"] == cpu.features().summary()
         assert record["recipe"]["keep_fp32"] == ["first_conv"]
-    assert any("for avx2 CPUs (overflow fix enable)" in line for line in lines)
+    assert any("for avx2 CPUs (overflow fix: enable)" in line for line in lines)
 
 
 def test_int8_isa_auto_follows_this_cpu_and_bad_values_are_one_line(monkeypatch):

@@ -140,13 +140,16 @@ def test_server_batches_concurrent_clients_and_survives_a_corrupt_image(color_re
 
 
 @needs_serve
-def test_ensemble_configs_and_python_steps_on_the_server(color_repo, tmp_path):
+def test_ensemble_configs_and_python_steps_on_the_server(color_checkpoint, tmp_path):
     import onnxruntime as ort
     import tritonclient.http as http
 
     from unet_deploy import Segmenter
+    from unet_deploy.export import export_model
 
-    onnx_path = color_repo / "1" / "color.onnx"
+    # The ensemble's fixed-size steps need a square letterbox (new exports default to rect).
+    onnx_path = export_model(color_checkpoint, "onnx", out_dir=tmp_path / "square", letterbox="top-left", verbose=False)["onnx"]
+    tmp_path = tmp_path / "repo"
     export_triton(onnx_path, tmp_path, name="seg", layout="ensemble", max_batch=4, log=lambda m: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg", "seg_net", "seg_post", "seg_pre"]
     ensemble = (tmp_path / "seg" / "config.pbtxt").read_text()

@@ -49,6 +49,9 @@ class _ExportCommand(Command):
               help="Output folder [default: beside the checkpoint].")
 @click.option("--img-size", nargs=2, type=int, metavar="H W",
               help="Input size in the metadata (multiples of 16) [default: the checkpoint's].")
+@click.option("--letterbox", type=click.Choice(["top-left", "center", "rect"]),
+              help="Pad mode written into the artefact [default: rect for a model trained with the square top-left "
+                   "letterbox (measured: 99.98% of its pixels), else the checkpoint's].")
 @click.option("--dynamic/--static", default=True, show_default=True,
               help="Dynamic H/W (multiples of 16) or fixed at --img-size; the batch is always dynamic.")
 @click.option("--precision", default="fp32", show_default=True, help="Precision of the export.")
@@ -68,7 +71,7 @@ class _ExportCommand(Command):
 @click.option("--min-agreement", type=float, help="Accuracy gate: least pixel agreement with fp32, % [default: 99.0].")
 @click.option("--max-miou-drop", type=float, help="Accuracy gate: most mIoU lost against fp32, points [default: 1.0].")
 def command(checkpoint: Path, formats_: tuple[str, ...], out_dir: Path | None, img_size: tuple[int, int] | None,
-            dynamic: bool, precision: str, opset: int | None, device: str, classes: str | None, check: bool,
+            letterbox: str | None, dynamic: bool, precision: str, opset: int | None, device: str, classes: str | None, check: bool,
             portable: bool, calib: Path | None, val: Path | None, int8_isa: str, min_agreement: float | None,
             max_miou_drop: float | None) -> None:  # fmt: skip
     """Export CHECKPOINT (a unet-train checkpoint or a seed unet.pth) for deployment.
@@ -94,6 +97,6 @@ def command(checkpoint: Path, formats_: tuple[str, ...], out_dir: Path | None, i
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     results = export_model(checkpoint, formats_, out_dir, img_size, dynamic, precision, opset, device, names, check,
                            portable, calib=calib, val=val, min_agreement=min_agreement, max_miou_drop=max_miou_drop,
-                           log=echo_err, int8_isa=int8_isa)  # fmt: skip
+                           log=echo_err, int8_isa=int8_isa, letterbox=letterbox)  # fmt: skip
     for path in results.values():
         click.echo(str(path))

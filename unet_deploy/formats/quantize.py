@@ -159,10 +159,11 @@ def quantize_gated(torch_model: Any, graph: Int8Graph, path: Path, meta: ModelMe
     else:
         quantized = nncf.quantize(graph.model, nncf.Dataset(inputs), advanced_parameters=advanced, **kwargs)
     record = {"isa": isa, "calibrated_on": cpu.features().summary(), "calib_images": len(paths), "quantizer": graph.quantizer,
-              "overflow_fix": overflow_fix(recipe, isa), "recipe": recipe.to_dict(), "accuracy_control": None,
+              "overflow_fix": overflow_fix(recipe, isa) if graph.first_pass is None else
+              ("reduce_range" if isa == "avx2" else "none"), "recipe": recipe.to_dict(), "accuracy_control": None,
               "quantizers": graph.quantizers(quantized)}  # fmt: skip
-    opts.log(f"int8: NNCF calibrated on {len(paths)} images of {opts.calib} for {isa} CPUs "
-             f"(overflow fix {record['overflow_fix']}) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    opts.log(f"int8: {graph.quantizer} calibrated on {len(paths)} images of {opts.calib} for {isa} CPUs "
+             f"(overflow fix: {record['overflow_fix']}) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     stamped = _with(meta, int8=record)
     graph.save(quantized, stamped)
     result, measured = measure(torch_model, path, stamped, opts, backend)

@@ -151,7 +151,10 @@ def _artefact(path: Path, tmp: Path, onnx_only: bool, log: Callable[[str], None]
     if fmt.name == "checkpoint":
         from ..export import export_model
 
-        path = export_model(path, "onnx", out_dir=tmp, log=log)["onnx"]
+        from ..checkpoint import load_checkpoint
+
+        pad = load_checkpoint(path)[1].pad if onnx_only else None  # the ensemble's fixed-size steps: as trained
+        path = export_model(path, "onnx", out_dir=tmp, log=log, letterbox=pad)["onnx"]
         fmt = formats.for_path(path)
     if onnx_only and fmt.name != "onnx":
         raise UnetDeployError(f"{path}: the ensemble layout needs an ONNX model (or a checkpoint); pass the .onnx or use layout python")
