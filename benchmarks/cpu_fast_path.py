@@ -176,19 +176,11 @@ def timed_export(what: str, fn: Callable[[], Path], files: dict[str, Any]) -> No
 
 
 def _artefact_meta(path: Path) -> ModelMeta | None:
-    """The metadata inside an IR or ONNX file (not the sidecar, which int8 xml and onnx share)."""
-    if path.suffix == ".xml":
-        from unet_deploy.formats.openvino import read_meta
+    """The metadata inside an IR or ONNX file, read by its runtime backend (not the sidecar, which
+    ``model.int8.xml`` and ``model.int8.onnx`` would share)."""
+    from unet_deploy.runtime.base import backend_class
 
-        return read_meta(ovb.core().read_model(str(path)), path)
-    if path.suffix == ".onnx":
-        import onnx
-
-        from unet_deploy.meta import ONNX_METADATA_KEY
-
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return ModelMeta.from_json(props[ONNX_METADATA_KEY], str(path)) if ONNX_METADATA_KEY in props else None
-    return None
+    return backend_class(path)(path, device="cpu").meta if path.suffix in (".xml", ".onnx") else None
 
 
 def variants(s: Settings) -> list[tuple[str, Any, int]]:
