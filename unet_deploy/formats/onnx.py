@@ -126,6 +126,8 @@ def _ort_static(proto: Any, feeds: list[dict[str, Any]], recipe: Any, isa: str) 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from . import quantize
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.items = iter(feeds)
@@ -138,7 +140,7 @@ def _ort_static(proto: Any, feeds: list[dict[str, Any]], recipe: Any, isa: str) 
         onnx.save(proto, str(src))
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # shape inference + fusions, as ORT advises
         convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
-        keep = [convs[0]] * ("first_conv" in recipe.keep_fp32) + [convs[-1]] * ("last_conv" in recipe.keep_fp32)
+        keep = quantize.kept_fp32(recipe, convs)
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep,
                         reduce_range=isa == "avx2")  # fmt: skip

@@ -124,11 +124,16 @@ def calibration_inputs(paths: list[Path], meta: ModelMeta) -> list[np.ndarray]:
     return [preprocess(read_image(p), meta)[0][None] for p in paths]
 
 
+def kept_fp32(recipe: Int8Recipe, convs: list[str]) -> list[str]:
+    """The convolution names ``recipe.keep_fp32`` leaves unquantized (``convs`` in graph order)."""
+    return [convs[0]] * ("first_conv" in recipe.keep_fp32) + [convs[-1]] * ("last_conv" in recipe.keep_fp32)
+
+
 def _nncf_kwargs(recipe: Int8Recipe, isa: str, convs: list[str], count: int) -> dict[str, Any]:
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    keep = [convs[0]] * ("first_conv" in recipe.keep_fp32) + [convs[-1]] * ("last_conv" in recipe.keep_fp32)
+    keep = kept_fp32(recipe, convs)
     return dict(
         preset=nncf.QuantizationPreset(recipe.preset), target_device=nncf.TargetDevice.CPU, subset_size=count,
         fast_bias_correction=recipe.fast_bias_correction,
