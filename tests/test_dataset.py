@@ -224,3 +224,32 @@ def test_tile_crops_find_a_rare_class_far_more_often_than_its_pixel_share(tmp_pa
 def test_tile_dataset_needs_tiling(voc):
     with pytest.raises(UnetDeployError, match="--tile-scale"):
         TileDataset(voc, ModelMeta(classes=list(CLASSES), input_size=64))
+
+
+def test_tile_crops_draw_a_small_defect_as_often_as_a_large_one_of_its_class(tmp_path):
+    """One class, two defects: a 60x60 patch (3600 px) and a 2x2 spot (4 px) far apart.
+
+    Drawn by pixel, the spot would be the crop's target once in 900 defect crops; drawn by
+    defect, half of the defect crops hold it.
+    """
+    root = tmp_path / "sizes"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    mask = np.zeros((512, 512), np.uint8)
+    mask[20:80, 20:80] = 1
+    mask[400:402, 400:402] = 1
+    write_image(root / "JPEGImages" / "a.png", np.full((512, 512, 3), 120, np.uint8))
+    save_palette_png(root / "SegmentationClass" / "a.png", mask)
+    (root / "class_names.txt").write_text("\n".join(CLASSES) + "\n")
+    ds = TileDataset(root, _tile_meta(64))
+    small = large = 0
+    for epoch in range(10):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            on = int(ds.load(i)[1].sum())  # defect pixels in the crop: the spot's <= 4, the patch's more
+            small += 0 < on <= 4
+            large += on > 4
+    total = 10 * len(ds)
+    # p = 0.5 on a defect, half of those on the spot (~25%); uniform crops reach it ~1.5% of the time
+    assert 0.17 < small / total < 0.35, (small, large, total)
+    assert 0.17 < large / total < 0.40, (small, large, total)

@@ -207,8 +207,10 @@ class TileDataset(SegmentationDataset):
     (``crops_per_image`` overrides that). **Sampling rule:** with probability ``DEFECT_CROP_P``
     (0.5) a crop is placed on a defect: a class is drawn uniformly among the non-background
     classes present in the image (class-balanced: a rare class is drawn as often as a common
-    one), then a pixel uniformly among that class's pixels, and the crop is placed so that this
-    pixel falls uniformly inside its central half (clamped to the image); otherwise, and on
+    one), then one of that class's defects (8-connected components) uniformly, so that a 4 px
+    spot is drawn as often as a 40 px one rather than in proportion to its pixels, then a pixel
+    of it, and the crop is placed so that this pixel falls uniformly inside its central half
+    (clamped to the image); otherwise, and on
     images without defects, the crop is uniform. The draws, then ``augment_pair`` (without a
     letterbox transform: a crop has no fill), use one generator seeded by
     ``(seed, epoch, index)``, so runs repeat exactly. ``load(i)`` is crop ``i`` before
@@ -287,17 +289,22 @@ class TileDataset(SegmentationDataset):
             mask = _resize(mask, hw, cv2.INTER_NEAREST_EXACT)
         return to_model_color(image, self.meta.color), mask
 
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-        """Resized, padded image and mask of image ``index``, and the flat pixel indices of each defect class."""
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[int, list[np.ndarray]]]:
+        """Resized, padded image and mask of image ``index``, and the flat pixel indices of each defect of each class."""
         image, mask = self._scaled(index)
         th, tw = self.meta.input_size
         pad_h, pad_w = max(0, th - mask.shape[0]), max(0, tw - mask.shape[1])
         if pad_h or pad_w:  # the tiler's padding: numpy "reflect" = BORDER_REFLECT_101
             image = np.pad(image, ((0, pad_h), (0, pad_w), *[(0, 0)] * (image.ndim - 2)), mode="reflect")
             mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
-        flat = mask.ravel()
-        present = [c for c in range(1, len(self.classes)) if c in np.unique(flat)]
-        where = {c: np.flatnonzero(flat == c) for c in present}
+        where = {}
+        for c in np.unique(mask):
+            if 0 < c < len(self.classes):  # the defects of class c: 8-connected components, as flat pixel indices
+                n, labels = cv2.connectedComponents((mask == c).view(np.uint8), connectivity=8)
+                flat = labels.ravel()
+                pixels = np.flatnonzero(flat)
+                pixels = pixels[np.argsort(flat[pixels], kind="stable")]
+                where[int(c)] = np.split(pixels, np.cumsum(np.bincount(flat[pixels], minlength=n)[1:])[:-1])
         return image, mask, where
 
     def _crop(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -305,7 +312,8 @@ class TileDataset(SegmentationDataset):
         (h, w), (th, tw) = mask.shape, self.meta.input_size
         if where and rng.random() < DEFECT_CROP_P:
             classes = sorted(where)
-            pixels = where[classes[int(rng.integers(len(classes)))]]
+            defects = where[classes[int(rng.integers(len(classes)))]]
+            pixels = defects[int(rng.integers(len(defects)))]
             y, x = divmod(int(pixels[int(rng.integers(len(pixels)))]), w)
             top = y - th // 4 - int(rng.integers(th - th // 2))  # the pixel lands in the central half
             left = x - tw // 4 - int(rng.integers(tw - tw // 2))
