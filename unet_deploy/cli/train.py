@@ -35,7 +35,8 @@ from ._command import command as _command
 @click.option("--class-weights", default=None, help="'auto' (inverse sqrt pixel frequency) or one weight per class: 1,4,4.")
 @click.option("--augment/--no-augment", default=True, help="Flips, 90-degree turns, scale/shift, brightness/contrast.")
 @click.option("--dropout", type=float, default=None,
-              help="Dropout2d rate in the UNet blocks while training (no effect on weights or exports).  "
+              help="Dropout2d rate in the UNet blocks while training (no effect on weights or exports); "
+                   "narrow UNets (--base-channels 8-16) need 0-0.1 to learn small or rare classes.  "
                    "[default: the seed's 0.3]")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU).")
 @click.option("--amp/--no-amp", default=None,
@@ -61,7 +62,7 @@ def command(data: Path, out: Path | None, **options: Any) -> None:
       unet-train data/voc --out runs/a --epochs 40 --base-channels 32
       unet-train data/voc --out runs/b --loss ce+dice --class-weights auto --init unet.pth
       unet-train data/voc --resume runs/a/last.pt --epochs 60      # continue to 60 in total
-      unet-train data/hires --out runs/t --tile-scale 1.0 --overlap 0.25  # native-pixel tiles
+      unet-train data/hires --out runs/t --tile-scale 1.0 --img-size 128 --dropout 0  # native-pixel tiles
       torchrun --nproc_per_node 2 -m unet_deploy.train data/voc --out runs/ddp
     """
     from ..train import train
