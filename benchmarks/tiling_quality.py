@@ -9,16 +9,19 @@ held-back frames at their original size: per-class IoU (``unet_deploy.metrics``)
 recall by size bucket (a ground-truth defect, a connected component of one class, is found
 when at least half of its pixels are predicted as its class; its size across is
 ``2 * max(distance transform) - 1``, the width of a stroke, the diameter of a spot) and
-latency per megapixel. Writes ``benchmarks/results/tiling_quality.md`` and one PNG.
+latency per megapixel, and the peak memory of one 8000x6000 frame through the tiled
+``Segmenter``. Writes ``benchmarks/results/tiling_quality.md`` and one PNG.
 
-    python benchmarks/tiling_quality.py --minutes 10 --work /tmp/tiling_bench
+    python benchmarks/tiling_quality.py --minutes 25 --parallel --threads 1 --openvino  # 2 cores, ~30 min
+    python benchmarks/tiling_quality.py --reuse --openvino      # measure again what that run trained
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
-import shlex
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,11 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from unet_deploy import metrics  # noqa: E402
-from unet_deploy.cpu import features  # noqa: E402
 from unet_deploy.data.synthetic import PRESETS, generate  # noqa: E402
+from tiling_report import RESULTS, command_line, picture, write_page  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-BUCKETS = ((0, 8), (8, 16), (16, 24), (24, 48))
+MODES = ("letterbox", "tiles")
 FOUND_FRACTION = 0.5
 
 
@@ -52,6 +54,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1, help="torch and runtime threads")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="Dropout2d rate while training (the seed's 0.3 stops a base-8 UNet from learning small classes)")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                   help="bf16 autocast training (auto: where the CPU has native bf16, as unet-train)")
+    p.add_argument("--parallel", action="store_true",
+                   help="train the two models at once, one process each (give each --threads 1 on 2 cores)")
+    p.add_argument("--warm-start", action="store_true",
+                   help="continue both models from WORK/<mode>.pt for another --minutes (a new cosine cycle)")
+    p.add_argument("--reuse", action="store_true",
+                   help="measure the models an earlier run left in --work (WORK/<mode>.pt) instead of training")
     p.add_argument("--openvino", action="store_true", help="also time OpenVINO")
     p.add_argument("--seed", type=int, default=1)
     return p.parse_args()
@@ -68,15 +80,24 @@ def make_data(args: argparse.Namespace) -> Path:
     return voc
 
 
-def train_for(dataset, meta, args: argparse.Namespace, log) -> tuple[object, dict]:
-    """Train a fresh UNet of ``meta`` on ``dataset`` for ``args.minutes``: Adam, cosine LR over the wall time."""
+def train_for(dataset, meta, args: argparse.Namespace, log, state: dict | None = None) -> tuple[object, dict]:
+    """Train a UNet of ``meta`` (fresh, or from ``state``) on ``dataset`` for ``args.minutes``: Adam, cosine LR
+    over the wall time."""
     import torch
 
     from unet_deploy.checkpoint import build_model
+    from unet_deploy.train.distributed import amp_dtype, autocast
     from unet_deploy.train.evaluate import segmentation_loss
+    from unet_deploy.train.trainer import set_dropout
 
+    torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    dtype = amp_dtype(cpu, {"auto": None, "on": True, "off": False}[args.amp])
     torch.manual_seed(args.seed)
     model = build_model(meta)
+    if state is not None:
+        model.load_state_dict(state)
+    set_dropout(model, args.dropout)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     budget = args.minutes * 60.0
     steps = epochs = seen = 0
@@ -94,7 +115,9 @@ def train_for(dataset, meta, args: argparse.Namespace, log) -> tuple[object, dic
                 break
             for g in optimizer.param_groups:
                 g["lr"] = args.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * done)))
-            loss = segmentation_loss(model(x), y, None, dice=True)
+            with autocast(cpu, dtype):
+                logits = model(x)
+            loss = segmentation_loss(logits, y, None, dice=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -104,9 +127,65 @@ def train_for(dataset, meta, args: argparse.Namespace, log) -> tuple[object, dic
                 log(f"  step {steps}  loss {np.mean(losses[-50:]):.4f}  {time.perf_counter() - t0:.0f}s")
         epochs += 1
     model.eval()
-    return model, {"steps": steps, "samples": seen, "seconds": time.perf_counter() - t0,
+    return model, {"steps": steps, "samples": seen, "seconds": time.perf_counter() - t0, "lr": args.lr,
+                   "start": "warm" if state is not None else "fresh",
+                   "precision": "bf16 autocast" if dtype is not None else "fp32",
                    "load": f"{load_before:.1f} / {os.getloadavg()[0]:.1f}",
                    "final_loss": float(np.mean(losses[-50:])) if losses else float("nan")}
+
+
+def train_mode(name: str, args: argparse.Namespace, voc: Path, train_files: list[str]) -> list[dict]:
+    """Train the ``name`` model ("letterbox" or "tiles") on ``train_files``, save ``WORK/<name>.pt``; return its
+    training cycles (``--warm-start``: the earlier ones from ``WORK/<name>.run.json``, then this one)."""
+    from unet_deploy.checkpoint import read_checkpoint, save_checkpoint
+    from unet_deploy.data.classes import read_class_names
+    from unet_deploy.data.dataset import SegmentationDataset, TileDataset
+    from unet_deploy.meta import ModelMeta
+
+    log = lambda m: print(f"[{name}] {m}", flush=True)  # noqa: E731
+    ckpt, record = args.work / f"{name}.pt", args.work / f"{name}.run.json"
+    cycles, state = [], None
+    if args.warm_start:
+        cycles, state = json.loads(record.read_text()), read_checkpoint(ckpt)["state_dict"]
+        args = argparse.Namespace(**vars(args) | {"seed": args.seed + len(cycles)})  # new crops and draws
+    classes, arch = read_class_names(voc), {"base_channels": args.base_channels}
+    if name == "letterbox":
+        meta = ModelMeta(classes=classes, input_size=args.letterbox_size, arch=arch)
+        dataset = SegmentationDataset(voc, meta=meta, augment=True, files=train_files, seed=args.seed)
+    else:
+        meta = ModelMeta(classes=classes, input_size=args.tile_size, arch=arch,
+                         tiling={"scale": args.scale, "overlap": args.overlap})
+        dataset = TileDataset(voc, meta, augment=True, files=train_files, seed=args.seed)
+    log(f"training ({len(dataset)} samples per epoch) for {args.minutes} min, {'from ' + str(ckpt) if state else 'fresh'}")
+    model, run = train_for(dataset, meta, args, log, state)
+    run |= {"command": command_line(), "parallel": args.parallel}
+    save_checkpoint(ckpt, model, meta, config=vars(args) | {"work": str(args.work)})
+    cycles.append(run)
+    record.write_text(json.dumps(cycles))
+    return cycles
+
+
+def peak_extra_memory(fn):
+    """``(fn(), peak resident memory above the level before the call in bytes, seconds)``.
+
+    The kernel's high-water mark (``VmHWM``) is reset to the current RSS first (``clear_refs`` 5),
+    so everything ``fn`` holds at once counts: numpy, ONNX Runtime's arenas, OpenCV.
+    """
+    def status(key: str) -> int:
+        return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+    Path("/proc/self/clear_refs").write_text("5")
+    before, t0 = status("VmRSS"), time.perf_counter()
+    out = fn()
+    return out, status("VmHWM") - before, time.perf_counter() - t0
+
+
+def big_frame(frames, hw=(6000, 8000)) -> np.ndarray:
+    """An ``hw`` frame made of held-back frames side by side (real defects, not a blank page)."""
+    rows, cols = -(-hw[0] // frames[0][0].shape[0]), -(-hw[1] // frames[0][0].shape[1])
+    tiles = [frames[(r * cols + c) % len(frames)][0] for r in range(rows) for c in range(cols)]
+    grid = np.vstack([np.hstack(tiles[r * cols : (r + 1) * cols]) for r in range(rows)])
+    return np.ascontiguousarray(grid[: hw[0], : hw[1]])
 
 
 def defect_sizes(mask: np.ndarray, num_classes: int) -> list[tuple[int, np.ndarray, float]]:
@@ -140,70 +219,15 @@ def evaluate(name: str, predict, frames, classes: list[str], log) -> dict:
     return {"conf": conf, "found": found, "ms": ms}
 
 
-def recall_rows(results: dict[str, dict]) -> list[list[str]]:
-    rows = []
-    for lo, hi in BUCKETS:
-        row = [f"< {hi} px" if lo == 0 else f"[{lo}, {hi}) px"]
-        for r in results.values():
-            hits = [f for a, f in r["found"] if lo <= a < hi]
-            row.append(f"{100 * np.mean(hits):.1f}% ({sum(hits)}/{len(hits)})" if hits else "-")
-        rows.append(row)
-    row = ["all under 24 px"]
-    for r in results.values():
-        hits = [f for a, f in r["found"] if a < 24]
-        row.append(f"{100 * np.mean(hits):.1f}% ({sum(hits)}/{len(hits)})")
-    rows.append(row)
-    return rows
-
-
-def picture(image: np.ndarray, mask: np.ndarray, letterbox: np.ndarray, tiled: np.ndarray, path: Path) -> None:
-    """Letterbox | tiled overlays of one frame (reduced), then both at native pixels around the smallest defects."""
-    from PIL import Image
-
-    from unet_deploy.postprocess import overlay
-
-    gray = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)  # colours for classes only
-    a, b = overlay(gray, letterbox, thickness=0, alpha=0.7), overlay(gray, tiled, thickness=0, alpha=0.7)
-    h, w = image.shape[:2]
-    # native-pixel window (360 px) around the defect of smallest area that lies away from the border
-    n, _, stats, centroids = cv2.connectedComponentsWithStats((mask > 0).view(np.uint8))
-    cy, cx = h // 2, w // 2
-    for i in np.argsort(stats[1:, cv2.CC_STAT_AREA]) + 1 if n > 1 else []:
-        x, y = centroids[i]
-        if 200 < x < w - 200 and 200 < y < h - 200:
-            cx, cy = int(x), int(y)
-            break
-    s = 360
-    y0, x0 = min(max(cy - s // 2, 0), h - s), min(max(cx - s // 2, 0), w - s)
-    for width in (720, 600, 480):  # a palette PNG under 300 kB, for the repository
-        small = [cv2.resize(v, (width, round(h * width / w)), interpolation=cv2.INTER_AREA) for v in (a, b)]
-        zoom = [cv2.resize(v[y0 : y0 + s, x0 : x0 + s], (width, width), interpolation=cv2.INTER_NEAREST)
-                for v in (a, b)]
-        for img, text in zip(small, ["letterbox 256 (whole frame)", "tiles 1.0x (blended)"]):
-            cv2.putText(img, text, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2, cv2.LINE_AA)
-        for img in zoom:
-            cv2.putText(img, f"native pixels x{width / s:.1f} at ({x0},{y0})", (10, 30), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.7, (255, 255, 255), 2, cv2.LINE_AA)
-        sheet = np.vstack([np.hstack(small), np.hstack(zoom)])
-        sheet[:, width - 1 : width + 1] = 255
-        rgb = Image.fromarray(np.ascontiguousarray(sheet[:, :, ::-1]))
-        for colours in (128, 64, 32):
-            rgb.quantize(colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
-            if path.stat().st_size < 300_000:
-                return
-
-
 def main() -> None:
     args = parse_args()
     import torch
 
-    from unet_deploy.checkpoint import save_checkpoint
     from unet_deploy.data.classes import read_class_names
-    from unet_deploy.data.dataset import SegmentationDataset, TileDataset, list_samples
+    from unet_deploy.data.dataset import list_samples
+    from unet_deploy.data.palette import read_mask
     from unet_deploy.export import export_model
     from unet_deploy.fileio import read_image
-    from unet_deploy.data.palette import read_mask
-    from unet_deploy.meta import ModelMeta
     from unet_deploy.runtime import Segmenter
     from unet_deploy.tiling import scaled_size, tile_grid, tiled_class_map
 
@@ -215,23 +239,21 @@ def main() -> None:
     classes = read_class_names(voc)
     stems = list_samples(voc)
     train_files, test_files = stems[: -args.test], stems[-args.test :]
-    arch = {"base_channels": args.base_channels}
-    metas = {
-        "letterbox": ModelMeta(classes=classes, input_size=args.letterbox_size, arch=arch),
-        "tiles": ModelMeta(classes=classes, input_size=args.tile_size, arch=arch,
-                           tiling={"scale": args.scale, "overlap": args.overlap}),
-    }
-    sets = {
-        "letterbox": SegmentationDataset(voc, meta=metas["letterbox"], augment=True, files=train_files, seed=args.seed),
-        "tiles": TileDataset(voc, metas["tiles"], augment=True, files=train_files, seed=args.seed),
-    }
-    runs, artefacts = {}, {}
-    for name in ("letterbox", "tiles"):
-        log(f"training {name} ({len(sets[name])} samples per epoch) for {args.minutes} min")
-        model, runs[name] = train_for(sets[name], metas[name], args, log)
-        ckpt = save_checkpoint(args.work / f"{name}.pt", model, metas[name], config=vars(args) | {"work": str(args.work)})
-        formats = "onnx,openvino" if args.openvino else "onnx"
-        artefacts[name] = export_model(ckpt, formats, args.work / f"export_{name}", verbose=False)
+    if args.reuse and all((args.work / f"{n}.run.json").is_file() for n in MODES):
+        runs = {n: json.loads((args.work / f"{n}.run.json").read_text()) for n in MODES}
+        log(f"reusing {', '.join(str(args.work / f'{n}.pt') for n in MODES)} and their training records")
+    elif args.parallel:  # one process per mode, side by side: the same wall time and the same load for both
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = {name: pool.submit(train_mode, name, args, voc, train_files) for name in MODES}
+            runs = {name: job.result() for name, job in jobs.items()}
+    else:
+        runs = {name: train_mode(name, args, voc, train_files) for name in MODES}
+    formats = "onnx,openvino" if args.openvino else "onnx"
+    artefacts = {name: export_model(args.work / f"{name}.pt", formats, args.work / f"export_{name}", verbose=False)
+                 for name in MODES}
     frames = [(read_image(next((voc / "JPEGImages").glob(f"{s}.*"))), read_mask(voc / "SegmentationClass" / f"{s}.png"))
               for s in test_files]
     megapixels = float(np.mean([f[0].shape[0] * f[0].shape[1] for f in frames])) / 1e6
@@ -254,91 +276,18 @@ def main() -> None:
                 maps[name] = predict(frames[0][0])
             ms = float(np.median(r["ms"]))
             latency.append([name, seg.backend, tiles, f"{ms:.0f}", f"{ms / megapixels:.0f}"])
+    seg = Segmenter(artefacts["tiles"]["onnx"], threads=args.threads)  # tiling from the artefact's metadata
+    image = big_frame(frames)
+    result, extra, seconds = peak_extra_memory(lambda: seg(image))
+    ys, xs = tile_grid(scaled_size(image.shape[:2], seg.meta.tiling["scale"]), seg.meta.input_size,
+                       seg.meta.tiling["overlap"])
+    memory = {"hw": image.shape[:2], "extra": extra, "seconds": seconds, "tiles": len(ys) * len(xs),
+              "regions": len(result.regions), "backend": seg.backend}
+    log(f"8000x6000: peak extra {extra / 2**20:.0f} MiB, {seconds:.1f} s")
     png = RESULTS / "tiling_quality.png"
     picture(frames[0][0], frames[0][1], maps["letterbox"], maps["tiles"], png)
-    write_page(args, runs, results, latency, classes, load_start, started, megapixels, len(frames))
+    write_page(args, runs, results, latency, memory, classes, load_start, started, megapixels, len(frames))
     log(f"-> {RESULTS / 'tiling_quality.md'}, {png} ({png.stat().st_size / 1e3:.0f} kB)")
-
-
-def write_page(args, runs, results, latency, classes, load_start, started, megapixels, n_frames) -> None:
-    from tabulate import tabulate
-
-    iou = {n: metrics.iou_per_class(r["conf"]) for n, r in results.items()}
-    iou_rows = [[c, *(f"{100 * iou[n][i]:.1f}" for n in results)] for i, c in enumerate(classes)]
-    iou_rows.append(["mIoU", *(f"{100 * metrics.mean_iou(r['conf']):.1f}" for r in results.values())])
-    train_rows = [[n, metas_line(args, n), r["steps"], r["samples"], f"{r['seconds']:.0f}", f"{r['final_loss']:.3f}",
-                   r["load"]] for n, r in runs.items()]
-    cmd = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/tiling_quality.py", *sys.argv[1:]])
-    load_end = os.getloadavg()
-    under = {n: [f for a, f in r["found"] if a < 24] for n, r in results.items()}
-    text = f"""# Tiling quality: letterboxed whole frames vs native-pixel tiles
-
-`{cmd}` ({started}; the same code makes the data, trains, exports and measures).
-
-Machine: {features().summary()}; torch/runtime threads {args.threads}. Load average
-(1, 5, 15 min) {', '.join(f'{v:.2f}' for v in load_start)} at the start and
-{', '.join(f'{v:.2f}' for v in load_end)} at the end: 2 cores shared with other engineers' jobs,
-so absolute times are slower than on an idle machine, and the load differed between the two
-training phases (table below): steps per minute are not comparable across modes.
-
-**Data.** `unet-deploy synth --preset hires --count {args.frames} --seed {args.seed}`: 2448x2048
-frames, 15-35 defects each (scratch, spot, dent), 4-40 px across, log-uniform; converted with
-`unet-deploy labelme`. The last {args.test} frames are held back ({n_frames} frames,
-{megapixels:.2f} MP each), the others train.
-
-**Training.** The same UNet (base_channels {args.base_channels}), cross-entropy + soft Dice, Adam
-lr {args.lr:g} with a cosine decay over the wall time, batch {args.batch_size}, the same
-augmentations, **{args.minutes:g} minutes each**:
-- *letterbox*: whole frames letterboxed into {args.letterbox_size}x{args.letterbox_size}
-  (`SegmentationDataset`; one network pixel covers {2448 / args.letterbox_size:.1f} frame pixels);
-- *tiles*: {args.tile_size}x{args.tile_size} crops at scale {args.scale:g} (`TileDataset`: half of the
-  crops on a defect pixel of a class drawn uniformly among those present), inference with
-  overlap {args.overlap:g} and Gaussian blending (`tiling.tiled_class_map`). Scale 1.0 because the
-  smallest defects are 4 px: at 0.5 they would be 2 px, below what a 3x3-conv UNet resolves well.
-  {args.tile_size}-px tiles (not 256) so that a step costs a quarter, giving the tile model more
-  optimizer steps in the same time on this loaded CPU; the letterbox's input is fixed by the task.
-
-{tabulate(train_rows, ["mode", "input", "steps", "samples", "seconds", "loss (last 50)",
-                                 "1-min load at start / end"], tablefmt="github")}
-
-## Per-class IoU on the held-back frames (%, at the original 2448x2048)
-
-{tabulate(iou_rows, ["class", *results], tablefmt="github")}
-
-## Defect recall by size (found: at least half of its pixels predicted as its class)
-
-Size across = `2 * max(distance transform) - 1` of the defect's pixels (a stroke's width, a
-spot's diameter, a dent's short axis).
-
-{tabulate(recall_rows(results), ["size across", *results], tablefmt="github")}
-
-Acceptance asks that tiles at native scale find at least 90% of the defects under 24 px and
-that the letterbox finds far fewer: tiles {100 * np.mean(under['tiles']):.1f}%, letterbox
-{100 * np.mean(under['letterbox']):.1f}% **({'met' if np.mean(under['tiles']) >= 0.9 else 'not met'} for tiles
-here)**, after {args.minutes:g} minutes of CPU training each on a shared machine.
-
-## Latency per frame ({megapixels:.2f} MP, median over {n_frames} frames, {args.threads} thread(s))
-
-Letterbox: `Segmenter(model)(image)` (letterbox, one inference, argmax, mapping back). Tiles:
-`tiled_class_map(image, seg.meta, seg.infer, ...)` with `tile_batch` 8, tiling read from the
-artefact's metadata.
-
-{tabulate(latency, ["mode", "backend", "network inputs", "ms / frame", "ms / MP"], tablefmt="github")}
-
-## Picture
-
-`tiling_quality.png`, the first held-back frame: top, letterbox (left) and tiled (right)
-predictions over the frame (shown in grey, so that colour means a predicted class), reduced;
-bottom, the same at native pixels (enlarged) around the smallest defect away from the border.
-Class colours as `unet_deploy.postprocess.colorize`.
-"""
-    (RESULTS / "tiling_quality.md").write_text(text)
-
-
-def metas_line(args, name: str) -> str:
-    if name == "letterbox":
-        return f"{args.letterbox_size}x{args.letterbox_size} letterbox"
-    return f"{args.tile_size}x{args.tile_size} crops, scale {args.scale:g}"
 
 
 if __name__ == "__main__":
