@@ -1,5 +1,6 @@
 """C++ `unet_infer` against the Python reference functions on the same artefacts: the top-left and
-rect letterboxes, tiled inference on a large image (and a --tile-scale override), EXIF-oriented
+rect letterboxes, tiled inference on a large image (and a --tile-scale override) and on labelme's real
+example photos, EXIF-oriented
 images, a comma-decimal locale, the report's mask/overlay names for same-stem inputs, the palette
 PNG as Pillow decodes it, and one-line refusals of crafted metadata.
 
@@ -166,6 +167,26 @@ def test_tiled_masks_match_python_on_a_large_image(unet_infer, models, photos, t
     from unet_deploy.data.palette import read_mask
 
     assert (read_mask(tmp_path / "notile" / lines[0]["mask"]) == _reference(models["tiled"], read_image(images[0]), None)).mean() >= AGREEMENT
+
+
+def test_tiled_masks_match_python_on_real_photos(unet_infer, models, labelme_dir, tmp_path):  # noqa: F811
+    """labelme's example photos (PASCAL VOC, an APC2016 shelf, video frames), tiled from the metadata.
+
+    Each JPEG is decoded once here and handed to both sides as PNG, so that the comparison is of
+    the tiling, not of two libjpeg builds."""
+    from unet_deploy.fileio import read_image, write_image
+
+    jpegs = sorted(labelme_dir.glob("semantic_segmentation/*.jpg")) + [labelme_dir / "tutorial" / "apc2016_obj3.jpg",
+                                                                       sorted(labelme_dir.glob("video_annotation/*.jpg"))[0]]
+    images = []
+    for jpeg in jpegs:
+        images.append(tmp_path / f"{jpeg.stem}.png")
+        write_image(images[-1], read_image(jpeg))
+    lines = _cpp(unet_infer, models["tiled"], images, tmp_path / "out")
+    refs = [_reference(models["tiled"], read_image(p)) for p in images]
+    agreement = _compare(tmp_path / "out", lines, refs, color_meta().classes)
+    print(f"tiled masks on {len(images)} real photos agree on {agreement:.6%} of pixels")
+    assert agreement >= AGREEMENT
 
 
 def _exif(orientation: int) -> bytes:
