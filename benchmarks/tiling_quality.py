@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -165,21 +164,6 @@ def train_mode(name: str, args: argparse.Namespace, voc: Path, train_files: list
     return cycles
 
 
-def peak_extra_memory(fn):
-    """``(fn(), peak resident memory above the level before the call in bytes, seconds)``.
-
-    The kernel's high-water mark (``VmHWM``) is reset to the current RSS first (``clear_refs`` 5),
-    so everything ``fn`` holds at once counts: numpy, ONNX Runtime's arenas, OpenCV.
-    """
-    def status(key: str) -> int:
-        return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
-
-    Path("/proc/self/clear_refs").write_text("5")
-    before, t0 = status("VmRSS"), time.perf_counter()
-    out = fn()
-    return out, status("VmHWM") - before, time.perf_counter() - t0
-
-
 def big_frame(frames, hw=(6000, 8000)) -> np.ndarray:
     """An ``hw`` frame made of held-back frames side by side (real defects, not a blank page)."""
     rows, cols = -(-hw[0] // frames[0][0].shape[0]), -(-hw[1] // frames[0][0].shape[1])
@@ -228,6 +212,7 @@ def main() -> None:
     from unet_deploy.data.palette import read_mask
     from unet_deploy.export import export_model
     from unet_deploy.fileio import read_image
+    from unet_deploy.bench.measure import PeakRSS, release_memory
     from unet_deploy.runtime import Segmenter
     from unet_deploy.tiling import scaled_size, tile_grid, tiled_class_map
 
@@ -278,7 +263,12 @@ def main() -> None:
             latency.append([name, seg.backend, tiles, f"{ms:.0f}", f"{ms / megapixels:.0f}"])
     seg = Segmenter(artefacts["tiles"]["onnx"], threads=args.threads)  # tiling from the artefact's metadata
     image = big_frame(frames)
-    result, extra, seconds = peak_extra_memory(lambda: seg(image))
+    release_memory()
+    with PeakRSS() as rss:  # exact: the kernel's high-water mark, reset at the start
+        t0 = time.perf_counter()
+        result = seg(image)
+        seconds = time.perf_counter() - t0
+    extra = rss.peak - rss.start
     ys, xs = tile_grid(scaled_size(image.shape[:2], seg.meta.tiling["scale"]), seg.meta.input_size,
                        seg.meta.tiling["overlap"])
     memory = {"hw": image.shape[:2], "extra": extra, "seconds": seconds, "tiles": len(ys) * len(xs),

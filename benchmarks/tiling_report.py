@@ -144,7 +144,7 @@ artefact's metadata.
 `Segmenter(tiles model)(image)` on one {memory["hw"][1]}x{memory["hw"][0]} frame (held-back frames side by
 side), {memory["backend"]}, tiling from the artefact: {memory["tiles"]} tiles of {args.tile_size} px, {memory["regions"]}
 regions, {memory["seconds"]:.1f} s. **Peak extra resident memory {memory["extra"] / 2**20:.0f} MiB**
-(the kernel's high-water mark `VmHWM`, reset just before the call, minus the RSS then: the mask,
+(`unet_deploy.bench.measure.PeakRSS`: the kernel's high-water mark `VmHWM`, reset just before the call, minus the RSS then: the mask,
 the regions, the tiler's strip and ONNX Runtime's buffers; the input frame, 144 MB, was already
 there). Acceptance: under 1.5 GB. The tiler holds a {len(classes)} x {args.tile_size} x 8000 float32 strip
 ({len(classes) * args.tile_size * 8000 * 4 / 2**20:.0f} MiB), never {len(classes)} full-size logit planes
