@@ -207,12 +207,12 @@ def main() -> None:
     args = parse_args()
     import torch
 
+    from unet_deploy.bench.measure import PeakRSS, release_memory
     from unet_deploy.data.classes import read_class_names
     from unet_deploy.data.dataset import list_samples
     from unet_deploy.data.palette import read_mask
     from unet_deploy.export import export_model
     from unet_deploy.fileio import read_image
-    from unet_deploy.bench.measure import PeakRSS, release_memory
     from unet_deploy.runtime import Segmenter
     from unet_deploy.tiling import scaled_size, tile_grid, tiled_class_map
 
@@ -220,11 +220,14 @@ def main() -> None:
     log = lambda m: print(m, flush=True)  # noqa: E731
     load_start = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M")
+    missing = [str(p) for n in MODES for p in (args.work / f"{n}.pt", args.work / f"{n}.run.json") if not p.is_file()]
+    if (args.reuse or args.warm_start) and missing:
+        sys.exit(f"{missing[0]}: not found; --reuse and --warm-start need an earlier run in --work {args.work}")
     voc = make_data(args)
     classes = read_class_names(voc)
     stems = list_samples(voc)
     train_files, test_files = stems[: -args.test], stems[-args.test :]
-    if args.reuse and all((args.work / f"{n}.run.json").is_file() for n in MODES):
+    if args.reuse:
         runs = {n: json.loads((args.work / f"{n}.run.json").read_text()) for n in MODES}
         log(f"reusing {', '.join(str(args.work / f'{n}.pt') for n in MODES)} and their training records")
     elif args.parallel:  # one process per mode, side by side: the same wall time and the same load for both
