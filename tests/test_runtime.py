@@ -418,21 +418,21 @@ def test_aoti_package_metadata_and_device(tmp_path, monkeypatch):
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: packages[Path(path).name])
     for name in packages:
         (tmp_path / name).write_bytes(b"stand-in")
-    seg = Segmenter(tmp_path / "m.pt2")
+    seg = Segmenter(tmp_path / "m.pt2", trust_code=True)  # a package we made (faked)
     assert (seg.backend, seg.device, seg.meta, seg.precision) == ("aoti", "cpu", meta, "fp32")
     for hw, res in zip(RECTS, seg.predict_batch([red_image(hw) for hw in RECTS], batch_size=3)):
         _check_rectangle(res.mask, hw, (64, 64))
     with pytest.raises(UnetDeployError, match="compiled for CUDA but torch has no CUDA"):
-        Segmenter(tmp_path / "cuda.pt2")
+        Segmenter(tmp_path / "cuda.pt2", trust_code=True)
     with pytest.raises(UnetDeployError, match="CUDA was asked for but torch has no CUDA"):
-        Segmenter(tmp_path / "m.pt2", device="cuda")
+        Segmenter(tmp_path / "m.pt2", device="cuda", trust_code=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(UnetDeployError, match="compiled for cpu, not cuda"):
-        Segmenter(tmp_path / "m.pt2", device="cuda")
+        Segmenter(tmp_path / "m.pt2", device="cuda", trust_code=True)
     with pytest.raises(UnetDeployError, match="bare.pt2: no unet-deploy metadata inside and no bare.json"):
-        Segmenter(tmp_path / "bare.pt2")
+        Segmenter(tmp_path / "bare.pt2", trust_code=True)
     meta.save(tmp_path / "bare.json")
-    assert Segmenter(tmp_path / "bare.pt2").meta == meta
+    assert Segmenter(tmp_path / "bare.pt2", trust_code=True).meta == meta
 
 
 @pytest.mark.slow  # compiles an AOTInductor package
@@ -450,7 +450,7 @@ def test_a_real_fixed_batch_aoti_package_is_fed_whole_batches(tmp_path):
     path = tmp_path / "red.pt2"
     torch._inductor.aoti_compile_and_package(program, package_path=str(path),
                                              inductor_configs={"aot_inductor.metadata": {"unet_deploy": meta.to_json()}})  # fmt: skip
-    seg = Segmenter(path)
+    seg = Segmenter(path, trust_code=True)
     assert seg.meta == meta and seg._backend.fixed_batch is None
     images = [red_image(hw) for hw in RECTS] + [red_image((3, 517))]
     results = seg.predict_batch(images, batch_size=5)
@@ -459,7 +459,7 @@ def test_a_real_fixed_batch_aoti_package_is_fed_whole_batches(tmp_path):
         _check_rectangle(res.mask, hw, (64, 64))
     assert np.array_equal(seg(images[-1]).mask, results[-1].mask)  # a single image is padded to the batch
     with pytest.raises(UnetDeployError, match=r"red\.pt2: the package fixes input size \(dim 2\) at 64, got 96"):
-        Segmenter(path, input_size=96)(red_image((3, 517)))
+        Segmenter(path, input_size=96, trust_code=True)(red_image((3, 517)))
 
 
 @pytest.mark.slow  # the exported_tiny fixture compiles an AOTI package (shared with the export tests)
@@ -477,7 +477,7 @@ def test_every_format_of_the_shared_export_fixture_agrees(exported_tiny, tiny_ch
     want_masks = [r.mask for r in reference.predict_batch(images)]
     backends = set()
     for fmt, path in exported_tiny.items():
-        seg = Segmenter(path)
+        seg = Segmenter(path, trust_code=True)  # exported by this run
         backends.add(seg.backend)
         assert dataclasses.replace(seg.meta, extra={}) == reference.meta, fmt  # extra: export notes
         np.testing.assert_allclose(seg.infer(x), want_logits, atol=1e-4, rtol=1e-4, err_msg=fmt)

@@ -88,8 +88,9 @@ class ModelSource:
         from ..runtime import Segmenter
 
         path = self.artefact(case)
+        ours = path != self.path  # an export made here; the input file itself needs the user's opt-in
         seg = Segmenter(path, device=case.device, backend=formats.get(case.fmt).backend, threads=threads,
-                        input_size=self.meta.input_size, precision=case.precision)  # fmt: skip
+                        input_size=self.meta.input_size, precision=case.precision, trust_code=ours)  # fmt: skip
         return Runner(seg.infer, self.meta, path)
 
 

@@ -23,8 +23,10 @@ from ._command import command, echo_err
 @click.option("--queue-delay-us", type=click.IntRange(0), default=None,
               help="How long Triton waits to fill a batch, microseconds [default: 2000].")
 @click.option("--name", default="unet", show_default=True, help="Model name clients ask for.")
+@click.option("--trust-code", is_flag=True,
+              help="Load a model file that runs code when loaded (.pt2: native code). Only for files you made.")
 def command(model: Path, port: int, grpc_port: int, metrics_port: int, host: str, instances: int | None,
-            max_batch: int | None, queue_delay_us: int | None, name: str) -> None:
+            max_batch: int | None, queue_delay_us: int | None, name: str, trust_code: bool) -> None:
     """Serve MODEL with NVIDIA Triton Inference Server until Ctrl-C or SIGTERM ([serve] extra).
 
     MODEL is any file Segmenter takes (.onnx, .xml, .torchscript.pt, .pt2, checkpoint .pt),
@@ -49,7 +51,7 @@ def command(model: Path, port: int, grpc_port: int, metrics_port: int, host: str
         else:
             repo = export_triton(model, tmp, name=name, instances=instances or 1, max_batch=max_batch or 8,
                                  queue_delay_us=DEFAULT_QUEUE_DELAY_US if queue_delay_us is None else queue_delay_us,
-                                 log=echo_err).parent
+                                 log=echo_err, trust_code=trust_code).parent
         server = TritonServer(repo, host, port, grpc_port, metrics_port, log=echo_err)
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:

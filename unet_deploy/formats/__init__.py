@@ -10,6 +10,7 @@ lean runtime and ``--help`` can read the table. A new format is one module plus
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -44,6 +45,9 @@ class Format:
     # format (a TorchScript archive saved as ``.pt``).
     sniff: str | None = None
     folder: bool = False  # the artefact is a folder (a Triton repository), replaced whole on re-export
+    # Loading the file runs code it carries ("" : it is data). Such a file is refused unless the
+    # user trusts it (``check_trust``): load code only from files you made.
+    runs_code: str = ""
 
     def load_backend(self) -> type["Backend"]:
         """The runtime backend class (imported now)."""
@@ -128,6 +132,32 @@ def strip_suffix(name: str) -> str:
     (case-sensitive, as the C++ consumer strips it)."""
     found = max((s for s in suffixes() if name.endswith(s)), key=len, default="")
     return name[: len(name) - len(found)]
+
+
+# Set to 1 to trust every model file that runs code when loaded (``check_trust``).
+TRUST_CODE_ENV = "UNET_DEPLOY_TRUST_CODE"
+
+
+def trusted_by_env() -> bool:
+    """``UNET_DEPLOY_TRUST_CODE`` is set to 1/true/yes."""
+    return os.environ.get(TRUST_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_trust(fmt: Format, path: str | Path, trust_code: bool = False) -> None:
+    """Refuse to load ``path`` as ``fmt`` when loading it runs code it carries and nobody said it may.
+
+    Args:
+        fmt: the format the file is loaded as (``for_path`` or the forced backend's row).
+        path: the model file, named in the error.
+        trust_code: the caller's opt-in (``Segmenter(trust_code=True)``, ``--trust-code``);
+            ``UNET_DEPLOY_TRUST_CODE=1`` opts in for the whole process.
+    """
+    if not fmt.runs_code or trust_code or trusted_by_env():
+        return
+    raise UnetDeployError(
+        f"{path}: loading this {fmt.title} file runs {fmt.runs_code}; load it only if you made it: "
+        f"pass --trust-code (Segmenter(..., trust_code=True)) or set {TRUST_CODE_ENV}=1, or run the .onnx instead"
+    )
 
 
 def _register_builtin() -> None:

@@ -23,6 +23,7 @@ FORMAT = Format(
     precisions=("fp32", "fp16"), devices=("cpu", "cuda"), needs_torch=True, requires=("torch",),
     options=frozenset({"dynamic", "portable"}), aliases=("pt2", "aotinductor"),
     note="compiled package for one device; aoti_load_package / AOTIModelPackageLoader",
+    runs_code="native code (the compiled kernels in its shared library)",
 )  # fmt: skip
 # The key of ModelMeta in the package's metadata (the same word as the ONNX metadata key).
 METADATA_KEY = ONNX_METADATA_KEY

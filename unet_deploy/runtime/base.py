@@ -60,20 +60,24 @@ class Backend:
         )
 
 
-def backend_class(path: str | Path, backend: str = "auto") -> type[Backend]:
-    """The backend class for ``path``: by name (format, backend or alias), or (``"auto"``) by the file.
+def backend_format(path: str | Path, backend: str = "auto") -> formats.Format:
+    """The format row ``path`` is loaded as: by backend name (format, backend or alias), or (``"auto"``) by the file.
 
     The format registry decides: the longest suffix wins, and a ``.pt`` that is really a
     TorchScript archive goes to the TorchScript backend.
     """
     if backend.strip().lower() != "auto":
         try:
-            fmt = formats.get(backend)
+            return formats.get(backend)
         except UnetDeployError:
             choices = ", ".join(dict.fromkeys(f.backend for f in formats.FORMATS.values() if f.backend_class))
             raise UnetDeployError(f"backend {backend!r} is unknown; use auto or one of {choices}") from None
-        return fmt.load_backend()
-    return formats.for_path(path).load_backend()
+    return formats.for_path(path)
+
+
+def backend_class(path: str | Path, backend: str = "auto") -> type[Backend]:
+    """The backend class for ``path`` (``backend_format``'s row)."""
+    return backend_format(path, backend).load_backend()
 
 
 def backend_names() -> list[str]:

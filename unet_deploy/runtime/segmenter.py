@@ -24,7 +24,7 @@ from ..meta import ModelMeta, check_size, check_tiling, sidecar_path
 from ..postprocess import CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original
 from ..preprocess import check_image, preprocess
 from ..tiling import tiled_class_map
-from .base import Backend, backend_class, sidecar_meta
+from .base import Backend, backend_format, sidecar_meta
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..stream import FrameStream
@@ -107,6 +107,10 @@ class Segmenter:
     (``"top-left"``, ``"center"`` or ``"rect"``: pad only to the next multiple of 16). Frames of
     different network shapes (rect letterbox) are batched per shape; ONNX Runtime, AOTI and the
     torch backends take any multiple of 16, OpenVINO compiles once per shape and keeps it.
+
+    ``trust_code``: load a file that runs code when loaded (an AOTInductor ``.pt2`` carries a
+    shared library) only when this is True or ``UNET_DEPLOY_TRUST_CODE=1``; else a one-line
+    refusal. ONNX and OpenVINO IR are data; TorchScript is in part code (README "Trust").
     """
 
     def __init__(
@@ -123,12 +127,15 @@ class Segmenter:
         tiling: dict[str, float] | bool | None = None,
         tile_batch: int = 8,
         letterbox: str | None = None,
+        trust_code: bool = False,
     ) -> None:
         self.model_path = Path(model)
         if not self.model_path.is_file():
             _refuse_path(self.model_path)
         classes = [str(c) for c in classes] if classes else None
-        cls = backend_class(self.model_path, backend)
+        fmt = backend_format(self.model_path, backend)
+        formats.check_trust(fmt, self.model_path, trust_code)  # a .pt2 runs native code: only on opt-in
+        cls = fmt.load_backend()
         self._backend: Backend = cls(self.model_path, device=device, threads=threads, precision=precision,
                                      providers=providers, classes=classes)  # fmt: skip
         self.meta = _resolve_meta(self._backend, classes, input_size)
