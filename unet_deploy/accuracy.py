@@ -28,6 +28,9 @@ from .preprocess import preprocess, unletterbox_mask
 DEFAULT_MIN_AGREEMENT = 99.0  # percent of original-size pixels whose class equals fp32's
 DEFAULT_MAX_MIOU_DROP = 1.0  # mIoU points (percent) the candidate may lose against fp32
 VAL_EVERY = 5  # without an ImageSets split, every 5th image (sorted by name) is held back
+# An image whose every channel spans at most this many 8-bit levels is flat (all black, one colour):
+# int8 calibrated or gated on such images learns and measures nothing about real ones.
+FLAT_LEVELS = 8
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 NCHW batch -> logits NCHW
 
@@ -95,8 +98,27 @@ def spread(paths: Sequence[Path], count: int | None) -> list[Path]:
     return [paths[i] for i in np.linspace(0, len(paths) - 1, count).round().astype(int)]
 
 
-def load_samples(paths: Sequence[Path], limit: int | None = None) -> list[Sample]:
-    """Read up to ``limit`` images (evenly spread over ``paths``) and their masks, if any."""
+def is_flat(image: np.ndarray) -> bool:
+    """True when every channel of ``image`` spans at most ``FLAT_LEVELS`` 8-bit levels (16-bit scaled down)."""
+    levels = FLAT_LEVELS * (257 if image.dtype == np.uint16 else 1)
+    pixels = image[::2, ::2].reshape(-1, image.shape[2] if image.ndim == 3 else 1)
+    return bool(pixels.size == 0 or (pixels.max(0).astype(np.float64) - pixels.min(0)).max() <= levels)
+
+
+def check_varied(images: Sequence[np.ndarray], source: str | Path, what: str) -> None:
+    """Refuse a calibration or validation set of which more than half the images are flat
+    (``is_flat``): the gate would pass on what it cannot tell apart. ``what`` names the set."""
+    flat = sum(is_flat(im) for im in images)
+    if images and 2 * flat > len(images):
+        raise UnetDeployError(
+            f"{source}: {flat} of {len(images)} {what} images are flat (one colour, e.g. all black); int8 "
+            "calibrated or gated on them says nothing about real images: pass representative images"
+        )
+
+
+def load_samples(paths: Sequence[Path], limit: int | None = None, what: str = "validation") -> list[Sample]:
+    """Read up to ``limit`` images (evenly spread over ``paths``) and their masks, if any; a set of
+    mostly flat images is refused (``check_varied``; ``what`` names the set in that error)."""
     from .data.palette import read_mask
 
     samples = []
@@ -107,6 +129,7 @@ def load_samples(paths: Sequence[Path], limit: int | None = None) -> list[Sample
         if mask is not None and mask.shape != image.shape[:2]:
             raise UnetDeployError(f"{mask_file}: mask is {mask.shape} but its image is {image.shape[:2]}; re-create the dataset")
         samples.append(Sample(p.name, image, mask))
+    check_varied([s.image for s in samples], Path(paths[0]).parent if paths else "", what)
     return samples
 
 
@@ -132,6 +155,7 @@ class GateResult:
     max_miou_drop: float
     passed: bool
     source: str = ""
+    foreground: float | None = None  # percent of pixels fp32 calls a class other than background
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, rounded for the sidecar and the IR's rt_info."""
@@ -143,10 +167,11 @@ class GateResult:
             iou = "mIoU not measured (no ground-truth masks)"
         else:
             iou = f"mIoU {self.miou_fp32:.2f} -> {self.miou:.2f} (drop {self.miou_drop:.2f} points, max {self.max_miou_drop:g})"
+        fg = "" if self.foreground is None else f", fp32 finds non-background in {self.foreground:.2f}% of the pixels"
         return (
             f"{self.precision} vs fp32 on {self.images} images of {self.source}: agreement "
             f"{self.agreement:.2f}% (min {self.min_agreement:g}%, worst image {self.worst_image} "
-            f"{self.worst_agreement:.2f}%), {iou}"
+            f"{self.worst_agreement:.2f}%), {iou}{fg}"
         )
 
 
@@ -182,7 +207,7 @@ def evaluate(
     k = meta.num_classes
     conf_ref = np.zeros((k, k), np.int64)
     conf_cand = np.zeros((k, k), np.int64)
-    same = total = 0
+    same = total = foreground = 0
     worst = (101.0, "")
     with_masks = all(s.mask is not None for s in samples)
     for s in tqdm(samples, desc=f"accuracy gate ({precision})", unit="img", leave=False, disable=None):
@@ -190,6 +215,7 @@ def evaluate(
         cand = predict_class_map(candidate, s.image, meta)
         agree = int(np.count_nonzero(ref == cand))
         same, total = same + agree, total + ref.size
+        foreground += int(np.count_nonzero(ref))
         worst = min(worst, (100.0 * agree / ref.size, s.name))
         if with_masks:
             conf_ref += metrics.confusion(s.mask, ref, k)
@@ -202,7 +228,7 @@ def evaluate(
     passed = agreement >= min_agreement and (drop is None or drop <= max_miou_drop)
     return GateResult(
         precision, len(samples), agreement, worst[0], worst[1], m_ref, m_cand, drop,
-        float(min_agreement), float(max_miou_drop), passed, source,
+        float(min_agreement), float(max_miou_drop), passed, source, 100.0 * foreground / total,
     )  # fmt: skip
 
 

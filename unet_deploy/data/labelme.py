@@ -122,6 +122,8 @@ def unique_stems(src: Path, paths: list[Path]) -> dict[Path, str]:
     for p in paths:
         rel = p.relative_to(src) if src.is_dir() else Path(p.name)
         stem = "_".join(rel.with_suffix("").parts)
+        if not stem.strip(".") or stem.startswith("."):  # "..json", ".x.json": no empty, dot or hidden names
+            stem = "_" + stem
         name, n = stem, 1
         while name.lower() in used:
             n += 1
@@ -212,7 +214,7 @@ def _write_image(folder: Path, stem: str, loaded: LabelmeImage) -> Path:
     suffix = loaded.suffix if loaded.suffix in IMAGE_SUFFIXES else ".png"
     target = folder / f"{stem}{suffix}"
     for old in folder.glob(f"{glob_escape(stem)}.*"):  # a rerun with another format: keep one image per stem
-        if old.suffix.lower() in IMAGE_SUFFIXES and old != target:
+        if old.stem == stem and old.suffix.lower() in IMAGE_SUFFIXES and old != target:  # not part.1.png for part
             old.unlink()
     if suffix != loaded.suffix:
         return write_image(target, loaded.image)

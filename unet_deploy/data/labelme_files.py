@@ -144,7 +144,7 @@ def _find_image_file(json_path: Path, image_path: Any, root: Path | None = None)
             raise UnetDeployError(f"{quote(json_path)}: imagePath is unusable ({e.strerror}); fix it in labelme") from None
     stem = json_path.stem
     for c in sorted(json_path.parent.glob(f"{glob_escape(stem)}.*")):
-        if c.suffix.lower() in IMAGE_SUFFIXES and c.is_file():
+        if c.stem == stem and c.suffix.lower() in IMAGE_SUFFIXES and c.is_file():  # part.png, not part.1.png
             return c
     if outside:
         raise UnetDeployError(

@@ -118,10 +118,13 @@ def thresholds(opts: ExportOptions) -> tuple[float, float]:
 
 def calibration_inputs(paths: list[Path], meta: ModelMeta) -> list[np.ndarray]:
     """Float32 ``(1, C, H, W)`` inputs letterboxed and normalised exactly as at run time."""
+    from ..accuracy import check_varied
     from ..fileio import read_image
     from ..preprocess import preprocess
 
-    return [preprocess(read_image(p), meta)[0][None] for p in paths]
+    images = [read_image(p) for p in paths]
+    check_varied(images, paths[0].parent if paths else "", "calibration")
+    return [preprocess(image, meta)[0][None] for image in images]
 
 
 def kept_fp32(recipe: Int8Recipe, convs: list[str]) -> list[str]:
@@ -200,7 +203,7 @@ def _accuracy_controlled(torch_model: Any, graph: Int8Graph, paths: list[Path], 
 
     from .. import accuracy
 
-    samples = accuracy.load_samples(paths, CONTROL_COUNT)
+    samples = accuracy.load_samples(paths, CONTROL_COUNT, "calibration")
     reference = _eager(torch_model)
     refs = [accuracy.predict_class_map(reference, s.image, meta) for s in samples]
     with_masks = all(s.mask is not None for s in samples)

@@ -8,6 +8,7 @@ unet_deploy.runtime`` stays torch-free.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,8 +27,8 @@ class Backend:
     ``device`` is ``"cuda"`` or ``"cpu"`` (what really runs), ``precision`` what computes,
     ``device_note`` says why when a wish could not be met, ``meta`` is the ModelMeta found
     inside the file (or None), ``input_hw`` the fixed input (H, W) if the file fixes it,
-    ``fixed_batch`` the one batch size the file accepts (None: any) and ``num_outputs`` its
-    logit channels if known.
+    ``fixed_batch`` the one batch size the file accepts (None: any), ``num_outputs`` its
+    logit channels and ``in_channels`` its input channels if known.
     """
 
     name: ClassVar[str] = "base"
@@ -43,6 +44,7 @@ class Backend:
         self.input_hw: tuple[int, int] | None = None
         self.fixed_batch: int | None = None
         self.num_outputs: int | None = None
+        self.in_channels: int | None = None  # the network's input channels, where the file fixes them
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """float32 ``(N, C, H, W)`` network input -> float32 ``(N, K, H, W)`` logits."""
@@ -110,6 +112,31 @@ def choose_device(device: str, cuda_available: bool, missing: str, path: Path | 
         where = f"{path}: " if path else ""
         raise UnetDeployError(f"{where}CUDA was asked for but {missing}; use --device cpu (or auto)")
     return "cpu", missing
+
+
+def file_meta(backend: Backend) -> ModelMeta | None:
+    """The ModelMeta inside the backend's file, else its ``<stem>.json`` sidecar (None: neither).
+
+    A sidecar that disagrees with the file's own metadata (a stale one, or files of two exports) is
+    not used, and a ``RuntimeWarning`` says so, naming the first field that differs.
+    """
+    side = sidecar_meta(backend.path) if backend.meta is None else None
+    if backend.meta is None:
+        return side
+    from ..meta import sidecar_path
+
+    path = sidecar_path(backend.path)
+    if path.is_file():
+        try:
+            other = ModelMeta.load(path).to_dict()
+        except UnetDeployError as e:
+            other = {"(readable)": e.message}
+        own = backend.meta.to_dict()
+        differ = [k for k in dict.fromkeys([*own, *other]) if own.get(k) != other.get(k)]
+        if differ:
+            warnings.warn(f"{path}: disagrees with the metadata inside {backend.path.name} ({differ[0]}); the file's "
+                          "own is used: delete or rewrite the sidecar (re-export)", RuntimeWarning, stacklevel=3)
+    return backend.meta
 
 
 def sidecar_meta(path: Path) -> ModelMeta | None:

@@ -20,11 +20,12 @@ import numpy as np
 from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
-from ..meta import ModelMeta, check_size, check_tiling, sidecar_path
-from ..postprocess import CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original
+from ..meta import ModelMeta, check_int, check_size, check_tiling, max_batch, sidecar_path
+from ..postprocess import (CONTOUR_COLOR, Region, argmax, check_finite, class_boxes, find_regions,
+                           overlay, to_original)
 from ..preprocess import check_image, preprocess
 from ..tiling import tiled_class_map
-from .base import Backend, backend_format, sidecar_meta
+from .base import Backend, backend_format, file_meta
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..stream import FrameStream
@@ -141,12 +142,18 @@ class Segmenter:
         self.meta = _resolve_meta(self._backend, classes, input_size)
         if letterbox is not None:
             self.meta = dataclasses.replace(self.meta, letterbox={**self.meta.letterbox, "pad": letterbox})
+        if self._backend.input_hw and self.meta.pad == "rect":  # rect makes non-square inputs: a fixed net fails
+            raise UnetDeployError(
+                f"{self.model_path}: the network's input is fixed at {self._backend.input_hw[0]}x"
+                f"{self._backend.input_hw[1]} but its letterbox is rect (any multiple of 16); run it with "
+                "--letterbox top-left (letterbox='top-left') or re-export it with --dynamic"
+            )
         if tiling is True:
             raise UnetDeployError("tiling=True says nothing about the scale; pass {'scale': 1.0, 'overlap': 0.25}")
         self.tiling = None if tiling is False else check_tiling(self.meta.tiling if tiling is None else tiling)
-        if int(tile_batch) < 1:
-            raise UnetDeployError(f"tile_batch {tile_batch} must be at least 1")
-        self.tile_batch = int(tile_batch)
+        # inputs per network call that fit memory, from the declared size before anything is allocated
+        self.max_batch = max_batch(self.meta, source=str(self.model_path))
+        self.tile_batch = min(check_int(tile_batch, "tile_batch", 1), self.max_batch)
         self.min_area = int(min_area)
         mismatch = cpu.int8_mismatch(self.meta.extra.get("int8"), self.model_path.name)
         if mismatch:
@@ -199,8 +206,7 @@ class Segmenter:
     def predict_iter(self, images: Iterable[ImageLike], batch_size: int = 8) -> Iterator[Result]:
         """Like ``predict_batch`` but yields results as each batch completes (for progress bars
         and for folders too large to keep in memory)."""
-        if batch_size < 1:
-            raise UnetDeployError(f"batch size {batch_size} must be at least 1")
+        batch_size = min(check_int(batch_size, "batch size", 1), self.max_batch)  # capped by memory
         chunk: list[ImageLike] = []
         for item in images:
             chunk.append(item)
@@ -240,6 +246,7 @@ class Segmenter:
             logits = np.concatenate(parts)
         if logits.ndim != 4 or logits.shape[1] != self.meta.num_outputs:
             self.meta.check_num_outputs(logits.shape[1] if logits.ndim == 4 else -1, str(self.model_path))
+        check_finite(logits, str(self.model_path))
         return logits
 
     def _predict_chunk(self, items: Sequence[ImageLike]) -> list[Result]:
@@ -259,8 +266,12 @@ class Segmenter:
         if self.tiling is not None:
             for i, file, image, _, _, pre_ms in ready:
                 t0 = time.perf_counter()
-                mask = tiled_class_map(image, self.meta, self.infer, self.tiling["scale"], self.tiling["overlap"],
-                                       tile_batch=self.tile_batch)  # fmt: skip
+                try:
+                    mask = tiled_class_map(image, self.meta, self.infer, self.tiling["scale"], self.tiling["overlap"],
+                                           tile_batch=self.tile_batch)  # fmt: skip
+                except UnetDeployError as e:  # this image's tiling (too large scaled) or its NaN logits: it fails alone
+                    results[i] = Result(file, classes=self.classes, error=_one_line(e.message, file))
+                    continue
                 results[i] = self._result(file, image, mask, pre_ms, _ms(t0), 0.0)
             return results  # type: ignore[return-value]
         groups: dict[tuple[int, ...], list[tuple]] = {}  # rect letterbox: one batch per network shape
@@ -268,7 +279,12 @@ class Segmenter:
             groups.setdefault(r[3].shape, []).append(r)
         for group in groups.values():
             t0 = time.perf_counter()
-            logits = self.infer(np.stack([r[3] for r in group]))
+            try:
+                logits = self.infer(np.stack([r[3] for r in group]))
+            except UnetDeployError as e:  # NaN logits, a file the backend cannot run: these images fail, reported
+                for i, file, *_ in group:
+                    results[i] = Result(file, classes=self.classes, error=_one_line(e.message, file))
+                continue
             inference_ms = _ms(t0) / len(group)
             t0 = time.perf_counter()
             class_maps = argmax(logits)
@@ -304,7 +320,7 @@ def _refuse_path(path: Path) -> None:
 def _resolve_meta(backend: Backend, classes: list[str] | None, input_size: Any) -> ModelMeta:
     """ModelMeta from the file, else the sidecar, else ``classes``/``input_size``; overrides applied."""
     path = backend.path
-    meta = backend.meta or sidecar_meta(path)
+    meta = file_meta(backend)
     if meta is None:
         if not classes:
             raise UnetDeployError(
@@ -335,6 +351,11 @@ def _resolve_meta(backend: Backend, classes: list[str] | None, input_size: Any) 
         )
     if backend.num_outputs is not None:
         meta.check_num_outputs(backend.num_outputs, str(path))
+    if backend.in_channels is not None and backend.in_channels != meta.in_channels:
+        raise UnetDeployError(
+            f"{path}: the network takes {backend.in_channels} input channels but the metadata says {meta.color} "
+            f"({meta.in_channels}); the metadata belongs to another model: fix the sidecar or re-export"
+        )
     return meta
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import UnetDeployError
+from ..fileio import private_tempdir
 from ..meta import ModelMeta, sidecar_path
 
 LAYOUTS = ("python", "ensemble")
@@ -132,7 +132,7 @@ def export_triton(
     log = log or (lambda message: None)
     out_repo = Path(out_repo)
     kind = "KIND_GPU" if device == "gpu" else "KIND_CPU"
-    with tempfile.TemporaryDirectory(prefix="unet-triton-export-") as tmp:
+    with private_tempdir("triton-export") as tmp:
         files, meta = _artefact(Path(model_file_or_checkpoint), Path(tmp), onnx_only=layout == "ensemble", log=log,
                                 trust_code=trust_code)
         params = {"unet_deploy": meta.to_json(), "min_area": str(int(min_area))}
@@ -160,7 +160,7 @@ def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: Any) -> 
     from ..export import export_to
     from ..formats import onnx as onnx_format
 
-    with tempfile.TemporaryDirectory(prefix="unet-triton-onnx-") as tmp:
+    with private_tempdir("triton-onnx") as tmp:
         onnx_path = Path(tmp) / f"{Path(path).name.split('.')[0] or 'model'}.onnx"
         export_to(onnx_format.FORMAT, model, meta, onnx_path, opts)  # staged, parity-checked, with its sidecar
         export_triton(onnx_path, path, log=opts.log)
