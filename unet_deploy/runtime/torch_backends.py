@@ -88,6 +88,14 @@ class _TorchBackend(Backend):
     def _run(self, x: Any) -> Any:
         raise NotImplementedError
 
+    @classmethod
+    def cuda_support(cls) -> str | None:
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed"
+        return None if torch.cuda.is_available() else _NO_CUDA
+
     def _cast(self, model: Any, asked: str | None) -> Any:
         """``model`` at the asked precision: as exported (``None``), or an fp32 model cast to bf16/fp16."""
         from ..formats._torch import reduced_precision
