@@ -89,7 +89,7 @@ def fake_package(tmp_path, monkeypatch):
         def __call__(self, x):
             return torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] - 0.5], 1)
 
-    def load(path):
+    def load(path, device_index=-1):
         loads.append(path)
         return Package()
 
