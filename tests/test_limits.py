@@ -91,7 +91,7 @@ def test_export_refuses_a_size_that_cannot_fit_and_checks_parity_at_a_bounded_si
     from unet_deploy.model import UNet
 
     monkeypatch.setenv(MAX_MEMORY_ENV, "64")
-    with pytest.raises(UnetDeployError, match=r"a 1024x1024 input of this model \(base 8 channels\)"):
+    with pytest.raises(UnetDeployError, match=r"2 inputs of 1024x1024 of this model \(base 8 channels\)"):
         export_model((UNet(2, base_channels=8), ModelMeta(classes=["background", "spot"], arch={"base_channels": 8})),
                      "onnx", out_dir=tmp_path / "out", img_size=1024, verbose=False)
     assert not (tmp_path / "out").exists()

@@ -123,6 +123,18 @@ def test_predict_cli_needs_trust_code_for_a_pt2(fake_package, tmp_path):
     assert (tmp_path / "pred" / "report.json").is_file()
 
 
+def test_serving_a_pt2_needs_trust_code_and_the_repository_carries_it(fake_package, tmp_path):
+    from unet_deploy.serve import read_parameters
+
+    path, loads = fake_package
+    with pytest.raises(UnetDeployError, match="runs native code"):
+        export_triton(path, tmp_path / "repo")
+    assert loads == [] and not (tmp_path / "repo").exists()
+    model_dir = export_triton(path, tmp_path / "repo", trust_code=True)
+    assert read_parameters(model_dir / "config.pbtxt")["trust_code"] == "1"  # model.py passes it to Segmenter
+    assert (model_dir / "1" / "m.pt2").read_bytes() == path.read_bytes()
+
+
 def test_onnx_is_data_and_needs_no_opt_in(tmp_path, monkeypatch):
     monkeypatch.delenv(TRUST_CODE_ENV, raising=False)
     assert Segmenter(red_model(tmp_path / "red.onnx")).backend == "onnxruntime"

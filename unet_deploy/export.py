@@ -415,7 +415,7 @@ def export_model(
     opts.device = _check_device(device, rows)
     model, meta, stem, source = _source(checkpoint_or_model, classes)
     meta = replace(meta, input_size=size or meta.input_size, letterbox=export_letterbox(meta, letterbox, dynamic))
-    max_batch(meta, source=str(source or "the model"))  # the export traces one input of this size: fits memory?
+    max_batch(meta, source=str(source or "the model"), need=EXAMPLE_BATCH)  # the export's example at this size fits?
     out = Path(out_dir) if out_dir is not None else (source.parent if source else Path.cwd())
     targets = {fmt.name: fmt.path(out, stem, "fp32" if precision == AUTO else precision) for fmt in rows}
     check_request(rows, opts, targets)

@@ -200,16 +200,17 @@ def inference_bytes(meta: "ModelMeta", batch: int = 1, hw: tuple[int, int] | Non
     return int(batch) * h * w * (meta.in_channels + meta.num_outputs + ACTIVATION_FLOATS * c) * 4
 
 
-def max_batch(meta: "ModelMeta", hw: tuple[int, int] | None = None, source: str = "the model") -> int:
+def max_batch(meta: "ModelMeta", hw: tuple[int, int] | None = None, source: str = "the model", need: int = 1) -> int:
     """The largest batch of ``hw`` inputs (default: ``meta.input_size``) within ``memory_budget``; the
-    one-line error, before anything is allocated, when not even one fits."""
+    one-line error, before anything is allocated, when not even ``need`` of them fit."""
     one, budget = inference_bytes(meta, 1, hw), memory_budget()
-    if one > budget:
+    if need * one > budget:
         h, w = hw or meta.input_size
+        what = f"a {h}x{w} input" if need == 1 else f"{need} inputs of {h}x{w}"
         raise UnetDeployError(
-            f"{source}: a {h}x{w} input of this model (base {meta.arch['base_channels']} channels) needs about "
-            f"{one / 2**30:.1f} GB, over the {budget / 2**30:.1f} GB allowed; use a smaller input size, or raise "
-            f"{MAX_MEMORY_ENV} (megabytes, 0: no limit)"
+            f"{source}: {what} of this model (base {meta.arch['base_channels']} channels) needs about "
+            f"{need * one / 2**30:.1f} GB, over the {budget / 2**30:.1f} GB allowed; use a smaller input size, or "
+            f"raise {MAX_MEMORY_ENV} (megabytes, 0: no limit)"
         )
     return max(1, budget // one)
 
