@@ -193,8 +193,9 @@ def private_tempdir(kind: str) -> tempfile.TemporaryDirectory:
 
 
 def remove_stale_tempdirs(folder: str | Path | None = None) -> list[Path]:
-    """Delete ``private_tempdir`` folders (in ``folder``, default the system's temp folder) whose process
-    is dead; return what was removed. Folders of live processes, links and other names are kept."""
+    """Delete ``private_tempdir`` folders (in ``folder``, default the system's temp folder) of this user
+    whose process is dead; return what was removed. Folders of live processes or other users, links
+    and other names are kept."""
     removed = []
     try:
         entries = list(Path(folder or tempfile.gettempdir()).iterdir())
@@ -202,9 +203,12 @@ def remove_stale_tempdirs(folder: str | Path | None = None) -> list[Path]:
         return removed
     for entry in entries:
         found = _TEMPDIR.match(entry.name)
-        if found and not _pid_alive(int(found["pid"])) and entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+        if not found or _pid_alive(int(found["pid"])) or entry.is_symlink() or not entry.is_dir():
+            continue
+        with contextlib.suppress(OSError):
+            if os.name == "nt" or entry.stat().st_uid == os.getuid():  # ours by name and by owner
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
     return removed
 
 
