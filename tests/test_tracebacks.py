@@ -2,6 +2,7 @@
 that cannot be written, a static network with the rect letterbox, model files at odds with themselves."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -151,6 +152,42 @@ def test_static_export_does_not_write_rect(tmp_path):
     path = export_model((model, meta), "onnx", out_dir=tmp_path, dynamic=False, verbose=False)["onnx"]
     seg = Segmenter(path)
     assert seg.meta.pad == "top-left" and seg.predict_batch([red_image((3, 517))])[0].size == (3, 517)
+
+
+def _reshaping(path: Path) -> Path:
+    """A dynamic-input ONNX model that reshapes its logits to 64x64: any other input size fails inside
+    onnxruntime at run time, as a file at odds with its metadata does."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    conv = helper.make_node("Conv", ["images", "W"], ["c"], kernel_shape=[1, 1])
+    shape = numpy_helper.from_array(np.array([-1, 2, 64, 64], np.int64), "S")
+    reshape = helper.make_node("Reshape", ["c", "S"], ["logits"])
+    graph = helper.make_graph(
+        [conv, reshape], "fixed-inside",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2, 64, 64])],
+        initializer=[numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "W"), shape],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    meta = ModelMeta(classes=["background", "red"], input_size=(64, 64), letterbox={"pad": "rect"})
+    helper.set_model_props(model, {"unet_deploy": meta.to_json()})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_backend_that_fails_at_run_time_fails_those_images_and_report_json_is_written(tmp_path):
+    model = _reshaping(tmp_path / "odd.onnx")
+    square, wide = tmp_path / "square.png", tmp_path / "wide.png"
+    cv2.imwrite(str(square), red_image((64, 64), (5, 20, 5, 30)))
+    cv2.imwrite(str(wide), red_image((3, 517)))  # rect letterbox: a 32x64 input the graph cannot take
+    results = Segmenter(model).predict_batch([square, wide], batch_size=2)
+    assert results[0].ok and not results[1].ok
+    assert "odd.onnx: onnxruntime cannot run a 1x3x32x64 input" in results[1].error  # 3x517 -> 32x64 (rect)
+    res = CliRunner().invoke(predict_command, [str(model), str(square), str(wide), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert [("error" in r) for r in report["images"]] == [False, True]
 
 
 # ---------------------------------------------------------------------------- inconsistent model files
