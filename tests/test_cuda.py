@@ -41,10 +41,9 @@ def cuda_exports(color_checkpoint, tmp_path_factory) -> dict:
         target = out / f"{fmt}_{precision}"
         result = CliRunner().invoke(command, [str(color_checkpoint), "--format", fmt, "--precision", precision,
                                               "--device", "cuda", "--out", str(target)])  # fmt: skip
-        assert result.exit_code == 0, (fmt, precision, result.output)
-        assert "Error" not in result.output and "Traceback" not in result.output, result.output
-        made[(fmt, precision)] = next(p for p in target.iterdir() if p.suffix != ".json")
-    return made
+        ok = result.exit_code == 0 and "Error" not in result.output and "Traceback" not in result.output
+        made[(fmt, precision)] = next(p for p in target.iterdir() if p.suffix != ".json") if ok else result.output
+    return made  # a failed export is its output: the test reports every format, not only the first failure
 
 
 @pytest.mark.parametrize("precision", [None, "fp16", "bf16"])
@@ -57,7 +56,10 @@ def test_checkpoint_on_cuda_matches_cpu_fp32(color_checkpoint, cpu_masks, precis
 
 
 def test_every_torch_export_on_cuda_matches_cpu_fp32(cuda_exports, cpu_masks):
+    failed = {key: out[-800:] for key, out in cuda_exports.items() if isinstance(out, str)}
     for (fmt, precision), path in cuda_exports.items():
+        if (fmt, precision) in failed:
+            continue
         if fmt == "onnx":  # this machine's ONNX Runtime is the CPU build: the file is checked on the CPU
             seg = Segmenter(path, device="auto")
             assert seg.device == "cpu"
@@ -68,6 +70,7 @@ def test_every_torch_export_on_cuda_matches_cpu_fp32(cuda_exports, cpu_masks):
         assert _agreement(masks, cpu_masks) >= (0.999 if precision == "fp32" else 0.99), (fmt, precision)
         single = seg(IMAGES[2])
         assert np.array_equal(single.mask, masks[2]), fmt  # batch 1 (AOTI pads it) = the batched answer
+    assert not failed, failed
 
 
 def test_device_pipeline_on_cuda_gives_the_host_masks(color_checkpoint):
