@@ -18,8 +18,8 @@ def _verdict(ok: bool | None) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     m, s = report["machine"], report["sections"]
     mm = s.get("matmul_tflops") or {}
-    inf = s.get("inference") or {}
-    net = s.get("network_alone") or {}
+    inf = {k: v for k, v in (s.get("inference") or {}).items() if isinstance(v, dict) and "batch1_ms" in v}
+    net = {k: v for k, v in (s.get("network_alone") or {}).items() if isinstance(v, dict) and "ms" in v}
     lines = [f"# GPU benchmark: {m.get('gpu') or 'no GPU (dry run)'}", "",
              f"- Date: {m.get('date')}; command: `{report['command']}`; budget {report['budget_s']:.0f} s"
              f"{' (quick)' if report.get('quick') else ''}; UNet base {report['base_channels']}",
@@ -93,6 +93,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- the training step alone (batch {ts['batch']}, 256x256, data on the device): {_f(ts['images_per_s'], '.0f')} images/s, "
                      f"peak {_f(ts.get('peak_mb'), '.0f')} MB")  # fmt: skip
     errors = {k: v for k, v in s.items() if isinstance(v, dict) and ("error" in v or "skipped" in v)}
+    errors.update({f"{k} {p}": v for k in ("inference", "network_alone") for p, v in (s.get(k) or {}).items()
+                   if isinstance(v, dict) and ("error" in v or "skipped" in v)})  # fmt: skip
     if errors:
         lines += ["", "## Sections that did not run", ""] + [f"- {k}: {v.get('error') or v.get('skipped')}" for k, v in errors.items()]
     return "\n".join(lines) + "\n"

@@ -89,7 +89,9 @@ class Run:
         except Exception as e:  # a broken section must not lose the others
             import traceback
 
-            self.report["sections"][name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
+            error = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
+            partial = self.report["sections"].get(name)  # rows a section kept as it went stay
+            self.report["sections"][name] = {**partial, **error} if isinstance(partial, dict) else error
             log(f"{name}: ERROR {type(e).__name__}: {e}")
             value = None
         log(f"{name}: {time.perf_counter() - t0:.1f} s")
@@ -216,12 +218,16 @@ def throughput(run: Run, seg: Segmenter, frame: np.ndarray, batches: Sequence[in
             continue
         images = [frame] * b
         run.peak_reset()
-        seg.predict_batch(images, batch_size=b)  # warm-up (captures this shape's graph)
-        reps = max(2, min(10, 256 // b)) if not run.args.quick else 1
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            seg.predict_batch(images, batch_size=b)
-        dt = time.perf_counter() - t0
+        try:
+            seg.predict_batch(images, batch_size=b)  # warm-up (captures this shape's graph)
+            reps = max(2, min(10, 256 // b)) if not run.args.quick else 1
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                seg.predict_batch(images, batch_size=b)
+            dt = time.perf_counter() - t0
+        except Exception as e:  # one batch size failing keeps the others
+            out[str(b)] = {"error": f"{type(e).__name__}: {e}"}
+            continue
         out[str(b)] = {"images_per_s": b * reps / dt, "ms_per_batch": 1000 * dt / reps, "peak_mb": run.peak_mb()}
     return out
 
@@ -230,10 +236,13 @@ def inference(run: Run, ckpt: str) -> dict[str, Any]:
     """Per precision: agreement with fp32 on held-back frames, batch-1 latency, throughput."""
     test = frames(4 if run.args.quick else 16)
     runs = 20 if run.args.quick else 200
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = run.report["sections"].setdefault("inference", {})  # rows kept as they finish
     reference = None
     for precision in PRECISIONS:
         if run.device == "cpu" and precision in ("fp16", "tf32"):
+            continue
+        if run.left() < 30:
+            out[precision] = {"skipped": "time budget"}
             continue
         seg = segmenter(run, ckpt, precision)
         masks = [r.mask for r in seg.predict_batch(test, batch_size=4)]
@@ -241,9 +250,10 @@ def inference(run: Run, ckpt: str) -> dict[str, Any]:
         agree = [float((a == b).mean()) for a, b in zip(masks, reference)]
         row = {"pipeline": seg.pipeline, "precision": seg.precision, "agreement_with_fp32": float(np.mean(agree)),
                "worst_image_agreement": float(min(agree)), "batch1_ms": latency(run, seg, test[0], runs)}  # fmt: skip
+        out[precision] = row
         if run.left() > 60:
             row["throughput"] = throughput(run, seg, test[0], BATCHES if not run.args.quick else (1, 4))
-        out[precision] = row
+        run.save()
         run.tf32(True)
     return out
 
@@ -269,7 +279,12 @@ def network_alone(run: Run, ckpt: str) -> dict[str, Any]:
                     break
                 x = torch.zeros(b, 3, *hw, device=run.device)
                 run.peak_reset()
-                replay = _graphed(run, net, x)
+                try:
+                    replay = _graphed(run, net, x)
+                except Exception as e:  # e.g. a tensor past 32-bit index math: the row says so
+                    out[f"{name} {precision} b{b}"] = {"shape": name, "precision": precision, "batch": b,
+                                                       "error": f"{type(e).__name__}: {e}"}  # fmt: skip
+                    continue
                 reps = max(3, min(200, 2000 // b)) if not run.args.quick else 2
                 run.sync()
                 t0 = time.perf_counter()
