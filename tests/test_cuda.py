@@ -37,14 +37,13 @@ def cuda_exports(color_checkpoint, tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("cuda_exports")
     made = {}
-    for fmt, precision in (("torchscript", "fp32"), ("torchscript", "fp16"), ("aoti", "fp32"), ("onnx", "fp32")):
+    for fmt, precision in (("torchscript", "fp32"), ("torchscript", "fp16"), ("onnx", "fp32")):
         target = out / f"{fmt}_{precision}"
         result = CliRunner().invoke(command, [str(color_checkpoint), "--format", fmt, "--precision", precision,
                                               "--device", "cuda", "--out", str(target)])  # fmt: skip
-        assert result.exit_code == 0, (fmt, precision, result.output)
-        assert "Error" not in result.output and "Traceback" not in result.output, result.output
-        made[(fmt, precision)] = next(p for p in target.iterdir() if p.suffix != ".json")
-    return made
+        ok = result.exit_code == 0 and "Error" not in result.output and "Traceback" not in result.output
+        made[(fmt, precision)] = next(p for p in target.iterdir() if p.suffix != ".json") if ok else result.output
+    return made  # a failed export is its output: the test reports every format, not only the first failure
 
 
 @pytest.mark.parametrize("precision", [None, "fp16", "bf16"])
@@ -57,7 +56,10 @@ def test_checkpoint_on_cuda_matches_cpu_fp32(color_checkpoint, cpu_masks, precis
 
 
 def test_every_torch_export_on_cuda_matches_cpu_fp32(cuda_exports, cpu_masks):
+    failed = {key: out[-800:] for key, out in cuda_exports.items() if isinstance(out, str)}
     for (fmt, precision), path in cuda_exports.items():
+        if (fmt, precision) in failed:
+            continue
         if fmt == "onnx":  # this machine's ONNX Runtime is the CPU build: the file is checked on the CPU
             seg = Segmenter(path, device="auto")
             assert seg.device == "cpu"
@@ -68,6 +70,19 @@ def test_every_torch_export_on_cuda_matches_cpu_fp32(cuda_exports, cpu_masks):
         assert _agreement(masks, cpu_masks) >= (0.999 if precision == "fp32" else 0.99), (fmt, precision)
         single = seg(IMAGES[2])
         assert np.array_equal(single.mask, masks[2]), fmt  # batch 1 (AOTI pads it) = the batched answer
+    assert not failed, failed
+
+
+def test_aoti_export_on_cuda_matches_cpu_fp32(color_checkpoint, cpu_masks, tmp_path):
+    """Its own test: on the H200 (torch 2.11+cu130) loading the CUDA package just compiled crashed the
+    process once (a segfault in aoti_load_package), so run_gpu.sh runs it in its own pytest."""
+    from unet_deploy.export import export_model
+
+    path = export_model(color_checkpoint, "aoti", out_dir=tmp_path, device="cuda", verbose=False)["aoti"]
+    seg = Segmenter(path, device="cuda")
+    masks = [r.mask for r in seg.predict_batch(IMAGES, batch_size=2)]
+    assert _agreement(masks, cpu_masks) >= 0.999
+    assert np.array_equal(seg(IMAGES[2]).mask, masks[2])
 
 
 def test_device_pipeline_on_cuda_gives_the_host_masks(color_checkpoint):

@@ -104,6 +104,30 @@ def test_device_pipeline_batches_frames_of_several_sizes(color_checkpoint):
     assert set(results[0].timings) == {"preprocess", "inference", "postprocess"}
 
 
+@pytest.mark.parametrize("pipeline", ["host", "device"])
+def test_large_batches_are_split_below_cuda_index_limits(color_checkpoint, monkeypatch, pipeline):
+    """A batch whose widest activation (2 x base channels at the padded input size) would pass the
+    element limit is run in several calls; the answers are those of one call."""
+    import unet_deploy.runtime.segmenter as segmenter_module
+
+    images = [color_image(i, (160, 90)) for i in range(7)]
+    seg = Segmenter(color_checkpoint, device="cpu", pipeline=pipeline)
+    want = [r.mask for r in seg.predict_batch(images, batch_size=7)]
+    h, w = 64, 64  # the colour model's square letterbox
+    monkeypatch.setattr(segmenter_module, "MAX_ELEMENTS", 2 * 8 * (h + 2) * (w + 2) * 3)  # 3 images a call
+    sizes = []
+    if pipeline == "host":
+        forward = seg._backend.forward
+        monkeypatch.setattr(seg._backend, "forward", lambda x: (sizes.append(len(x)), forward(x))[1])
+    else:
+        pipe = seg._device_pipeline
+        monkeypatch.setattr(seg, "_device_pipeline", lambda frames: (sizes.append(len(frames)), pipe(frames))[1])
+        seg._device_pipeline.supports = pipe.supports
+    got = [r.mask for r in seg.predict_batch(images, batch_size=7)]
+    assert sizes == [3, 3, 1]
+    assert all(np.array_equal(a, b) for a, b in zip(want, got))
+
+
 def test_sixteen_bit_frames_take_the_host_path_on_a_device_segmenter(color_checkpoint):
     image = (color_image(1, (200, 120)).astype(np.uint16) * 257)
     host = Segmenter(color_checkpoint, device="cpu", pipeline="host")

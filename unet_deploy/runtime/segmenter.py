@@ -21,7 +21,7 @@ from ..errors import UnetDeployError
 from ..fileio import read_image
 from ..meta import ModelMeta, check_int, check_size, check_tiling, max_batch, sidecar_path
 from ..postprocess import check_finite
-from ..preprocess import check_image, preprocess
+from ..preprocess import check_image, letterbox_geometry, preprocess
 from ..tiling import tiled_class_map
 from .base import Backend, backend_format, file_meta
 from .result import ARRAY_NAME, ImageLike, Inferred, Prepared, Result, finish
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("unet_deploy.runtime")
 PIPELINES = ("auto", "host", "device")
+MAX_ELEMENTS = 2**31 - 1  # the most elements of one activation in one inference call (CUDA's 32-bit index math)
 
 class Segmenter:
     """Run a segmentation model file on images: ``Segmenter("model.onnx")("part.png") -> Result``.
@@ -254,27 +255,42 @@ class Segmenter:
             key = ("tile",) if self.tiling is not None else ("frame", *item.image.shape) if item.x is None \
                 else ("net", *item.x.shape)  # fmt: skip
             groups.setdefault(key, []).append(i)
-        for key, members in groups.items():
-            if key[0] == "tile":
-                for i in members:
-                    t0 = time.perf_counter()
-                    mask = tiled_class_map(items[i].image, self.meta, self.infer, self.tiling["scale"],
-                                           self.tiling["overlap"], tile_batch=self.tile_batch)  # fmt: skip
-                    out[i] = Inferred(mask=mask, ms=_ms(t0))
+        for key, group in groups.items():
+            if key[0] != "tile":
+                for members in self._chunks(group, items[group[0]]):
+                    self._infer_group(key[0], [items[i] for i in members], members, out)
                 continue
-            t0 = time.perf_counter()
-            if key[0] == "frame":
-                found = self._device_pipeline([items[i].image for i in members])
-            else:
-                logits = self.infer(np.stack([items[i].x for i in members]))
-            ms = _ms(t0) / len(members)
-            for n, i in enumerate(members):
-                if key[0] == "frame":
-                    items[i].transform = found[n].transform
-                    out[i] = Inferred(found[n].logits, found[n].mask, found[n].class_map, ms)
-                else:
-                    out[i] = Inferred(logits[n], ms=ms)
+            for i in group:
+                t0 = time.perf_counter()
+                mask = tiled_class_map(items[i].image, self.meta, self.infer, self.tiling["scale"],
+                                       self.tiling["overlap"], tile_batch=self.tile_batch)  # fmt: skip
+                out[i] = Inferred(mask=mask, ms=_ms(t0))
         return out  # type: ignore[return-value]
+
+    def _chunks(self, group: list[int], first: Prepared) -> list[list[int]]:
+        """``group`` split so that no activation of one call passes 2**31 elements: CUDA kernels (the
+        reflect pad's) refuse larger tensors, and 256 square 256x256 inputs of the seed-size UNet are one
+        (its widest activation is 2 x base_channels channels at full input size)."""
+        hw = first.x.shape[1:] if first.x is not None else \
+            letterbox_geometry(first.image.shape[:2], self.meta.input_size, self.meta.pad).dst_hw  # fmt: skip
+        widest = 2 * int(self.meta.arch.get("base_channels", 64)) * (int(hw[0]) + 2) * (int(hw[1]) + 2)  # padded
+        size = max(1, MAX_ELEMENTS // widest)
+        return [group[i : i + size] for i in range(0, len(group), size)]
+
+    def _infer_group(self, kind: str, items: list[Prepared], members: list[int], out: list) -> None:
+        """One inference call for prepared images of one shape; their ``Inferred`` into ``out``."""
+        t0 = time.perf_counter()
+        if kind == "frame":
+            found = self._device_pipeline([item.image for item in items])
+        else:
+            logits = self.infer(np.stack([item.x for item in items]))
+        ms = _ms(t0) / len(items)
+        for n, i in enumerate(members):
+            if kind == "frame":
+                items[n].transform = found[n].transform
+                out[i] = Inferred(found[n].logits, found[n].mask, found[n].class_map, ms)
+            else:
+                out[i] = Inferred(logits[n], ms=ms)
 
     def postprocess(self, item: Prepared, out: Inferred) -> Result:
         """Stage 3: the ``Result`` of one prepared image from its inference output (``result.finish``:

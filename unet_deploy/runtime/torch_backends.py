@@ -232,6 +232,12 @@ class AOTIBackend(_TorchBackend):
         if self.meta is not None:
             self._first_run()
 
+    def device_pipeline(self, meta: Any) -> Any:
+        """As the other torch backends', without CUDA graphs: a compiled package runs its own kernels."""
+        from .torch_pipeline import TorchPipeline
+
+        return TorchPipeline(self._run, meta, self.torch_device, graphs=False)
+
     def _first_run(self) -> None:
         """One zero batch at the model's input size, inside the input checks (see the class docstring)."""
         torch, meta = self.torch, self.meta
