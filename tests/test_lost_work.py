@@ -162,3 +162,24 @@ def test_predict_and_labelme_take_a_240_character_file_name(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "pred" / "report.json").read_text())
     assert report["images"][0]["mask"] == f"masks/{stem}.png"
+
+
+def test_output_names_made_from_long_input_names_stay_legal(tmp_path):
+    """Two 250-character names in two folders (the second mask would be <250>_1.png, 256 bytes), and a
+    labelme file two 200-character folders deep (its stem joins them: 401 characters)."""
+    long = "m" * 250
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / f"{long}.png"), red_image((3, 517)))
+    res = CliRunner().invoke(predict_command, [str(red_model(tmp_path / "red.onnx")), str(tmp_path / "a"),
+                                               str(tmp_path / "b"), "--out", str(tmp_path / "pred")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    masks = json.loads((tmp_path / "pred" / "report.json").read_text())["images"]
+    assert len({m["mask"] for m in masks}) == 2 and all((tmp_path / "pred" / m["mask"]).is_file() for m in masks)
+    deep = tmp_path / "src" / ("d" * 200) / ("e" * 200)
+    deep.mkdir(parents=True)
+    _annotated(deep, "x", 70)
+    res = CliRunner().invoke(labelme_command, [str(tmp_path / "src"), str(tmp_path / "ds"), "--classes", "spot"])
+    assert res.exit_code == 0, res.output
+    (image,) = (tmp_path / "ds" / "JPEGImages").iterdir()
+    assert len(image.name.encode()) <= NAME_MAX and image.name.startswith("d" * 200 + "_eee")

@@ -82,6 +82,14 @@ def temporary_name(path: str | Path, suffix: str = ".tmp", keep_suffix: bool = F
     return path.with_name(f".{name}{tail}")
 
 
+def fit_stem(stem: str, reserve: int = 10) -> str:
+    """``stem`` cut (at a UTF-8 character boundary) so that ``stem`` plus ``reserve`` bytes of suffixes
+    (``_123.jpeg``) stays a legal file name (``NAME_MAX``): output names made from long input names."""
+    raw = stem.encode("utf-8", "surrogateescape")
+    room = NAME_MAX - reserve
+    return stem if len(raw) <= room else raw[:room].decode("utf-8", "ignore")
+
+
 def check_not_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], option: str) -> None:
     """Raise when a file about to be written is one being read (the same path, or a link to it):
     ``unet-predict q/masks --out q`` once wrote masks over the input images. ``option`` names the

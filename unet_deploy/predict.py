@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .errors import UnetDeployError
-from .fileio import IMAGE_SUFFIXES, atomic_write_text, check_not_inputs, quote, temporary_name, write_image
+from .fileio import IMAGE_SUFFIXES, atomic_write_text, check_not_inputs, fit_stem, quote, temporary_name, write_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Segmenter
@@ -53,14 +53,16 @@ def collect_images(sources: Iterable[str]) -> list[Path]:
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
-    """``<stem>`` per input for ``masks/<stem>.png``; a repeated stem gets ``_1``, ``_2``, ..."""
+    """``<stem>`` per input for ``masks/<stem>.png``; a repeated stem gets ``_1``, ``_2``, ...; a stem too
+    long for a file name with those suffixes is cut (``fileio.fit_stem``)."""
     seen: set[str] = set()
     stems = []
     for p in paths:
-        stem, k = p.stem, 0
+        base = fit_stem(p.stem)
+        stem, k = base, 0
         while stem in seen:
             k += 1
-            stem = f"{p.stem}_{k}"
+            stem = f"{base}_{k}"
         seen.add(stem)
         stems.append(stem)
     return stems

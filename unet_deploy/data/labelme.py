@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import UnetDeployError
-from ..fileio import IMAGE_SUFFIXES, apply_orientation, atomic_write_bytes, atomic_write_text, quote, write_image
+from ..fileio import IMAGE_SUFFIXES, apply_orientation, atomic_write_bytes, atomic_write_text, fit_stem, quote, write_image
 from .classes import (BACKGROUND, BACKGROUND_NAMES, CLASS_NAMES_FILE, IGNORE_ID, IGNORE_LABEL, class_ids,
                       parse_classes, read_class_names, read_labels_file)
 from .labelme_files import LabelmeImage, glob_escape, load_labelme_image, read_image_oriented, read_labelme_json
@@ -124,6 +124,7 @@ def unique_stems(src: Path, paths: list[Path]) -> dict[Path, str]:
         stem = "_".join(rel.with_suffix("").parts)
         if not stem.strip(".") or stem.startswith("."):  # "..json", ".x.json": no empty, dot or hidden names
             stem = "_" + stem
+        stem = fit_stem(stem)  # a/<200 chars>/<200 chars>.json: a legal path, too long as one name
         name, n = stem, 1
         while name.lower() in used:
             n += 1
