@@ -479,7 +479,9 @@ def test_a_real_fixed_batch_aoti_package_is_fed_whole_batches(tmp_path):
         Segmenter(tmp_path / "red.pt2", input_size=96, trust_code=True)(red_image((3, 517)))
     silent = Segmenter(tmp_path / "silent.pt2", trust_code=True)  # no record: a dynamic batch from 2 is assumed, so 2 runs
     with pytest.raises(UnetDeployError, match=r"silent\.pt2: the package refused a 3x3x64x64 input"):
-        silent.predict_batch(images[:3], batch_size=3)
+        silent.infer(np.zeros((3, 3, 64, 64), np.float32))  # the raw call says what the package refused
+    again = silent.predict_batch(images[:3], batch_size=3)  # a refused batch is retried image by image (#30)
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(again, results[:3]))
 
 
 @pytest.mark.slow  # the exported_tiny fixture compiles an AOTI package (shared with the export tests)
