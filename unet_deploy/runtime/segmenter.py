@@ -19,7 +19,7 @@ import numpy as np
 from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
-from ..meta import ModelMeta, check_size, check_tiling, sidecar_path
+from ..meta import TRAINED_LETTERBOX, ModelMeta, check_size, check_tiling, deployed, letterbox_note, sidecar_path
 from ..preprocess import check_image, letterbox_geometry, preprocess
 from ..tiling import tiled_class_map
 from .base import Backend, backend_class, sidecar_meta
@@ -81,8 +81,8 @@ class Segmenter:
         self._backend: Backend = cls(self.model_path, device=device, threads=threads, precision=precision,
                                      providers=providers, classes=classes)  # fmt: skip
         self.meta = _resolve_meta(self._backend, classes, input_size)
-        if letterbox is not None:
-            self.meta = dataclasses.replace(self.meta, letterbox={**self.meta.letterbox, "pad": letterbox})
+        if letterbox is not None or self._backend.source_model:  # a checkpoint runs as its exports do
+            self.meta = deployed(self.meta, letterbox)
         if tiling is True:
             raise UnetDeployError("tiling=True says nothing about the scale; pass {'scale': 1.0, 'overlap': 0.25}")
         self.tiling = None if tiling is False else check_tiling(self.meta.tiling if tiling is None else tiling)
@@ -120,11 +120,21 @@ class Segmenter:
         """``"device"`` (letterbox to mask on the backend's torch device) or ``"host"`` (numpy/OpenCV/Pillow)."""
         return "host" if self._device_pipeline is None else "device"
 
+    @property
+    def letterbox(self) -> str:
+        """The letterbox in use, and the one the model was trained with where they differ
+        (``"rect (trained with top-left)"``); ``"tiles"`` when tiling."""
+        if self.tiling is not None:
+            return "tiles"
+        trained = self.meta.extra.get(TRAINED_LETTERBOX, self.meta.pad)
+        return self.meta.pad if trained == self.meta.pad else f"{self.meta.pad} (trained with {trained})"
+
     def describe(self) -> str:
-        """One line: model, backend, device and why (what the log line says)."""
+        """One line: model, backend, device and why, and the letterbox when it is not the trained one."""
         note = f" ({self._backend.device_note})" if self._backend.device_note else ""
         where = ", letterbox to mask on the device" if self._device_pipeline is not None else ""
-        return f"{self.model_path.name}: {self.backend} on {self.device}{note}{where}"
+        boxed = f"; {letterbox_note(self.meta)}" if self.tiling is None and letterbox_note(self.meta) else ""
+        return f"{self.model_path.name}: {self.backend} on {self.device}{note}{where}{boxed}"
 
     def _choose_pipeline(self, pipeline: str) -> Any:
         """The backend's device pipeline when asked for (``auto``: on CUDA, letterboxed), else None."""
