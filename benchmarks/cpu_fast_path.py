@@ -359,12 +359,12 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
     record.write_text(json.dumps({"_lines": gate_lines, **{k: v if isinstance(v, str) else {
         "path": str(v["path"]), "seconds": v["seconds"], "mb": v["mb"]} for k, v in files.items()}}))  # fmt: skip
 
-    def backend_runner(cls: type, key: str, pad: str) -> Callable[[], Any]:
-        return lambda: bench.Runner(cls(files[key]["path"], device="cpu").forward, _padded(meta, pad))
+    def backend_runner(cls: type, key: str, pad: str) -> Callable[[], Any]:  # the Segmenter users run on that file
+        return lambda: bench.Runner(Segmenter(files[key]["path"], device="cpu", backend=cls.name, letterbox=pad))
 
     def eager(precision: str, pad: str) -> Callable[[], Any]:
-        seg = lambda: Segmenter(ckpt, device="cpu", input_size=meta.input_size, precision=precision)  # noqa: E731
-        return lambda: bench.Runner(seg().infer, _padded(meta, pad))
+        return lambda: bench.Runner(Segmenter(ckpt, device="cpu", input_size=meta.input_size, precision=precision,
+                                              letterbox=pad))  # fmt: skip
 
     native = cpu.has_native_bf16()
     plan: list[tuple[Row, Callable[[], Any], str | None]] = [
@@ -419,12 +419,6 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
     log(f"wrote {args.out}")
     print(text)
     return 0
-
-
-def _padded(meta: ModelMeta, pad: str) -> ModelMeta:
-    import dataclasses
-
-    return dataclasses.replace(meta, letterbox={**meta.letterbox, "pad": pad})
 
 
 def _rect_hw(meta: ModelMeta, s: Settings) -> tuple[int, int]:

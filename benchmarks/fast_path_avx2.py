@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cpu_fast_path import MAX_DROP, MIN_AGREEMENT, REUSE, Row, Settings, _data, _padded, kernels, log, measure, timed_export
+from cpu_fast_path import MAX_DROP, MIN_AGREEMENT, REUSE, Row, Settings, _data, kernels, log, measure, timed_export
 
 from unet_deploy import bench, cpu
-from unet_deploy.runtime import openvino_backend as ovb
 
 
 def avx2_child(args: argparse.Namespace, s: Settings, work: Path) -> int:
@@ -43,14 +42,13 @@ def avx2_child(args: argparse.Namespace, s: Settings, work: Path) -> int:
     files["openvino fp32"] = {"path": ir_path(work / "ov", "model", "fp32")}
     from unet_deploy.runtime import Segmenter
 
-    seg = Segmenter(args.checkpoint, device="cpu", input_size=meta.input_size)
-    plan = [(Row("eager fp32 (reference)", "fp32"), lambda: bench.Runner(seg.infer, meta), None),
+    seg = Segmenter(args.checkpoint, device="cpu", input_size=meta.input_size, letterbox="top-left")
+    plan = [(Row("eager fp32 (reference)", "fp32"), lambda: bench.Runner(seg), None),
             (Row("seed pipeline (PIL letterbox, eager fp32)", "fp32"), lambda: bench.SeedRunner(model, meta, "cpu"), None)]
     for key in ("openvino fp32", "openvino int8 (calibrated for VNNI)", "openvino int8 --int8-isa avx2"):
         for pad in ("top-left", "rect"):
             plan.append((Row(key.replace("openvino", "OpenVINO"), key.split()[1], pad),
-                         lambda k=key, p=pad: bench.Runner(ovb.OpenVINOBackend(files[k]["path"], device="cpu").forward,
-                                                           _padded(meta, p)), key))  # fmt: skip
+                         lambda k=key, p=pad: bench.Runner(Segmenter(files[k]["path"], device="cpu", letterbox=p)), key))
     out, reference = [], None
     for row, make, key in plan:
         if key is not None and not isinstance(files.get(key), dict):

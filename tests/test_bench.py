@@ -30,9 +30,10 @@ def _check_ok_row(row: dict, batches=(1, 2)) -> None:
     for stage in bench.STAGES:
         s = lat[stage]
         assert 0 < s["min"] <= s["p50"] <= s["p90"] <= s["p99"], (stage, s)
-    # Each run's end to end is measured around the three stages, so the means add up exactly.
+    # The stages are the Segmenter's own timers, inside the call that end to end times: they add up to
+    # no more than it (the rest is the call's own bookkeeping), run by run and so in the mean.
     parts = lat["preprocess"]["mean"] + lat["inference"]["mean"] + lat["postprocess"]["mean"]
-    assert lat["end_to_end"]["mean"] == pytest.approx(parts, rel=1e-9)
+    assert parts <= lat["end_to_end"]["mean"] * (1 + 1e-9)
     pre_post = (lat["preprocess"]["p50"] + lat["postprocess"]["p50"]) / lat["end_to_end"]["p50"]
     assert row["pre_post_share"] == pytest.approx(pre_post)
     assert row["runs"] == 3

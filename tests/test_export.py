@@ -17,7 +17,7 @@ from unet_deploy import export, formats
 from unet_deploy.checkpoint import load_checkpoint
 from unet_deploy.cli.export import command as export_command
 from unet_deploy.errors import UnetDeployError
-from unet_deploy.meta import ONNX_METADATA_KEY, TORCHSCRIPT_EXTRA_FILE, ModelMeta, sidecar_path
+from unet_deploy.meta import ONNX_METADATA_KEY, TORCHSCRIPT_EXTRA_FILE, ModelMeta, deployed, letterbox_note, sidecar_path
 
 FORMATS = ["torchscript", "onnx", "aoti"]
 # The file names DESIGN.md promises for a checkpoint tiny.pt.
@@ -75,13 +75,21 @@ def _exported(fmt, request):
     return request.getfixturevalue(name)[fmt]
 
 
+
+def _written(meta: ModelMeta, fmt: str) -> ModelMeta:
+    """The metadata an fp32 export of ``meta`` carries: the deployed letterbox (rect for a top-left model,
+    with the trained one recorded), its precision, and an AOTI package's batch limits."""
+    d = deployed(meta)
+    aoti = {"aoti": {"min_batch": 2}} if fmt == "aoti" else {}
+    return replace(d, extra={**d.extra, "precision": "fp32", **aoti})
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx", pytest.param("aoti", marks=pytest.mark.slow)])
 def test_each_format_reloads_with_its_metadata_and_the_eager_logits(request, tiny, fmt):
     model, meta = tiny
     path = _exported(fmt, request)
     assert path.name == NAMES[fmt] and path.is_file()
     run, got = _load(fmt, path)
-    assert got == replace(meta, extra={"precision": "fp32"}, letterbox=export.export_letterbox(meta, None))
+    assert got == _written(meta, fmt)
     assert ModelMeta.load(sidecar_path(path)) == got
     _assert_matches(run, model)
 
@@ -167,7 +175,7 @@ def test_cli_exports_a_seed_state_dict(tiny, exported_light, tmp_path):
     assert result.stderr.count("parity ok") == 2 and (out / "unet.json").is_file()
     for fmt, path in zip(["torchscript", "onnx"], paths):
         run, got = _load(fmt, path)
-        assert got == replace(meta, extra={"precision": "fp32"}, letterbox=export.export_letterbox(meta, None))
+        assert got == _written(meta, fmt)
         _assert_matches(run, _load(fmt, exported_light[fmt])[0], atol=1e-5, min_agree=1.0)
 
 
@@ -182,7 +190,7 @@ def test_fp16_static_onnx_keeps_float32_io(tiny, tiny_checkpoint, tmp_path):
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     run, got = _load("onnx", path)
-    assert got.extra == {"precision": "fp16", "dynamic": False}
+    assert got.extra == {"precision": "fp16", "dynamic": False, "trained_letterbox": "top-left"}
     with torch.inference_mode():
         x = _inputs()[1]
         ref, out = tiny[0](x), run(x)
@@ -254,7 +262,7 @@ def test_every_exported_file_runs_on_its_registry_backend_and_agrees(exported_ti
     for fmt, path in exported_tiny.items():
         assert path.name == NAMES[fmt] and formats.for_path(path).name == fmt
         backend = formats.for_path(path).load_backend()(path, device="cpu")
-        assert backend.meta == replace(meta, extra={"precision": "fp32"}, letterbox=export.export_letterbox(meta, None)) and backend.precision == "fp32"
+        assert backend.meta == _written(meta, fmt) and backend.precision == "fp32"
         with torch.inference_mode():
             for x in _inputs():
                 ref = model(x).numpy()
@@ -301,5 +309,8 @@ def test_new_exports_letterbox_rect_unless_told(color_checkpoint, tmp_path):
     assert Segmenter(kept["onnx"]).meta.pad == "top-left"
     centred = dataclasses.replace(meta, letterbox={"pad": "center", "fill": 0})
     assert export_letterbox(centred, None)["pad"] == "center"  # only the measured case changes
+    assert "trained_letterbox" not in deployed(centred).extra
+    assert "letterbox rect, trained with top-left" in letterbox_note(seg.meta)  # the export line and seg.letterbox say it
+    assert Segmenter(color_checkpoint).letterbox == seg.letterbox == "rect (trained with top-left)"
     with pytest.raises(UnetDeployError, match=r"^--letterbox 'square' is not one of top-left\|center\|rect$"):
         export_letterbox(meta, "square")

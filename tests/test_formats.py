@@ -74,7 +74,7 @@ def test_a_registered_format_is_offered_by_export_the_cli_and_the_runtime(fake_f
     assert resolve_formats("fk") == [FAKE] and FAKE in resolve_formats("all")
     lines: list[str] = []
     path = export_model((red_conv(), META), "fake", tmp_path, log=lines.append)["fake"]
-    assert path == tmp_path / "model.fake" and ModelMeta.load(sidecar_path(path)).extra == {"precision": "fp32"}
+    assert path == tmp_path / "model.fake" and ModelMeta.load(sidecar_path(path)).extra == {"precision": "fp32", "trained_letterbox": "top-left"}
     assert any(line.startswith("Fake: parity ok") for line in lines), lines  # checked through FakeBackend
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fake", "model.json"]
 

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from unet_deploy import Segmenter, UnetDeployError
-from unet_deploy.meta import ModelMeta
+from unet_deploy.meta import ModelMeta, deployed
 from unet_deploy.runtime.base import backend_class, choose_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,9 +374,10 @@ def exports(tmp_path_factory):
         model.out.weight /= std[:, None, None, None]
         model.out.bias.copy_((model.out.bias - mean) / std)
     paths = {"checkpoint": save_checkpoint(out / "tiny.pt", model, meta)}
+    meta = deployed(meta)  # what the exporter writes (rect for this top-left model), and the checkpoint runs
     paths["onnx"] = out / "tiny.onnx"
     torch.onnx.export(model, (x[:1],), str(paths["onnx"]), input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)  # fmt: skip
+                      dynamic_axes={n: {0: "batch", 2: "h", 3: "w"} for n in ("images", "logits")}, dynamo=False)  # fmt: skip
     proto = onnx.load(str(paths["onnx"]))
     helper.set_model_props(proto, {"unet_deploy": meta.to_json()})
     onnx.save(proto, str(paths["onnx"]))
@@ -393,6 +394,7 @@ def test_onnx_torchscript_and_checkpoint_give_the_same_masks(exports, tmp_path):
     segs = {fmt: Segmenter(path) for fmt, path in exports.items()}
     assert {s.backend for s in segs.values()} == {"onnxruntime", "torchscript", "checkpoint"}
     assert all(s.meta == segs["checkpoint"].meta for s in segs.values())
+    assert {s.letterbox for s in segs.values()} == {"rect (trained with top-left)"}  # said once, alike
     masks = {fmt: [r.mask for r in s.predict_batch(images, batch_size=5)] for fmt, s in segs.items()}
     ref = np.concatenate([m.ravel() for m in masks["checkpoint"]])
     counts = np.bincount(ref, minlength=3) / ref.size

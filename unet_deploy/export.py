@@ -27,7 +27,7 @@ from .errors import UnetDeployError
 from .fileio import remove_stale_temporaries, temporary_name
 from .formats import Format
 from .formats._common import EXAMPLE_BATCH, ExportOptions, quiet, stderr_log
-from .meta import DIVISOR, ModelMeta, check_size, max_batch, sidecar_path
+from .meta import DIVISOR, ModelMeta, check_size, deployed, letterbox_note, max_batch, sidecar_path
 
 # Parity tolerances: max |logit diff| relative to max(1, max |eager logit|), argmax agreement in %.
 TOLERANCE = {"fp32": (1e-4, 99.99), "fp16": (1e-2, 99.5)}
@@ -65,12 +65,6 @@ def resolve_formats(formats: str | Iterable[str], precision: str | None = None) 
     return list(dict.fromkeys(rows))
 
 
-# New exports of square-letterbox (top-left) models letterbox with "rect": pad only to the next
-# multiple of 16 (a 16:9 frame costs 56% of the square's FLOPs). Measured before it became the
-# default (issue 17's bar: agreement >= 99.5%, mIoU drop <= 0.3): 99.98% of pixels and +0.25 mIoU
-# on a model trained square on 16:9 frames (benchmarks/results/rect_letterbox.md), 99.97% and
-# +0.57 on the seed-size model (cpu_fast_path.md).
-RECT_BY_DEFAULT = True
 AUTO = "auto"  # --precision auto: int8 if it passes the gate, else bf16 where native, else fp32
 
 
@@ -95,19 +89,9 @@ def _check_options(rows: list[Format], opts: ExportOptions) -> None:
             raise UnetDeployError(f"{shown} applies to --format {users} only, not {', '.join(f.name for f in rows)}")
 
 
-def export_letterbox(meta: ModelMeta, pad: str | None, dynamic: bool = True) -> dict:
-    """The letterbox an export writes: ``pad`` if given, else ``rect`` for a top-left model (``RECT_BY_DEFAULT``)
-    exported with a dynamic H and W. ``rect`` makes inputs of any multiple of 16: a static export refuses it."""
-    from .meta import PAD_MODES
-
-    if pad is not None and pad not in PAD_MODES:
-        raise UnetDeployError(f"--letterbox {pad!r} is not one of {'|'.join(PAD_MODES)}")
-    if pad is None:
-        pad = "rect" if RECT_BY_DEFAULT and dynamic and meta.pad == "top-left" else meta.pad
-    if pad == "rect" and not dynamic:
-        raise UnetDeployError("--static fixes the input's H and W but the rect letterbox makes any multiple of 16; "
-                              "pass --letterbox top-left (or center) with --static, or leave --static out")
-    return {**meta.letterbox, "pad": pad}
+def export_letterbox(meta: ModelMeta, pad: str | None) -> dict:
+    """The letterbox an export writes (``meta.deployed``: ``pad`` if given, else ``rect`` for a top-left model)."""
+    return deployed(meta, pad).letterbox
 
 
 def _check_device(device: str, rows: list[Format]) -> str:
@@ -400,7 +384,7 @@ def export_model(
     and ``val`` for the accuracy gate; ``int8_isa`` (``auto``/``vnni``/``avx2``) is the CPU kind
     int8 is calibrated for. ``letterbox`` (``top-left``/``center``/``rect``) is the pad mode written
     into the artefact; by default a model trained with the seed's square letterbox is exported
-    with ``rect`` (``RECT_BY_DEFAULT``). ``precision="auto"`` (openvino, onnx) keeps int8 if it passes the
+    with ``rect`` (``meta.RECT_BY_DEFAULT``). ``precision="auto"`` (openvino, onnx) keeps int8 if it passes the
     gate, else bf16 where this CPU has it natively (OpenVINO), else fp32, and logs why. Progress goes to stderr, one line per stage (``log`` replaces that,
     ``verbose=False`` silences it). Returns ``{format: path}``.
     """
@@ -414,8 +398,13 @@ def export_model(
     size = check_size(img_size, "--img-size") if img_size is not None else None
     opts.device = _check_device(device, rows)
     model, meta, stem, source = _source(checkpoint_or_model, classes)
-    meta = replace(meta, input_size=size or meta.input_size, letterbox=export_letterbox(meta, letterbox, dynamic))
+    # rect (the default for a top-left model) makes inputs of any multiple of 16: not for a static export
+    meta = deployed(replace(meta, input_size=size or meta.input_size), letterbox or (None if dynamic else meta.pad))
+    if meta.pad == "rect" and not dynamic:
+        raise UnetDeployError("--static fixes the input's H and W but the rect letterbox makes any multiple of 16; "
+                              "pass --letterbox top-left (or center) with --static, or leave --static out")
     max_batch(meta, source=str(source or "the model"), need=EXAMPLE_BATCH)  # the export's example at this size fits?
+    note = letterbox_note(meta)
     out = Path(out_dir) if out_dir is not None else (source.parent if source else Path.cwd())
     targets = {fmt.name: fmt.path(out, stem, "fp32" if precision == AUTO else precision) for fmt in rows}
     check_request(rows, opts, targets)
@@ -432,7 +421,7 @@ def export_model(
         f"{meta.arch['base_channels']} ({count_parameters(model) / 1e6:.2f} M parameters), {meta.num_classes} classes "
         f"{meta.classes}, input BCHW ?x{meta.in_channels}x{h}x{w}"
         f"{' (N, H, W dynamic, H and W multiples of 16)' if dynamic else ' (H, W fixed; N dynamic)'}, "
-        f"{precision}, on {opts.device}"
+        f"{precision}, on {opts.device}" + (f"; {note}" if note else "")
     )
     cases = reference_logits(model, meta, dynamic, opts.device) if check and precision in (*TOLERANCE, AUTO) else None
     if precision == AUTO:

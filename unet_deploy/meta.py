@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -371,3 +371,38 @@ def sidecar_path(model_path: str | Path) -> Path:
 
     p = Path(model_path)
     return p.with_name(strip_suffix(p.name) + ".json")
+
+
+# A model trained with the seed's square letterbox (top-left) is deployed with "rect": pad only to
+# the next multiple of 16 (a 16:9 frame costs 56% of the square's FLOPs). Measured before it became
+# the default (issue 17's bar: agreement >= 99.5%, mIoU drop <= 0.3): 99.98% of pixels and +0.25 mIoU
+# on a model trained square on 16:9 frames (benchmarks/results/rect_letterbox.md), 99.97% and +0.57
+# on the seed-size model (cpu_fast_path.md). Exports write it; a checkpoint runs it too, so that a
+# checkpoint and its exports give the same masks.
+RECT_BY_DEFAULT = True
+TRAINED_LETTERBOX = "trained_letterbox"  # meta.extra key: the pad the model was trained with, when it differs
+
+
+def deployed(meta: ModelMeta, pad: str | None = None) -> ModelMeta:
+    """``meta`` as it is deployed: letterbox ``pad`` if given, else ``rect`` for a model trained with the
+    square top-left letterbox (``RECT_BY_DEFAULT``), else as trained; ``extra["trained_letterbox"]``
+    records the trained pad when the two differ (``letterbox_note`` says so)."""
+    if pad is not None and pad not in PAD_MODES:
+        raise UnetDeployError(f"--letterbox {pad!r} is not one of {'|'.join(PAD_MODES)}")
+    trained = meta.extra.get(TRAINED_LETTERBOX, meta.pad)
+    if pad is None:
+        pad = "rect" if RECT_BY_DEFAULT and meta.pad == "top-left" else meta.pad
+    extra = {k: v for k, v in meta.extra.items() if k != TRAINED_LETTERBOX}
+    if pad != trained:
+        extra[TRAINED_LETTERBOX] = trained
+    return replace(meta, letterbox={**meta.letterbox, "pad": pad}, extra=extra)
+
+
+def letterbox_note(meta: ModelMeta) -> str:
+    """One line when the letterbox in use differs from the one the model was trained with, else ''."""
+    trained = meta.extra.get(TRAINED_LETTERBOX)
+    if not trained or trained == meta.pad:
+        return ""
+    why = " (measured: >= 99.97% of the square letterbox's pixels, benchmarks/results/rect_letterbox.md)" \
+        if meta.pad == "rect" and trained == "top-left" else ""  # fmt: skip
+    return f"letterbox {meta.pad}, trained with {trained}{why}; --letterbox {trained} runs it as trained"

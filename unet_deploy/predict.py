@@ -134,7 +134,8 @@ def predict_to_folder(
                 on_record(record)
             reports.append(record)
             bar.update(1)
-    report = {"model": str(model), "backend": seg.backend, "device": seg.device, "images": reports}
+    report = {"model": str(model), "backend": seg.backend, "device": seg.device, "letterbox": seg.letterbox,
+              "images": reports}
     path = atomic_write_text(out_dir / "report.json", json.dumps(report) + "\n")
     return PredictSummary(out_dir, len(images), failed, path)
 

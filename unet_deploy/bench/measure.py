@@ -1,8 +1,7 @@
 """Measuring one pipeline: the stage-timed ``Runner``, repeated runs, throughput, percentiles and peak memory.
 
-Our pipeline is timed stage by stage with the functions the runtime uses
-(``preprocess.preprocess_batch``, the backend, ``postprocess.argmax/to_original/find_regions``);
-an inference stage returns host memory, so CUDA work is synchronised inside it.
+Our pipeline is ``Segmenter`` itself (``Runner``): its own stages, timed the way it times them
+for every ``Result``; its inference stage returns host memory, so CUDA work is finished inside it.
 """
 from __future__ import annotations
 
@@ -14,14 +13,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from ..errors import UnetDeployError
 from ..meta import ModelMeta
-from ..tiling import scaled_size, tile_grid, tiled_class_map
-from ..postprocess import argmax, class_boxes, find_regions, to_original
-from ..preprocess import preprocess_batch
+from ..tiling import scaled_size, tile_grid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runtime import Segmenter
 
 STAGES = ("preprocess", "inference", "postprocess", "end_to_end")
 DEFAULT_BATCHES = (1, 4, 16)
@@ -46,66 +47,29 @@ class BenchSettings:
 
 
 class Runner:
-    """Our pipeline around one inference function: ``runner(images) -> (stage ms, original-size masks)``.
+    """What users run, timed: ``Segmenter.predict_batch`` on the images, as one batch.
 
-    ``infer`` maps a float32 NCHW batch (the output of ``preprocess_batch``) to logits in host
-    memory. ``artefact`` is the file that was loaded (for its size in the report).
+    ``runner(images) -> (stage ms, original-size masks)``: the stage times are the Segmenter's own
+    (the sum of each ``Result.timings`` stage over the images), ``end_to_end`` the wall time of the
+    call. Letterbox or tiles, host or device pipeline: whatever the Segmenter was made with.
+    ``artefact`` is the file that was loaded (for its size in the report).
     """
 
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], meta: ModelMeta, artefact: Path | None = None) -> None:
-        self.infer, self.meta, self.artefact = infer, meta, artefact
+    def __init__(self, seg: "Segmenter", artefact: Path | None = None) -> None:
+        self.seg, self.meta, self.artefact = seg, seg.meta, artefact
 
     def prepare(self, images: Sequence[np.ndarray]) -> None:
         """Untimed set-up for these images (nothing for our pipeline)."""
 
     def __call__(self, images: Sequence[np.ndarray]) -> tuple[Stages, list[np.ndarray]]:
         t0 = time.perf_counter()
-        x, transforms = preprocess_batch(images, self.meta)
-        t1 = time.perf_counter()
-        logits = self.infer(x)
-        t2 = time.perf_counter()
-        masks = []
-        for i, t in enumerate(transforms):
-            class_map = argmax(logits[i])
-            mask = to_original(class_map, t)
-            find_regions(mask, self.meta.classes, boxes=class_boxes(class_map, t))
-            masks.append(mask)
-        t3 = time.perf_counter()
-        return stage_times(t0, t1, t2, t3), masks
-
-
-class TiledRunner(Runner):
-    """``runner``'s inference function driven by ``tiling.tiled_class_map`` instead of the letterbox.
-
-    Stages: ``inference`` is the time inside the predictor calls, ``postprocess`` the regions,
-    and ``preprocess`` the rest of the tiled pipeline (scaling, cutting, normalising, blending, argmax).
-    """
-
-    def __init__(self, runner: Runner, tiling: dict[str, float], tile_batch: int = 8) -> None:
-        super().__init__(runner.infer, runner.meta, runner.artefact)
-        self.tiling, self.tile_batch = tiling, tile_batch
-
-    def __call__(self, images: Sequence[np.ndarray]) -> tuple[Stages, list[np.ndarray]]:
-        infer_s = post_s = 0.0
-
-        def predict(x: np.ndarray) -> np.ndarray:
-            nonlocal infer_s
-            t = time.perf_counter()
-            out = self.infer(x)
-            infer_s += time.perf_counter() - t
-            return out
-
-        t0 = time.perf_counter()
-        masks = []
-        for image in images:
-            mask = tiled_class_map(image, self.meta, predict, self.tiling["scale"], self.tiling["overlap"], self.tile_batch)
-            t = time.perf_counter()
-            find_regions(mask, self.meta.classes)
-            post_s += time.perf_counter() - t
-            masks.append(mask)
-        t3 = time.perf_counter()
-        t2 = t3 - post_s
-        return stage_times(t0, t2 - infer_s, t2, t3), masks
+        results = self.seg.predict_batch(images, batch_size=max(1, len(images)))
+        wall = (time.perf_counter() - t0) * 1000.0
+        failed = next((r.error for r in results if r.error is not None), None)
+        if failed:
+            raise UnetDeployError(failed)
+        stages = {k: float(sum(r.timings.get(k, 0.0) for r in results)) for k in STAGES[:3]}
+        return {**stages, "end_to_end": wall}, [r.mask for r in results]
 
 
 def tile_count(hw: Sequence[int], meta: ModelMeta, tiling: dict[str, float] | None) -> int:

@@ -15,7 +15,7 @@ from .cases import DEVICES, EAGER, SEED, Case, bench_name, select_cases, skip_re
 from .cases import precisions as _precisions
 from .machine import cuda_available, hardware_info, hardware_limit, matmul_rates, model_gflops, torch_module
 from ..meta import check_tiling
-from .measure import (DEFAULT_BATCHES, BenchSettings, PeakRSS, TiledRunner, measure, release_memory, size_mb,
+from .measure import (DEFAULT_BATCHES, BenchSettings, PeakRSS, measure, release_memory, size_mb,
                       throughput, tile_count)
 from .report import summary, to_markdown, write_json
 from .source import DEFAULT_SOURCE_SIZE, ModelSource, load_source, open_model
@@ -47,9 +47,7 @@ def run_case(case: Case, source: ModelSource, image: np.ndarray, settings: Bench
     with PeakRSS() as rss:
         source.artefact(case)  # export first: not part of the load time
         t0 = time.perf_counter()
-        runner = source.runner(case, settings.threads)
-        if tiling is not None:
-            runner = TiledRunner(runner, tiling)
+        runner = source.runner(case, settings.threads, tiling)
         t1 = time.perf_counter()
         runner.prepare([image])
         t2 = time.perf_counter()

@@ -17,15 +17,14 @@ import numpy as np
 
 from ..meta import ModelMeta
 from .machine import sync
-from .measure import STAGES, Runner, Stages, stage_times
+from .measure import STAGES, Stages, stage_times
 
 
-class SeedRunner(Runner):
-    """The seed's prediction as a ``Runner`` (see the module docstring); PIL images are made untimed."""
+class SeedRunner:
+    """The seed's prediction with a ``Runner``'s interface (see the module docstring); PIL images are made untimed."""
 
     def __init__(self, model: Any, meta: ModelMeta, device: str, artefact: Path | None = None) -> None:
-        super().__init__(lambda x: x, meta, artefact)
-        self.model, self.device = model, device
+        self.model, self.meta, self.device, self.artefact = model, meta, device, artefact
         self._pil: dict[int, Any] = {}
 
     def prepare(self, images: Sequence[np.ndarray]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -81,8 +81,9 @@ class ModelSource:
             self.export_ms[" ".join(key)] = (time.perf_counter() - t0) * 1000
         return self._exported[key]
 
-    def runner(self, case: Case, threads: int | None = None) -> Runner:
-        """Load ``case``: the seed pipeline, or our pipeline around a ``Segmenter`` at the case's precision."""
+    def runner(self, case: Case, threads: int | None = None, tiling: dict[str, float] | None = None) -> Any:
+        """Load ``case``: the seed pipeline, or a ``Segmenter`` at the case's precision (tiled with ``tiling``,
+        else letterboxed as ``self.meta`` says)."""
         if case.backend == SEED:
             return load_seed(self.checkpoint, self.meta, case.device, threads)
         from ..runtime import Segmenter
@@ -90,8 +91,9 @@ class ModelSource:
         path = self.artefact(case)
         ours = path != self.path  # an export made here; the input file itself needs the user's opt-in
         seg = Segmenter(path, device=case.device, backend=formats.get(case.fmt).backend, threads=threads,
-                        input_size=self.meta.input_size, precision=case.precision, trust_code=ours)  # fmt: skip
-        return Runner(seg.infer, self.meta, path)
+                        input_size=self.meta.input_size, precision=case.precision, letterbox=self.meta.pad,
+                        tiling=tiling if tiling is not None else False, trust_code=ours)  # fmt: skip
+        return Runner(seg, path)
 
 
 def export(checkpoint: Path, fmt: str, out_dir: Path, meta: ModelMeta, device: str, precision: str) -> Path:

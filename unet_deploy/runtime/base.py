@@ -32,6 +32,9 @@ class Backend:
     """
 
     name: ClassVar[str] = "base"
+    # A training checkpoint: it runs with the letterbox its exports write (``meta.deployed``), so that a
+    # checkpoint and its exports give one answer.
+    source_model: ClassVar[bool] = False
 
     def __init__(
         self, path: Path, device: str = "auto", threads: int | None = None, precision: str | None = None, **options

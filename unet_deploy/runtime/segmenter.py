@@ -19,7 +19,8 @@ import numpy as np
 from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
-from ..meta import ModelMeta, check_int, check_size, check_tiling, max_batch, sidecar_path
+from ..meta import (TRAINED_LETTERBOX, ModelMeta, check_int, check_size, check_tiling, deployed, letterbox_note,
+                    max_batch, sidecar_path)
 from ..postprocess import check_finite
 from ..preprocess import check_image, letterbox_geometry, preprocess
 from ..tiling import tiled_class_map
@@ -38,30 +39,44 @@ MAX_ELEMENTS = 2**31 - 1  # the most elements of one activation in one inference
 class Segmenter:
     """Run a segmentation model file on images: ``Segmenter("model.onnx")("part.png") -> Result``.
 
-    ``model`` is any file of the format registry (``unet_deploy.formats``): ``.onnx`` (ONNX
-    Runtime), ``.torchscript.pt``, ``.pt2`` (AOTInductor), OpenVINO ``.xml`` or a checkpoint
-    ``.pt``; ``backend`` forces one (``runtime.base.backend_names()``). ``precision`` runs
-    another precision where the backend can (``"bf16"`` for a checkpoint or an OpenVINO IR;
-    ``None``: as exported); ``seg.precision`` says what runs. ``device="auto"`` takes CUDA when the backend offers it, else the CPU;
-    ``seg.device`` and ``seg.backend`` say what was chosen. ModelMeta is read from the file,
-    else from the ``<stem>.json`` sidecar; ``classes=``/``input_size=`` override it or stand in
-    when there is none. ``min_area`` drops smaller regions (original pixels). ``providers``
-    (ONNX Runtime provider list) and ``threads`` (intra-op threads) tune the backend; the
-    torch backends apply ``threads`` with ``torch.set_num_threads``, which is process-wide, and only
-    when it is given. One Segmenter may be called from several threads at once.
+    The pipeline is three public stages, the same for every caller (streams, serving, the
+    benchmark): ``preprocess`` (read, THE letterbox), ``infer``/``infer_items`` (the network, one
+    call per input shape) and ``postprocess`` (argmax, the exact mapping back, regions). One
+    Segmenter may be called from several threads at once.
 
-    ``tiling``: ``None`` follows the model's ``meta.tiling``; ``{"scale": s, "overlap": o}``
-    tiles every image at native resolution (``unet_deploy.tiling``, ``tile_batch`` tiles per
-    inference call); ``False`` letterboxes the whole image. ``letterbox`` overrides the pad mode
-    (``"top-left"``, ``"center"`` or ``"rect"``: pad only to the next multiple of 16). Frames of
-    different network shapes (rect letterbox) are batched per shape; ONNX Runtime, AOTI and the
-    torch backends take any multiple of 16, OpenVINO compiles once per shape and keeps it.
-
-    ``trust_code``: load a file that runs code when loaded (an AOTInductor ``.pt2`` carries a
-    shared library) only when this is True or ``UNET_DEPLOY_TRUST_CODE=1``; else a one-line
-    refusal. ONNX and OpenVINO IR are data; TorchScript is in part code (README "Trust").
-    Batches (``batch_size``, ``tile_batch``) are capped so one network call fits the memory
-    budget (``meta.max_batch``); a model whose one input cannot fit is refused at load.
+    Args:
+        model: any file of the format registry (``unet_deploy.formats``): ``.onnx`` (ONNX Runtime),
+            ``.torchscript.pt``, ``.pt2`` (AOTInductor), OpenVINO ``.xml`` or a checkpoint ``.pt``.
+            ModelMeta is read from the file, else from its ``<stem>.json`` sidecar.
+        device: ``"auto"`` (CUDA when the backend can use it, else the CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:N"``; ``seg.device`` says what was chosen and ``describe()`` why.
+        backend: force a backend by name (``runtime.base.backend_names()``); ``"auto"``: by the file.
+        classes: class names, overriding the metadata or standing in where there is none.
+        input_size: network input (H, W) where the file has no metadata (or to override it).
+        min_area: regions of fewer original pixels are dropped.
+        providers: ONNX Runtime execution providers, as ``onnxruntime.InferenceSession`` takes them.
+        threads: intra-op CPU threads. ONNX Runtime and OpenVINO apply them to this model alone; the
+            torch backends call ``torch.set_num_threads``, which is process-wide (torch has one pool),
+            and only when it is given.
+        precision: run another precision where the backend can (``"bf16"``/``"fp16"`` for a checkpoint
+            or an fp32 TorchScript file, ``"bf16"`` for an OpenVINO IR); ``None``: as exported.
+            On CUDA, "fp32" convolutions follow ``torch.backends.cudnn.allow_tf32`` (TF32 by
+            default), and ``describe()`` says so.
+        tiling: ``None`` follows the model's ``meta.tiling``; ``{"scale": s, "overlap": o}`` tiles every
+            image at native resolution (``unet_deploy.tiling``); ``False`` letterboxes the whole image.
+        tile_batch: tiles per inference call when tiling; like ``batch_size``, capped so that one
+            network call fits the memory budget (``meta.max_batch``, ``UNET_DEPLOY_MAX_MEMORY_MB``). A
+            model whose one input cannot fit is refused here.
+        letterbox: the pad mode (``"top-left"``, ``"center"``, ``"rect"``: pad only to the next multiple
+            of 16). ``None``: the file's; a checkpoint runs with the letterbox its exports write
+            (``meta.deployed``: ``rect`` for a model trained top-left), so that a checkpoint and its
+            exports give the same masks; ``seg.letterbox`` names it and the trained one.
+        pipeline: ``"host"`` (numpy/OpenCV/Pillow around the backend), ``"device"`` (torch backends:
+            letterbox, network, argmax and mapping back on the model's device, only the mask and the
+            small logits copied back, CUDA graphs on CUDA) or ``"auto"`` (device on CUDA, else host).
+        trust_code: load a file that runs code when loaded (an AOTInductor ``.pt2`` carries a shared
+            library) only when True or ``UNET_DEPLOY_TRUST_CODE=1``; else a one-line refusal. ONNX
+            and OpenVINO IR are data; TorchScript is in part code (README "Trust").
     """
 
     def __init__(
@@ -91,8 +106,8 @@ class Segmenter:
         self._backend: Backend = cls(self.model_path, device=device, threads=threads, precision=precision,
                                      providers=providers, classes=classes)  # fmt: skip
         self.meta = _resolve_meta(self._backend, classes, input_size)
-        if letterbox is not None:
-            self.meta = dataclasses.replace(self.meta, letterbox={**self.meta.letterbox, "pad": letterbox})
+        if letterbox is not None or self._backend.source_model:  # a checkpoint runs as its exports do
+            self.meta = deployed(self.meta, letterbox)
         if self._backend.input_hw and self.meta.pad == "rect":  # rect makes non-square inputs: a fixed net fails
             raise UnetDeployError(
                 f"{self.model_path}: the network's input is fixed at {self._backend.input_hw[0]}x"
@@ -136,11 +151,21 @@ class Segmenter:
         """``"device"`` (letterbox to mask on the backend's torch device) or ``"host"`` (numpy/OpenCV/Pillow)."""
         return "host" if self._device_pipeline is None else "device"
 
+    @property
+    def letterbox(self) -> str:
+        """The letterbox in use, and the one the model was trained with where they differ
+        (``"rect (trained with top-left)"``); ``"tiles"`` when tiling."""
+        if self.tiling is not None:
+            return "tiles"
+        trained = self.meta.extra.get(TRAINED_LETTERBOX, self.meta.pad)
+        return self.meta.pad if trained == self.meta.pad else f"{self.meta.pad} (trained with {trained})"
+
     def describe(self) -> str:
-        """One line: model, backend, device and why (what the log line says)."""
+        """One line: model, backend, device and why, and the letterbox when it is not the trained one."""
         note = f" ({self._backend.device_note})" if self._backend.device_note else ""
         where = ", letterbox to mask on the device" if self._device_pipeline is not None else ""
-        return f"{self.model_path.name}: {self.backend} on {self.device}{note}{where}"
+        boxed = f"; {letterbox_note(self.meta)}" if self.tiling is None and letterbox_note(self.meta) else ""
+        return f"{self.model_path.name}: {self.backend} on {self.device}{note}{where}{boxed}"
 
     def _choose_pipeline(self, pipeline: str) -> Any:
         """The backend's device pipeline when asked for (``auto``: on CUDA, letterboxed), else None."""
@@ -192,11 +217,20 @@ class Segmenter:
 
     def stream(self, source: str | int | Path, every: int = 1, max_frames: int | None = None,
                drop_frames: bool = False, queue_size: int = 4) -> "FrameStream":  # fmt: skip
-        """Segment a video file, camera (``0``, ``"camera:0"``) or ``rtsp://``/``http://`` URL, pipelined.
+        """Segment a video file, camera or URL in a pipeline (decode, the three stages, on their own threads).
 
-        Returns a ``unet_deploy.stream.FrameStream``: iterate it for ``FrameResult``s (a ``Result``
-        with ``frame``, ``timestamp_ms``) in frame order; ``every``, ``max_frames`` and
-        ``drop_frames`` as there. A source that cannot be opened raises here, in one line.
+        Args:
+            source: a video file, a camera index (``0``, ``"camera:0"``) or an ``rtsp://``/``http://`` URL.
+            every: process frames 0, every, 2*every, ...
+            max_frames: stop after this many processed frames (None: to the end).
+            drop_frames: for live sources: when the consumer is slow, drop the oldest waiting frame
+                (counted in ``dropped``) instead of blocking the reader.
+            queue_size: frames waiting between two stages (memory is bounded by it).
+
+        Returns:
+            A ``unet_deploy.stream.FrameStream``: iterate it (best in a ``with`` block) for
+            ``FrameResult``s in frame order; ``end`` says how the source ended. A source that cannot
+            be opened raises here, in one line.
         """
         from ..stream import FrameStream
 

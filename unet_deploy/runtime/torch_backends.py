@@ -163,6 +163,7 @@ class CheckpointBackend(_TorchBackend):
     """
 
     name = "checkpoint"
+    source_model = True
 
     def __init__(
         self,
