@@ -79,7 +79,7 @@ def exported_tiny(tiny_checkpoint, tmp_path_factory) -> dict:
     Keys ``torchscript`` (``tiny.torchscript.pt``), ``onnx`` (``tiny.onnx``), ``aoti``
     (``tiny.pt2``, host-tuned CPU package) and, where OpenVINO is installed, ``openvino``
     (``tiny.xml`` + ``.bin``); the ``tiny.json`` sidecar sits beside them
-    (``unet_deploy.meta.sidecar_path``). The AOTInductor compile dominates (~1.5 CPU-minutes).
+    (``unet_deploy.formats.sidecar_path``). The AOTInductor compile dominates (~1.5 CPU-minutes).
     """
     from unet_deploy.export import export_model
 
@@ -111,3 +111,20 @@ def exported_color(color_checkpoint, tmp_path_factory) -> dict:
     from unet_deploy.export import export_model
 
     return export_model(color_checkpoint, "onnx", out_dir=tmp_path_factory.mktemp("exported_color"), verbose=False)
+
+
+@pytest.fixture
+def with_formats(monkeypatch):
+    """``with_formats(row, ...)``: run the test with rows added to the format table.
+
+    The registry is a read-only table; this puts a new one in its place for the test only
+    (monkeypatch restores the original), so no test can leave a format behind for another.
+    """
+    from types import MappingProxyType
+
+    from unet_deploy import formats
+
+    def add(*rows):
+        monkeypatch.setattr(formats, "FORMATS", MappingProxyType({**formats.FORMATS, **{r.name: r for r in rows}}))
+
+    return add

@@ -163,7 +163,8 @@ def test_cpp_masks_and_regions_match_the_python_runtime(fmt, cpp_runs, cpp_model
 def test_cpp_letterbox_is_pythons(cpp_runs, cpp_models, cpp_inputs):
     """The letterboxed pixels (--save-input) against preprocess.letterbox on the same decoded image."""
     from unet_deploy.fileio import read_image
-    from unet_deploy.meta import ModelMeta, sidecar_path
+    from unet_deploy.formats import sidecar_path
+    from unet_deploy.meta import ModelMeta
     from unet_deploy.preprocess import letterbox, to_model_color
 
     out, _ = cpp_runs["torchscript"]
@@ -190,7 +191,8 @@ def test_cpp_follows_every_metadata_option(unet_infer, cpp_inputs, tmp_path):
 
     from unet_deploy.data.palette import read_mask
     from unet_deploy.fileio import read_image
-    from unet_deploy.meta import ModelMeta, sidecar_path
+    from unet_deploy.formats import sidecar_path
+    from unet_deploy.meta import ModelMeta
     from unet_deploy.model import UNet
     from unet_deploy.preprocess import preprocess
     from unet_deploy.runtime import Segmenter

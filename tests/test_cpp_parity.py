@@ -90,7 +90,8 @@ def _reference(model_path: Path, image: np.ndarray, tiling: dict | None = "meta"
     """The Python mask of ``image``: preprocess -> the artefact -> argmax -> back, or tiled_class_map."""
     import torch
 
-    from unet_deploy.meta import ModelMeta, sidecar_path
+    from unet_deploy.formats import sidecar_path
+    from unet_deploy.meta import ModelMeta
     from unet_deploy.postprocess import argmax
     from unet_deploy.preprocess import preprocess, unletterbox_mask
     from unet_deploy.tiling import tiled_class_map

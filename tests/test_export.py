@@ -17,7 +17,9 @@ from unet_deploy import export, formats
 from unet_deploy.checkpoint import load_checkpoint
 from unet_deploy.cli.export import command as export_command
 from unet_deploy.errors import UnetDeployError
-from unet_deploy.meta import ONNX_METADATA_KEY, TORCHSCRIPT_EXTRA_FILE, ModelMeta, sidecar_path
+from unet_deploy.formats import sidecar_path
+from unet_deploy.meta import METADATA_KEY, TORCHSCRIPT_EXTRA_FILE, ModelMeta
+from unet_deploy.runtime.base import load_backend
 
 FORMATS = ["torchscript", "onnx", "aoti"]
 # The file names DESIGN.md promises for a checkpoint tiny.pt.
@@ -42,7 +44,7 @@ def _load(fmt: str, path):
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        meta = ModelMeta.from_json(session.get_modelmeta().custom_metadata_map[ONNX_METADATA_KEY])
+        meta = ModelMeta.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
         return (lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])), meta
     compiled = torch._inductor.aoti_load_package(str(path))
     return compiled, ModelMeta.from_json(compiled.get_metadata()["unet_deploy"])
@@ -126,7 +128,7 @@ def test_onnx_is_one_checked_file_with_named_dynamic_io(exported_light):
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
     assert {o.domain: o.version for o in model.opset_import}[""] == 18
-    assert {p.key for p in model.metadata_props} == {ONNX_METADATA_KEY}
+    assert {p.key for p in model.metadata_props} == {METADATA_KEY}
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
 
 
@@ -253,7 +255,7 @@ def test_every_exported_file_runs_on_its_registry_backend_and_agrees(exported_ti
     assert set(FORMATS) <= set(exported_tiny)
     for fmt, path in exported_tiny.items():
         assert path.name == NAMES[fmt] and formats.for_path(path).name == fmt
-        backend = formats.for_path(path).load_backend()(path, device="cpu")
+        backend = load_backend(formats.for_path(path))(path, device="cpu")
         assert backend.meta == replace(meta, extra={"precision": "fp32"}, letterbox=export.export_letterbox(meta, None)) and backend.precision == "fp32"
         with torch.inference_mode():
             for x in _inputs():

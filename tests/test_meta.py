@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unet_deploy.errors import UnetDeployError
-from unet_deploy.meta import ModelMeta, check_size, sidecar_path
+from unet_deploy.formats import sidecar_path
+from unet_deploy.meta import ModelMeta, check_size
 
 
 def test_design_example_round_trips():

@@ -21,7 +21,8 @@ pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 
 from unet_deploy import accuracy, cpu  # noqa: E402
 from unet_deploy.errors import UnetDeployError  # noqa: E402
-from unet_deploy.formats.openvino import export_openvino, ir_path, read_meta  # noqa: E402
+from unet_deploy.export import export_openvino  # noqa: E402
+from unet_deploy.formats.openvino import ir_path, read_meta  # noqa: E402
 from unet_deploy.meta import ModelMeta  # noqa: E402
 from unet_deploy.runtime import Segmenter  # noqa: E402
 from unet_deploy.runtime import openvino_backend as ovb  # noqa: E402

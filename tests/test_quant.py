@@ -21,7 +21,8 @@ from unet_deploy.accuracy import GateRefused  # noqa: E402
 from unet_deploy.errors import UnetDeployError  # noqa: E402
 from unet_deploy.export import export_model  # noqa: E402
 from unet_deploy.formats import quantize  # noqa: E402
-from unet_deploy.formats.openvino import export_openvino, ir_path  # noqa: E402
+from unet_deploy.export import export_openvino  # noqa: E402
+from unet_deploy.formats.openvino import ir_path  # noqa: E402
 from unet_deploy.runtime import Segmenter  # noqa: E402
 from unet_deploy.runtime import openvino_backend as ovb  # noqa: E402
 

@@ -252,11 +252,11 @@ def test_tile_scale_is_in_the_onnx_export(tile_run, tmp_path):
     import onnx
 
     from unet_deploy.export import export_model
-    from unet_deploy.meta import ONNX_METADATA_KEY
+    from unet_deploy.meta import METADATA_KEY
 
     paths = export_model(tile_run / "best.pt", "onnx", tmp_path / "exp", verbose=False)
     props = {p.key: p.value for p in onnx.load(str(paths["onnx"]), load_external_data=False).metadata_props}
-    assert json.loads(props[ONNX_METADATA_KEY])["tiling"] == {"scale": 0.5, "overlap": 0.4}
+    assert json.loads(props[METADATA_KEY])["tiling"] == {"scale": 0.5, "overlap": 0.4}
 
 
 

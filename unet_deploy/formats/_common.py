@@ -33,7 +33,8 @@ class ExportOptions:
 
     ``calib``/``val``/``min_agreement``/``max_miou_drop`` are the accuracy gate's inputs for
     reduced precisions that need one (OpenVINO bf16/int8, ONNX int8); ``check`` says whether
-    to run it; ``int8_isa``/``int8`` say how int8 is calibrated (``formats.quantize``).
+    to run it; ``int8_isa``/``int8`` say how int8 is calibrated (``formats.quantize``,
+    ``precision_gate``).
     """
 
     dynamic: bool = True
@@ -73,6 +74,16 @@ def shown_once(title: str, log: Callable[[str], None]) -> Iterator[None]:
         times = f" (x{count})" if count > 1 else ""
         log(f"{title}: {category.__name__}: {message}{times}")
         warnings.warn_explicit(w.message, category, w.filename, w.lineno)
+
+
+@dataclass
+class GateRequest:
+    """What a format's ``export`` returns for a staged artefact the exporter must gate before keeping it.
+
+    ``save(meta)`` rewrites the staged artefact with ``meta`` (the gate's record added).
+    """
+
+    save: Callable[[Any], None]
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:

@@ -13,19 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnetDeployError
-from ..meta import ONNX_METADATA_KEY, ModelMeta
-from . import Format
+from ..meta import METADATA_KEY, ModelMeta
 from ._common import ExportOptions
+from .spec import Format
 
 FORMAT = Format(
     name="aoti", title="AOTInductor", suffixes=(".pt2",), backend="aoti",
-    backend_class="unet_deploy.runtime.torch_backends:AOTIBackend", exporter=__name__,
+    backend_class="unet_deploy.runtime.torch_backends:AOTIBackend", exporter=f"{__name__}:write",
     precisions=("fp32", "fp16"), devices=("cpu", "cuda"), needs_torch=True, requires=("torch",),
     options=frozenset({"dynamic", "portable"}), aliases=("pt2", "aotinductor"),
     note="compiled package for one device; aoti_load_package / AOTIModelPackageLoader",
 )  # fmt: skip
-# The key of ModelMeta in the package's metadata (the same word as the ONNX metadata key).
-METADATA_KEY = ONNX_METADATA_KEY
 # Inductor settings of --portable: AVX2 vector width (256 bit) and the matching -march.
 PORTABLE_CONFIGS = {"cpp.simdlen": 256, "cpp.march": "x86-64-v3"}
 
@@ -50,7 +48,7 @@ def check_options(opts: ExportOptions, target: Path) -> None:
     isa_configs(opts.portable, opts.device)
 
 
-def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> None:
+def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> None:
     """``torch.export`` the model on ``opts.device`` and compile it into the package ``path`` (``.pt2``)."""
     import torch
 

@@ -8,17 +8,24 @@ unet_deploy.runtime`` stays torch-free.
 """
 from __future__ import annotations
 
+import abc
+import importlib
+import inspect
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import formats
-from ..errors import UnetDeployError
+from ..errors import UnetDeployError, did_you_mean, look_up
+from ..formats import Format, sidecar_path
 from ..meta import ModelMeta
 
+# Options ``Segmenter`` hands every backend; a backend that has no such option ignores them when None.
+SHARED_OPTIONS = ("providers", "classes")
 
-class Backend:
+
+class Backend(abc.ABC):
     """Base of all backends: load ``path`` in ``__init__``, then ``forward(batch) -> logits``.
 
     ``precision=None`` runs the file as exported; ``"fp32"``, ``"fp16"``, ``"bf16"`` ask for
@@ -27,10 +34,15 @@ class Backend:
     ``device_note`` says why when a wish could not be met, ``meta`` is the ModelMeta found
     inside the file (or None), ``input_hw`` the fixed input (H, W) if the file fixes it,
     ``fixed_batch`` the one batch size the file accepts (None: any) and ``num_outputs`` its
-    logit channels if known.
+    logit channels if known. An option the backend's ``__init__`` does not take is a one-line
+    error naming the closest one it does (``None`` for the ``SHARED_OPTIONS`` is no wish).
     """
 
     name: ClassVar[str] = "base"
+
+    def __new__(cls, *args: Any, **options: Any) -> "Backend":
+        _check_options(cls, options)
+        return super().__new__(cls)
 
     def __init__(
         self, path: Path, device: str = "auto", threads: int | None = None, precision: str | None = None, **options
@@ -44,9 +56,9 @@ class Backend:
         self.fixed_batch: int | None = None
         self.num_outputs: int | None = None
 
+    @abc.abstractmethod
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """float32 ``(N, C, H, W)`` network input -> float32 ``(N, K, H, W)`` logits."""
-        raise NotImplementedError
 
     def exported_precision(self) -> str:
         """The precision the file was exported at (``meta.extra["precision"]``, fp32 when unsaid)."""
@@ -60,6 +72,29 @@ class Backend:
         )
 
 
+def _check_options(cls: type, options: dict[str, Any]) -> None:
+    """Raise for a keyword ``cls.__init__`` does not take (a ``SHARED_OPTIONS`` one set to None passes)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    takes = [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key, value in options.items():
+        if key not in takes and not (key in SHARED_OPTIONS and value is None):
+            raise UnetDeployError(f"the {cls.name} backend has no option {key!r}{did_you_mean(key, takes)}; "
+                                  f"it takes {', '.join(takes)}")  # fmt: skip
+
+
+def resolve(target: str) -> Any:
+    """The object a registry row names as ``"module:attr"`` (imported now)."""
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_backend(fmt: Format) -> type[Backend]:
+    """The runtime backend class of the format ``fmt`` (imported now)."""
+    if fmt.backend_class is None:
+        raise UnetDeployError(f"the {fmt.name} format has no runtime backend; export the model to another format")
+    return resolve(fmt.backend_class)
+
+
 def backend_class(path: str | Path, backend: str = "auto") -> type[Backend]:
     """The backend class for ``path``: by name (format, backend or alias), or (``"auto"``) by the file.
 
@@ -70,10 +105,10 @@ def backend_class(path: str | Path, backend: str = "auto") -> type[Backend]:
         try:
             fmt = formats.get(backend)
         except UnetDeployError:
-            choices = ", ".join(dict.fromkeys(f.backend for f in formats.FORMATS.values() if f.backend_class))
-            raise UnetDeployError(f"backend {backend!r} is unknown; use auto or one of {choices}") from None
-        return fmt.load_backend()
-    return formats.for_path(path).load_backend()
+            look_up(backend.strip().lower(), backend_names(), "backend")
+            raise  # pragma: no cover - look_up raised for a name the registry does not know
+        return load_backend(fmt)
+    return load_backend(formats.for_path(path))
 
 
 def backend_names() -> list[str]:
@@ -110,7 +145,5 @@ def choose_device(device: str, cuda_available: bool, missing: str, path: Path | 
 
 def sidecar_meta(path: Path) -> ModelMeta | None:
     """The ``<stem>.json`` ModelMeta beside a model file, or None when there is none."""
-    from ..meta import sidecar_path
-
     side = sidecar_path(path)
     return ModelMeta.load(side) if side.is_file() else None

@@ -20,7 +20,8 @@ import numpy as np
 from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
-from ..meta import ModelMeta, check_size, check_tiling, sidecar_path
+from ..formats import sidecar_path
+from ..meta import ModelMeta, check_size, check_tiling
 from ..postprocess import CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original
 from ..preprocess import check_image, preprocess
 from ..tiling import tiled_class_map
