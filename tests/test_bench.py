@@ -224,8 +224,8 @@ def _check_tiled_report(report: dict, backends: set[str], tiling: dict) -> None:
         assert r["ms_per_megapixel"] == pytest.approx(r["ms_per_frame"] / (h * w / 1e6))
     tiled = {r["backend"]: r for r in ok if r["mode"] == "tiled"}
     letterbox = {r["backend"]: r for r in ok if r["mode"] == "letterbox"}
-    for b in backends:  # many network inputs cost more inference than the letterbox's one
-        assert tiled[b]["latency_ms"]["inference"]["p50"] > letterbox[b]["latency_ms"]["inference"]["p50"]
+    for b in backends:  # the work, not its wall time: many network inputs against the letterbox's one
+        assert tiled[b]["tiles"] == len(ys) * len(xs) > letterbox[b]["tiles"] == 1
     assert report["summary"]["cpu"]["best"].split()[0] in backends  # the summary ranks letterbox rows
 
 

@@ -113,7 +113,7 @@ def _documents(draw):
     return doc
 
 
-@settings(max_examples=300, deadline=200)
+@settings(max_examples=300, deadline=None)  # no wall-time bound: a busy machine is not a bug
 @given(_documents())
 def test_any_document_is_valid_or_one_clear_line(doc):
     text = json.dumps(doc)  # allow_nan: NaN and Infinity reach the parser as Python's json writes them
