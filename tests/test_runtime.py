@@ -123,10 +123,25 @@ def test_input_kinds_paths_gray_bgra_16bit_agree(tmp_path):
     assert gray.mask.all() and gray.regions[0].bbox == [0, 0, 40, 30]
 
 
+@pytest.mark.parametrize("min_area, survivors", [(0, [9, 12, 13, 40]), (12, [12, 13, 40]), (13, [13, 40]),
+                                                 (41, [])])  # fmt: skip
+def test_min_area_keeps_exactly_the_regions_at_least_that_large(tmp_path, min_area, survivors):
+    """Red blobs of 9, 12, 13 and 40 pixels on a 64x64 image that the 64x64 model sees pixel for pixel."""
+    seg = Segmenter(red_model(tmp_path / "red.onnx"), min_area=min_area)
+    img = np.zeros((64, 64, 3), np.uint8)
+    blobs = {9: (2, 5, 2, 5), 12: (2, 5, 20, 24), 40: (30, 35, 2, 10)}  # (y0, y1, x0, x1): 3x3, 3x4, 5x8
+    for y0, y1, x0, x1 in blobs.values():
+        img[y0:y1, x0:x1, 2] = 255
+    img[40:43, 40:44, 2] = 255  # 12 pixels ...
+    img[43, 40, 2] = 255  # ... and one more below, touching: 13
+    res = seg(img)
+    assert int((img[:, :, 2] == 255).sum()) == 9 + 12 + 13 + 40 == int(res.mask.sum())  # the mask keeps every pixel
+    assert sorted(r.area for r in res.regions) == survivors
+
+
 def test_result_report_timings_and_overlay(tmp_path):
-    seg = Segmenter(red_model(tmp_path / "red.onnx"), min_area=10)
+    seg = Segmenter(red_model(tmp_path / "red.onnx"))
     img = red_image((100, 160), (10, 40, 20, 80))
-    img[90:92, 150:152, 2] = 255  # 4 pixels: below min_area... but smaller than a network pixel too
     res = seg(img)
     d = res.to_dict()
     assert d["file"] == "<array>" and d["size"] == [100, 160]
