@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.test_runtime import red_model
+from tests.red import red_model
 from unet_deploy import Segmenter, UnetDeployError
 from unet_deploy.cli.crop import command as crop_command
 from unet_deploy.cli.labelme import command as labelme_command

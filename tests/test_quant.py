@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 pytest.importorskip("nncf", reason="the [openvino] extra is not installed")
 
-from tests.test_openvino import TEST_MIN_AGREEMENT, _rt_meta, checkpoint, model_meta, voc_dir  # noqa: E402,F401
+from tests.conftest import TEST_MIN_AGREEMENT, openvino_meta  # noqa: E402
 from unet_deploy import cpu  # noqa: E402
 from unet_deploy.accuracy import GateRefused  # noqa: E402
 from unet_deploy.errors import UnetDeployError  # noqa: E402
@@ -49,7 +49,7 @@ def test_avx2_target_gets_7_bit_weights_and_records_its_isa(model_meta, voc_dir,
     assert max(int(np.abs(w).max()) for w in _int8_weights(avx2)) <= 64
     assert max(int(np.abs(w).max()) for w in _int8_weights(vnni)) > 64  # full 8-bit range where it is safe
     for xml, isa, fix in ((avx2, "avx2", "enable"), (vnni, "vnni", "first_layer_only")):
-        record = _rt_meta(xml).extra["int8"]
+        record = openvino_meta(xml).extra["int8"]
         assert (record["isa"], record["overflow_fix"]) == (isa, fix)
         assert record["calibrated_on"] == cpu.features().summary()
         assert record["recipe"]["keep_fp32"] == ["first_conv"]
@@ -94,7 +94,7 @@ def test_accuracy_control_rescues_a_missed_gate(model_meta, voc_dir, tmp_path):
     assert any(line.startswith("accuracy gate REFUSED") for line in lines)
     assert any("retrying with NNCF accuracy control" in line for line in lines)
     assert lines[-1].startswith("accuracy gate passed") or any(line.startswith("accuracy gate passed") for line in lines)
-    meta = _rt_meta(xml)
+    meta = openvino_meta(xml)
     record = meta.extra["int8"]
     assert record["accuracy_control"]["metric"] == "gate headroom (agreement, mIoU drop)"  # the frames have masks
     assert 0 <= record["quantizers"] < record["accuracy_control"]["quantizers_before"]  # layers went back to fp32

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.models import color_image
-from tests.test_runtime import red_model
+from tests.red import red_model
 from unet_deploy import Segmenter
 from unet_deploy.cli.predict import command
 from unet_deploy.errors import UnetDeployError
