@@ -21,7 +21,8 @@ from ..errors import UnetDeployError, did_you_mean, look_up
 from ..formats import Format, sidecar_path
 from ..meta import ModelMeta
 
-# Options ``Segmenter`` hands every backend; a backend that has no such option ignores them when None.
+# Options ``Segmenter`` hands every backend (ONNX Runtime's providers; the class names a model
+# without metadata needs); a backend that has no use for them ignores them.
 SHARED_OPTIONS = ("providers", "classes")
 
 
@@ -35,7 +36,7 @@ class Backend(abc.ABC):
     inside the file (or None), ``input_hw`` the fixed input (H, W) if the file fixes it,
     ``fixed_batch`` the one batch size the file accepts (None: any) and ``num_outputs`` its
     logit channels if known. An option the backend's ``__init__`` does not take is a one-line
-    error naming the closest one it does (``None`` for the ``SHARED_OPTIONS`` is no wish).
+    error naming the closest one it does (the ``SHARED_OPTIONS`` excepted).
     """
 
     name: ClassVar[str] = "base"
@@ -73,11 +74,11 @@ class Backend(abc.ABC):
 
 
 def _check_options(cls: type, options: dict[str, Any]) -> None:
-    """Raise for a keyword ``cls.__init__`` does not take (a ``SHARED_OPTIONS`` one set to None passes)."""
+    """Raise for a keyword ``cls.__init__`` does not take (the ``SHARED_OPTIONS`` pass)."""
     params = inspect.signature(cls.__init__).parameters.values()
     takes = [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    for key, value in options.items():
-        if key not in takes and not (key in SHARED_OPTIONS and value is None):
+    for key in options:
+        if key not in takes and key not in SHARED_OPTIONS:
             raise UnetDeployError(f"the {cls.name} backend has no option {key!r}{did_you_mean(key, takes)}; "
                                   f"it takes {', '.join(takes)}")  # fmt: skip
 
