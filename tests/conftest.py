@@ -118,6 +118,15 @@ def exported_color(color_checkpoint, tmp_path_factory) -> dict:
     return export_model(color_checkpoint, "onnx", out_dir=tmp_path_factory.mktemp("exported_color"), verbose=False)
 
 
+# Formats whose export is too slow for `make test-fast` (pytest -m "not slow"), and why.
+SLOW_FORMATS = {"aoti": "its export compiles an AOTInductor package (minutes on 2 cores)"}
+
+
+def per_format(rows, key=lambda fmt: fmt.name) -> list:
+    """``pytest.param`` per registry row (``key(row)`` as value and id), the ``SLOW_FORMATS`` marked slow."""
+    return [pytest.param(key(f), id=key(f), marks=[pytest.mark.slow] if f.name in SLOW_FORMATS else []) for f in rows]
+
+
 @pytest.fixture
 def with_formats(monkeypatch):
     """``with_formats(row, ...)``: run the test with rows added to the format table.
