@@ -41,6 +41,7 @@ def _export(model_meta, voc_dir, target: Path, lines: list[str], **kw) -> Path:
     return export_openvino(model, meta, target, precision="int8", calib=voc_dir, val=voc_dir, log=lines.append, **kw)
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_avx2_target_gets_7_bit_weights_and_records_its_isa(model_meta, voc_dir, tmp_path):
     """--int8-isa avx2: NNCF's overflow fix halves every weight's range (no VPMADDUBSW saturation)."""
     lines: list[str] = []
@@ -76,6 +77,7 @@ def test_onednn_isa_cap_is_what_the_cpu_facts_report():
     assert out[:3] == ["avx2", "False", "False"] and set(out[3:]) <= {"avx2", "fma"}
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_vnni_model_on_an_avx2_cpu_warns_once(model_meta, voc_dir, tmp_path, monkeypatch):
     xml = _export(model_meta, voc_dir, ir_path(tmp_path, "tiny", "int8"), [], int8_isa="vnni")
     with warnings.catch_warnings():
@@ -109,6 +111,7 @@ def test_accuracy_control_rescues_a_missed_gate(model_meta, voc_dir, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_onnx_int8_is_a_gated_qdq_graph_run_by_onnxruntime(checkpoint, voc_dir, tmp_path):
     import onnx
 
@@ -140,6 +143,7 @@ def test_onnx_int8_is_a_gated_qdq_graph_run_by_onnxruntime(checkpoint, voc_dir, 
     assert agree == pytest.approx(seg.meta.extra["accuracy"]["agreement"], abs=0.01)
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_precision_auto_takes_int8_when_it_passes_and_says_why(checkpoint, voc_dir, tmp_path):
     lines: list[str] = []
     paths = export_model(checkpoint, "openvino", out_dir=tmp_path, precision="auto", calib=voc_dir, val=voc_dir,
@@ -148,6 +152,7 @@ def test_precision_auto_takes_int8_when_it_passes_and_says_why(checkpoint, voc_d
     assert [line for line in lines if "--precision auto" in line] == ["OpenVINO --precision auto: int8 (passed the accuracy gate)"]
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_precision_auto_falls_back_when_the_gate_refuses(checkpoint, voc_dir, tmp_path):
     """At a 100% bar int8 is refused; bf16 is next where this CPU has it, else fp32 (this test runs on both kinds)."""
     lines: list[str] = []
@@ -176,6 +181,7 @@ def test_precision_auto_without_calibration_and_on_other_formats(checkpoint, tmp
         export_model(checkpoint, "torchscript", out_dir=tmp_path, precision="auto")
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_gate_refuses_black_calibration_even_with_accuracy_control(model_meta, voc_dir, tmp_path):
     """A deliberately broken calibration set (black frames): refused in one line, nothing written."""
     import cv2
