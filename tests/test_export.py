@@ -181,7 +181,8 @@ def test_cli_exports_a_seed_state_dict(tiny, exported_light, tmp_path):
     assert result.exit_code == 0, result.output
     paths = [out / "unet.torchscript.pt", out / "unet.onnx"]
     assert result.stdout.split() == [str(p) for p in paths]
-    assert "TorchScript: DeprecationWarning" in result.stderr and "aoti is its successor" in result.stderr
+    assert "aoti is its successor" in result.stderr  # the export's own line says TorchScript is deprecated ...
+    assert "Warning" not in result.stderr  # ... so torch's DeprecationWarnings (and its pytree FutureWarning) are not repeated
     assert result.stderr.count("parity ok") == 2 and (out / "unet.json").is_file()
     for fmt, path in zip(["torchscript", "onnx"], paths):
         run, got = _load(fmt, path)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import UnetDeployError
 from ..meta import METADATA_KEY, ModelMeta
-from ._common import ExportOptions
+from ._common import TORCH_PYTREE, ExportOptions, without
 from .spec import Format
 
 FORMAT = Format(
@@ -56,8 +56,9 @@ def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOpt
 
     model = reduced_precision(model, opts.precision)
     configs = {"aot_inductor.metadata": {METADATA_KEY: meta.to_json()}, **isa_configs(opts.portable, opts.device)}
-    program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(opts.dynamic))
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
+    with without(TORCH_PYTREE):
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(opts.dynamic))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
 
 
 def read_meta(metadata: dict[str, str], path: Path) -> ModelMeta | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import UnetDeployError
 from ..meta import METADATA_KEY, ModelMeta
-from ._common import INPUT_NAME, OUTPUT_NAME, ExportOptions
+from ._common import INPUT_NAME, OUTPUT_NAME, TORCH_ONNX_REGISTRY, TORCH_PYTREE, ExportOptions, muted_logger, without
 from .quantize import Int8Graph, Int8Recipe, kept_fp32
 from .spec import Format
 
@@ -71,11 +71,12 @@ def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOpt
 
     model = reduced_precision(model, "fp32" if opts.precision == "int8" else opts.precision)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    program = torch.onnx.export(
-        model, (example,), dynamo=True, verbose=False, optimize=True,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        opset_version=check_opset(opts.opset), dynamic_shapes=dynamic_shapes(opts.dynamic),
-    )  # fmt: skip
+    with without(TORCH_PYTREE), muted_logger(TORCH_ONNX_REGISTRY):
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, verbose=False, optimize=True,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            opset_version=check_opset(opts.opset), dynamic_shapes=dynamic_shapes(opts.dynamic),
+        )  # fmt: skip
     program.model.producer_name = "unet-deploy"
     if opts.precision == "int8":
         return _int8(program.model_proto, path)

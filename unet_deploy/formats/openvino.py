@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import UnetDeployError
 from ..meta import METADATA_KEY, ModelMeta
-from ._common import INPUT_NAME, OUTPUT_NAME, ExportOptions, GateRequest
+from ._common import INPUT_NAME, OUTPUT_NAME, TORCH_JIT_DEPRECATED, ExportOptions, GateRequest, without
 from .quantize import Int8Graph
 from .spec import Format
 
@@ -69,7 +69,7 @@ def convert(model: Any, meta: ModelMeta) -> Any:
     ov = require_openvino()
     shape = ov.PartialShape([-1, meta.in_channels, -1, -1])
     example = torch.zeros(1, meta.in_channels, *meta.input_size)
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    with warnings.catch_warnings(), without(TORCH_JIT_DEPRECATED), torch.inference_mode(False), torch.no_grad():
         # The UNet's input-size check is Python control flow that tracing warns about; it does
         # not enter the graph (the model accepts any multiple of 16). Tracing without torch's
         # re-run check halves the conversion time; the parity check or the gate compares anyway.

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import UnetDeployError
 from ..meta import TORCHSCRIPT_EXTRA_FILE, ModelMeta
-from ._common import ExportOptions, first_line, shown_once
+from ._common import TORCH_JIT_DEPRECATED, ExportOptions, first_line, shown_once, without
 from .spec import Format
 
 
@@ -56,7 +56,7 @@ def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOpt
     from ._torch import reduced_precision
 
     cpu_model = copy.deepcopy(reduced_precision(model, opts.precision)).cpu().eval()
-    with shown_once(FORMAT.title, opts.log):
+    with shown_once(FORMAT.title, opts.log), without(TORCH_JIT_DEPRECATED):
         scripted = torch.jit.script(cpu_model)
         baked = device_constants(scripted)
         if baked:  # a bug in the model code, not a user error
@@ -70,7 +70,7 @@ def read(path: Path, map_location: Any) -> tuple[Any, ModelMeta | None]:
 
     extra = {TORCHSCRIPT_EXTRA_FILE: ""}
     try:
-        with shown_once(FORMAT.title, lambda _: None):
+        with shown_once(FORMAT.title, lambda _: None), without(TORCH_JIT_DEPRECATED):
             module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     except RuntimeError as e:  # foreign or truncated archives
         raise UnetDeployError(f"{path}: not a loadable TorchScript model ({first_line(e)})") from None
