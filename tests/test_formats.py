@@ -192,3 +192,8 @@ def test_reduced_precision_keeps_float32_io_and_the_original():
             assert 0 < float((y - ref).abs().max()) < tol, precision  # really rounded, and close
             assert torch.equal(torch.jit.script(wrapped)(x), y)  # scriptable, as the TorchScript export needs
     assert next(model.parameters()).dtype == torch.float32 and reduced_precision(model, "fp32") is model
+
+
+def test_an_unknown_precision_names_the_closest_one(tiny_checkpoint):
+    with pytest.raises(UnetDeployError, match=r"cannot run this model at fp61 \(did you mean 'fp16'\?\); it runs fp32\|bf16\|fp16"):
+        Segmenter(tiny_checkpoint, precision="fp61")

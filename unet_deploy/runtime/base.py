@@ -68,7 +68,8 @@ class Backend(abc.ABC):
     def refuse_precision(self, asked: str, runs: tuple[str, ...]) -> None:
         """Raise the one-line error for a ``precision`` this backend cannot run (``runs``: what it can)."""
         raise UnetDeployError(
-            f"{self.path}: the {self.name} backend cannot run this model at {asked}; it runs {'|'.join(runs)} "
+            f"{self.path}: the {self.name} backend cannot run this model at {asked}{did_you_mean(asked, runs)}; "
+            f"it runs {'|'.join(runs)} "
             f"(re-export with --precision {asked} where the format has it, or leave precision out)"
         )
 
