@@ -3,11 +3,12 @@
 ``export_model(checkpoint, "onnx,aoti")``. Which formats exist, their suffixes, precisions,
 devices and options are ``unet_deploy.formats``' table; each format's module writes its file
 (``write(model, example, path, meta, opts)``, named by the row's ``exporter``; bf16/int8 come
-back as an ``Int8Graph``/``GateRequest`` that ``precision_gate`` quantizes and gates here). Every artefact is written under its own name
-into a staging folder beside its target, loaded with the runtime backend users run (numpy in,
-numpy out), compared with the eager model (two input sizes x two batch sizes), and only then
-moved into place with its ``<stem>.json`` sidecar: a failed export leaves no file behind.
-Precisions without a parity tolerance here (bf16, int8) are checked by the accuracy gate. No click: progress goes to ``log`` (stderr by default).
+back as an ``Int8Graph``/``GateRequest`` that ``precision_gate`` quantizes and gates here).
+Every artefact is written under its own name into a staging folder beside its target, loaded
+with the runtime backend users run (numpy in, numpy out), compared with the eager model (two
+input sizes x two batch sizes), and only then moved into place with its ``<stem>.json``
+sidecar: a failed export leaves no file behind. Precisions without a parity tolerance here
+(bf16, int8) are checked by the accuracy gate. No click: progress goes to ``log`` (stderr by default).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ _SHOWN = {"dynamic": "--static", "calib": "--calib"}
 def load_exporter(fmt: Format) -> Callable[..., Any]:
     """The function that writes ``fmt`` (the row's ``exporter``, imported now)."""
     if fmt.exporter is None:
-        raise UnetDeployError(f"{fmt.name} is not an export format; choose from {', '.join(registry.names(registry.exportable()))}")
+        choices = ", ".join(registry.names(registry.exportable()))
+        raise UnetDeployError(f"{fmt.name} is not an export format; choose from {choices}")
     return resolve(fmt.exporter)
 
 
