@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry", ("__init__", "__main__", "train.__main__")),  # `python -m ...` and the package's front door
 ]
 
+
 def module_names() -> dict[str, Path]:
     """``"runtime.base"`` -> its file, for every module of the package (``"__init__"`` is the package)."""
     out = {}
