@@ -14,7 +14,7 @@ from unet_deploy.data.palette import read_mask, save_palette_png
 from unet_deploy.errors import UnetDeployError
 from unet_deploy.fileio import read_image, write_image
 from unet_deploy.meta import ModelMeta
-from unet_deploy.preprocess import resize_image, letterbox, preprocess
+from unet_deploy.preprocess import letterbox, preprocess, resize_image
 
 CLASSES = ("background", "scratch", "spot")
 

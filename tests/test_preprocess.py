@@ -9,7 +9,7 @@ from unet_deploy.data.synthetic import sample
 from unet_deploy.errors import UnetDeployError
 from unet_deploy.fileio import read_image
 from unet_deploy.meta import ModelMeta
-from unet_deploy.preprocess import (resize_image, check_image, letterbox, letterbox_geometry, preprocess,
+from unet_deploy.preprocess import (check_image, letterbox, letterbox_geometry, preprocess, resize_image,
                                     to_model_color, unletterbox_mask)
 from tests.seed_net import seed_letterbox
 

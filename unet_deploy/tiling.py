@@ -48,7 +48,7 @@ import numpy as np
 from .errors import UnetDeployError
 from .meta import DEFAULT_OVERLAP, ModelMeta, check_tiling
 from .postprocess import argmax, to_original
-from .preprocess import LetterboxTransform, resize_image, normalize, to_model_color
+from .preprocess import LetterboxTransform, normalize, resize_image, to_model_color
 
 #: float32 ``N x C x th x tw`` network inputs -> float32 ``N x K x th x tw`` logits
 Predictor = Callable[[np.ndarray], np.ndarray]

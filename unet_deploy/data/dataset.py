@@ -21,7 +21,7 @@ import torch
 from ..errors import UnetDeployError
 from ..fileio import IMAGE_SUFFIXES, read_image
 from ..meta import ModelMeta
-from ..preprocess import LetterboxTransform, resize_image, letterbox, normalize, to_model_color
+from ..preprocess import LetterboxTransform, letterbox, normalize, resize_image, to_model_color
 from .classes import CLASS_NAMES_FILE, read_class_names
 from .palette import read_mask
 
