@@ -19,7 +19,8 @@ import numpy as np
 from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
-from ..meta import TRAINED_LETTERBOX, ModelMeta, check_size, check_tiling, deployed, letterbox_note, sidecar_path
+from ..formats import sidecar_path
+from ..meta import TRAINED_LETTERBOX, ModelMeta, check_size, check_tiling, deployed, letterbox_note
 from ..preprocess import check_image, letterbox_geometry, preprocess
 from ..tiling import tiled_class_map
 from .base import Backend, backend_class, sidecar_meta
