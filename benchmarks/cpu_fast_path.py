@@ -131,11 +131,11 @@ def quantize_nncf_onnx(onnx_path: Path, calib_inputs: list[np.ndarray]) -> Path:
     import nncf
     import onnx
 
-    from unet_deploy.formats.quantize import Int8Recipe, _nncf_kwargs
+    from unet_deploy.formats.quantize import Int8Recipe, nncf_kwargs
 
     model = onnx.load(str(onnx_path))
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
-    kwargs = _nncf_kwargs(Int8Recipe(), "vnni", convs, len(calib_inputs))
+    kwargs = nncf_kwargs(Int8Recipe(), "vnni", convs, len(calib_inputs))
     nncf.set_log_level(logging.ERROR)
     advanced = kwargs.pop("advanced_quantization_parameters")
     quantized = nncf.quantize(model, nncf.Dataset([{"images": x} for x in calib_inputs]), advanced_parameters=advanced,
@@ -222,11 +222,9 @@ def measure(row: Row, runner: Any, frame: np.ndarray, val: list[accuracy.Sample]
     stages = [runner([frame])[0] for _ in range(s.runs)]
     row.stages = {k: float(np.median([st[k] for st in stages])) for k in bench.STAGES}
     masks = [runner([v.image])[1][0] for v in val]
-    conf = sum(metrics.confusion(v.mask, m, classes) for v, m in zip(val, masks))
-    row.miou = 100.0 * metrics.mean_iou(conf)  # in percent, like the agreement
     ref = reference if reference is not None else masks
-    row.agreement = 100.0 * sum(np.count_nonzero(m == r) for m, r in zip(masks, ref)) / sum(r.size for r in ref)
-    row.worst = min(100.0 * float(np.mean(m == r)) for m, r in zip(masks, ref))
+    c = metrics.compare_masks(ref, masks, [v.mask for v in val], classes)
+    row.miou, row.agreement, row.worst = c.miou, c.agreement, c.worst_agreement  # in percent and points
     return masks
 
 
@@ -305,7 +303,8 @@ def run(args: argparse.Namespace, s: Settings, work: Path) -> int:
 
     from unet_deploy.checkpoint import load_checkpoint
     from unet_deploy.export import export_model
-    from unet_deploy.formats.openvino import export_openvino, ir_path
+    from unet_deploy.export import export_openvino
+    from unet_deploy.formats.openvino import ir_path
     from unet_deploy.formats.quantize import calibration_inputs
     from unet_deploy.runtime import Segmenter
     from unet_deploy.runtime.onnx_runtime import OnnxRuntimeBackend

@@ -19,7 +19,8 @@ from unet_deploy import bench, cpu
 def avx2_child(args: argparse.Namespace, s: Settings, work: Path) -> int:
     """The AVX2-only section, in a process whose oneDNN and ATen are capped at AVX2: JSON rows to ``args.avx2_child``."""
     from unet_deploy.checkpoint import load_checkpoint
-    from unet_deploy.formats.openvino import export_openvino, ir_path
+    from unet_deploy.export import export_openvino
+    from unet_deploy.formats.openvino import ir_path
 
     model, meta = load_checkpoint(args.checkpoint)
     meta.input_size = (s.img_size, s.img_size)

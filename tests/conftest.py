@@ -1,6 +1,11 @@
-"""Shared fixtures: the labelme reference data (skipped when absent) and small models made once per run."""
+"""Shared fixtures: the labelme reference data (skipped when absent), small models made once per run,
+the OpenVINO/int8 tests' model on real video frames, and the C++ consumer's build."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,7 +99,7 @@ def exported_tiny(tiny_checkpoint, tmp_path_factory) -> dict:
     Keys ``torchscript`` (``tiny.torchscript.pt``), ``onnx`` (``tiny.onnx``), ``aoti``
     (``tiny.pt2``, host-tuned CPU package) and, where OpenVINO is installed, ``openvino``
     (``tiny.xml`` + ``.bin``); the ``tiny.json`` sidecar sits beside them
-    (``unet_deploy.meta.sidecar_path``). The AOTInductor compile dominates (~1.5 CPU-minutes).
+    (``unet_deploy.formats.sidecar_path``). The AOTInductor compile dominates (~1.5 CPU-minutes).
     """
     from unet_deploy.export import export_model
 
@@ -126,3 +131,148 @@ def exported_color(color_checkpoint, tmp_path_factory) -> dict:
     from unet_deploy.export import export_model
 
     return export_model(color_checkpoint, "onnx", out_dir=tmp_path_factory.mktemp("exported_color"), verbose=False)
+
+
+# Formats whose export is too slow for `make test-fast` (pytest -m "not slow"), and why.
+SLOW_FORMATS = {"aoti": "its export compiles an AOTInductor package (minutes on 2 cores)"}
+
+
+def per_format(rows, key=lambda fmt: fmt.name) -> list:
+    """``pytest.param`` per registry row (``key(row)`` as value and id), the ``SLOW_FORMATS`` marked slow."""
+    return [pytest.param(key(f), id=key(f), marks=[pytest.mark.slow] if f.name in SLOW_FORMATS else []) for f in rows]
+
+
+@pytest.fixture
+def with_formats(monkeypatch):
+    """``with_formats(row, ...)``: run the test with rows added to the format table.
+
+    The registry is a read-only table; this puts a new one in its place for the test only
+    (monkeypatch restores the original), so no test can leave a format behind for another.
+    """
+    from types import MappingProxyType
+
+    from unet_deploy import formats
+
+    def add(*rows):
+        monkeypatch.setattr(formats, "FORMATS", MappingProxyType({**formats.FORMATS, **{r.name: r for r in rows}}))
+
+    return add
+
+
+# ----------------------------------------------------------------------------- the OpenVINO/int8 tests' model
+VIDEO_CLASSES = ["background", "car", "track"]  # labelme's video_annotation/labels.txt
+TEST_MIN_AGREEMENT = 70.0  # separates a sound int8 calibration of the random-weight model from a broken one
+
+
+@pytest.fixture(scope="session")
+def voc_dir(labelme_dir, tmp_path_factory) -> Path:
+    """(test_openvino, test_quant) The five real video frames with labelme's reference masks, as a VOC-style dataset."""
+    src = labelme_dir / "video_annotation"
+    root = tmp_path_factory.mktemp("voc")
+    (root / "JPEGImages").mkdir()
+    (root / "SegmentationClass").mkdir()
+    for image in sorted(src.glob("*.jpg")):
+        shutil.copy(image, root / "JPEGImages" / image.name)
+        shutil.copy(src / "reference_voc" / "SegmentationClassPNG" / f"{image.stem}.png", root / "SegmentationClass")
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_meta(voc_dir):
+    """(tiny UNet in eval mode, its ModelMeta): random weights, BatchNorm statistics from the frames."""
+    import numpy as np
+    import torch
+
+    from unet_deploy import accuracy
+    from unet_deploy.fileio import read_image
+    from unet_deploy.meta import ModelMeta
+    from unet_deploy.model import UNet
+    from unet_deploy.preprocess import preprocess
+
+    meta = ModelMeta(classes=VIDEO_CLASSES, input_size=(64, 64), arch={"base_channels": 8})
+    frames = np.stack([preprocess(read_image(p), meta)[0] for p in accuracy.dataset_images(voc_dir)])
+    torch.manual_seed(0)
+    model = UNet(len(VIDEO_CLASSES), base_channels=8)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: the exact statistics of the frames
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(frames))
+    return model.eval(), meta
+
+
+@pytest.fixture(scope="session")
+def checkpoint(model_meta, tmp_path_factory) -> Path:
+    from unet_deploy.checkpoint import save_checkpoint
+
+    model, meta = model_meta
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, meta)
+
+
+def openvino_meta(xml: Path):
+    """The ModelMeta inside an OpenVINO IR's rt_info."""
+    from unet_deploy.formats.openvino import read_meta
+    from unet_deploy.runtime import openvino_backend
+
+    return read_meta(openvino_backend.core().read_model(str(xml)), xml)
+
+
+# ----------------------------------------------------------------------------- the C++ consumer (export/cpp)
+CPP = ROOT / "export" / "cpp"
+BUILD = CPP / "build"
+
+
+def _skip_reason() -> str | None:
+    if not shutil.which("cmake"):
+        return "cmake is not installed (apt install cmake)"
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        return "no C++ compiler (apt install g++)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def unet_infer() -> Path:
+    """Configure and build export/cpp once per session; the path of the `unet_infer` program."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import torch
+
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with open(BUILD / ".test-lock", "w") as lock:  # two pytest sessions must not build at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        configure = ["cmake", "-S", str(CPP), "-B", str(BUILD), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
+        if shutil.which("ninja") and not (BUILD / "CMakeCache.txt").exists():
+            configure += ["-G", "Ninja"]
+        done = subprocess.run(configure, capture_output=True, text=True)
+        if done.returncode != 0 and "OpenCV" in done.stdout + done.stderr and not _has_opencv_dev():
+            pytest.skip("OpenCV's C++ package is missing (apt install libopencv-dev, or `make cpp-deps` as root)")
+        if done.returncode != 0 and "nlohmann_json" in done.stdout + done.stderr:
+            pytest.skip("nlohmann::json is missing (apt install nlohmann-json3-dev, or `make cpp-deps` as root)")
+        assert done.returncode == 0, f"cmake configure failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        done = subprocess.run(["cmake", "--build", str(BUILD), "-j", "2"], capture_output=True, text=True)
+        assert done.returncode == 0, f"build failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return BUILD / "unet_infer"
+
+
+def _has_opencv_dev() -> bool:
+    return subprocess.run(["pkg-config", "--exists", "opencv4"]).returncode == 0 if shutil.which("pkg-config") else False
+
+
+def run_unet_infer(exe: Path, *args: str | Path) -> subprocess.CompletedProcess:
+    """`unet_infer` with one inference thread: OpenMP threads spin against each other on a busy 2-core CI box."""
+    return subprocess.run([str(exe), *map(str, args), "--threads", "1"], capture_output=True, text=True, timeout=300)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one thread in this process (as `_run`), the previous setting restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -7,61 +7,17 @@ any other build failure fails it.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, warm_batchnorm
+from tests.conftest import one_torch_thread, run_unet_infer, warm_batchnorm
 from tests.models import color_image, color_meta, color_unet
 
-pytestmark = pytest.mark.slow  # every test here needs the CMake build of export/cpp
-
-CPP = ROOT / "export" / "cpp"
-BUILD = CPP / "build"
-
-
-def _skip_reason() -> str | None:
-    if not shutil.which("cmake"):
-        return "cmake is not installed (apt install cmake)"
-    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
-        return "no C++ compiler (apt install g++)"
-    return None
-
-
-@pytest.fixture(scope="session")
-def unet_infer() -> Path:
-    """Configure and build export/cpp once per session; the path of the `unet_infer` program."""
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    import torch
-
-    BUILD.mkdir(parents=True, exist_ok=True)
-    with open(BUILD / ".test-lock", "w") as lock:  # two pytest sessions must not build at once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        configure = ["cmake", "-S", str(CPP), "-B", str(BUILD), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
-        if shutil.which("ninja") and not (BUILD / "CMakeCache.txt").exists():
-            configure += ["-G", "Ninja"]
-        done = subprocess.run(configure, capture_output=True, text=True)
-        if done.returncode != 0 and "OpenCV" in done.stdout + done.stderr and not _has_opencv_dev():
-            pytest.skip("OpenCV's C++ package is missing (apt install libopencv-dev, or `make cpp-deps` as root)")
-        if done.returncode != 0 and "nlohmann_json" in done.stdout + done.stderr:
-            pytest.skip("nlohmann::json is missing (apt install nlohmann-json3-dev, or `make cpp-deps` as root)")
-        assert done.returncode == 0, f"cmake configure failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        done = subprocess.run(["cmake", "--build", str(BUILD), "-j", "2"], capture_output=True, text=True)
-        assert done.returncode == 0, f"build failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return BUILD / "unet_infer"
-
-
-def _has_opencv_dev() -> bool:
-    return subprocess.run(["pkg-config", "--exists", "opencv4"]).returncode == 0 if shutil.which("pkg-config") else False
+pytestmark = pytest.mark.slow  # every test here needs the CMake build of export/cpp (tests/conftest.py: unet_infer)
 
 
 @pytest.fixture(scope="session")
@@ -97,27 +53,9 @@ def cpp_models(tmp_path_factory) -> dict[str, Path]:
     `unet-export`'s export_model to TorchScript and AOTInductor (.pt2), ModelMeta inside each."""
     from unet_deploy.export import export_model
 
-    with _one_torch_thread():
+    with one_torch_thread():
         return export_model((color_unet(), color_meta()), ["torchscript", "aoti"],
                             out_dir=tmp_path_factory.mktemp("cpp_models"), verbose=False)
-
-
-def _run(exe: Path, *args: str | Path) -> subprocess.CompletedProcess:
-    """`unet_infer` with one inference thread: OpenMP threads spin against each other on a busy 2-core CI box."""
-    return subprocess.run([str(exe), *map(str, args), "--threads", "1"], capture_output=True, text=True, timeout=300)
-
-
-@contextlib.contextmanager
-def _one_torch_thread():
-    """torch on one thread in this process (as `_run`), the previous setting restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -126,14 +64,14 @@ def cpp_runs(unet_infer, cpp_models, cpp_inputs, tmp_path_factory) -> dict[str, 
     runs = {}
     for fmt, model in cpp_models.items():
         out = tmp_path_factory.mktemp(f"cpp_out_{fmt}")
-        done = _run(unet_infer, model, *cpp_inputs, "--out", out, "--device", "cpu", "--save-input")
+        done = run_unet_infer(unet_infer, model, *cpp_inputs, "--out", out, "--device", "cpu", "--save-input")
         assert done.returncode == 0, done.stderr
         runs[fmt] = (out, [json.loads(line) for line in done.stdout.splitlines()])
     return runs
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
-@_one_torch_thread()
+@one_torch_thread()
 def test_cpp_masks_and_regions_match_the_python_runtime(fmt, cpp_runs, cpp_models, cpp_inputs):
     from unet_deploy.data.palette import read_mask
     from unet_deploy.runtime import Segmenter
@@ -163,7 +101,8 @@ def test_cpp_masks_and_regions_match_the_python_runtime(fmt, cpp_runs, cpp_model
 def test_cpp_letterbox_is_pythons(cpp_runs, cpp_models, cpp_inputs):
     """The letterboxed pixels (--save-input) against preprocess.letterbox on the same decoded image."""
     from unet_deploy.fileio import read_image
-    from unet_deploy.meta import ModelMeta, sidecar_path
+    from unet_deploy.formats import sidecar_path
+    from unet_deploy.meta import ModelMeta
     from unet_deploy.preprocess import letterbox, to_model_color
 
     out, _ = cpp_runs["torchscript"]
@@ -181,7 +120,7 @@ def test_cpp_letterbox_is_pythons(cpp_runs, cpp_models, cpp_inputs):
     assert all(v == 0 for v in diffs.values()), diffs  # JPEG included: both decoders agree here
 
 
-@_one_torch_thread()
+@one_torch_thread()
 def test_cpp_follows_every_metadata_option(unet_infer, cpp_inputs, tmp_path):
     """The other ModelMeta paths: gray model input, centred padding, a non-square input, mean/std
     normalisation, a one-logit sigmoid head (random weights, warmed BatchNorm), and the metadata
@@ -190,7 +129,8 @@ def test_cpp_follows_every_metadata_option(unet_infer, cpp_inputs, tmp_path):
 
     from unet_deploy.data.palette import read_mask
     from unet_deploy.fileio import read_image
-    from unet_deploy.meta import ModelMeta, sidecar_path
+    from unet_deploy.formats import sidecar_path
+    from unet_deploy.meta import ModelMeta
     from unet_deploy.model import UNet
     from unet_deploy.preprocess import preprocess
     from unet_deploy.runtime import Segmenter
@@ -207,7 +147,7 @@ def test_cpp_follows_every_metadata_option(unet_infer, cpp_inputs, tmp_path):
     path = tmp_path / "gray.torchscript.pt"
     torch.jit.save(torch.jit.script(model), str(path))
     meta.save(sidecar_path(path))
-    done = _run(unet_infer, path, *cpp_inputs, "--out", tmp_path / "out", "--device", "cpu")
+    done = run_unet_infer(unet_infer, path, *cpp_inputs, "--out", tmp_path / "out", "--device", "cpu")
     assert done.returncode == 0, done.stderr
     seg = Segmenter(path, device="cpu")
     agree = total = defect = 0
@@ -225,7 +165,7 @@ def test_cpp_min_area_drops_small_regions(unet_infer, cpp_models, cpp_inputs, cp
     _, lines = cpp_runs["torchscript"]
     areas = sorted(r["area"] for line in lines for r in line["regions"])
     min_area = areas[len(areas) // 2]
-    done = _run(unet_infer, cpp_models["torchscript"], *cpp_inputs, "--min-area", min_area, "--device", "cpu")
+    done = run_unet_infer(unet_infer, cpp_models["torchscript"], *cpp_inputs, "--min-area", min_area, "--device", "cpu")
     assert done.returncode == 0, done.stderr
     kept = [json.loads(line)["regions"] for line in done.stdout.splitlines()]
     for before, after in zip(lines, kept):
@@ -234,33 +174,33 @@ def test_cpp_min_area_drops_small_regions(unet_infer, cpp_models, cpp_inputs, cp
 
 def test_cpp_clear_errors(unet_infer, cpp_models, cpp_inputs, tmp_path, tiny_checkpoint):
     model = cpp_models["torchscript"]
-    done = _run(unet_infer, tmp_path / "missing.torchscript.pt", cpp_inputs[0])
+    done = run_unet_infer(unet_infer, tmp_path / "missing.torchscript.pt", cpp_inputs[0])
     assert done.returncode == 1 and "missing.torchscript.pt: model file not found" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not done.stdout
 
     for state in (tiny_checkpoint, _state_dict(tiny_checkpoint, tmp_path / "weights.pth")):
-        done = _run(unet_infer, state, cpp_inputs[0])
+        done = run_unet_infer(unet_infer, state, cpp_inputs[0])
         assert done.returncode == 1 and "not an exported model" in done.stderr and "unet-export" in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
 
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    done = _run(unet_infer, model, bad, tmp_path / "gone.jpg", cpp_inputs[0], "--device", "cpu")
+    done = run_unet_infer(unet_infer, model, bad, tmp_path / "gone.jpg", cpp_inputs[0], "--device", "cpu")
     assert done.returncode == 1
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert lines[0] == {"file": str(bad), "error": f"{bad}: not a readable image (corrupt or unsupported format)"}
     assert "image file not found" in lines[1]["error"]
     assert "regions" in lines[2]  # the good image after the bad ones still went through
 
-    done = _run(unet_infer, model, cpp_inputs[0], "--min-area", "lots")
+    done = run_unet_infer(unet_infer, model, cpp_inputs[0], "--min-area", "lots")
     assert done.returncode == 1 and "--min-area 'lots' is not an integer >= 0" in done.stderr
-    done = _run(unet_infer, cpp_models["aoti"], cpp_inputs[0], "--device", "cuda")
+    done = run_unet_infer(unet_infer, cpp_models["aoti"], cpp_inputs[0], "--device", "cuda")
     assert done.returncode == 1 and ("compiled for cpu, not cuda" in done.stderr or "no CUDA device" in done.stderr)
 
 
 def test_cpp_repeated_names_get_suffixes(unet_infer, cpp_models, cpp_inputs, tmp_path):
     image = cpp_inputs[0]
-    done = _run(unet_infer, cpp_models["torchscript"], image, image, "--out", tmp_path, "--device", "cpu")
+    done = run_unet_infer(unet_infer, cpp_models["torchscript"], image, image, "--out", tmp_path, "--device", "cpu")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"{image.stem}.png", f"{image.stem}_1.png"]
 

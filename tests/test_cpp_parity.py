@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from tests.models import color_image, color_meta, color_unet
-from tests.test_cpp import _one_torch_thread, _run, unet_infer  # noqa: F401 (the session build of export/cpp)
+from tests.conftest import one_torch_thread
 
 pytestmark = pytest.mark.slow  # every test here needs the CMake build of export/cpp
 
@@ -50,7 +50,7 @@ def _export(tmp_path_factory, name: str, formats=("torchscript",), **meta_fields
     from unet_deploy.meta import ModelMeta
 
     meta = ModelMeta(**{**color_meta().to_dict(), **meta_fields})
-    with _one_torch_thread():
+    with one_torch_thread():
         return export_model((context_unet(), meta), list(formats), out_dir=tmp_path_factory.mktemp(name), verbose=False)
 
 
@@ -90,7 +90,8 @@ def _reference(model_path: Path, image: np.ndarray, tiling: dict | None = "meta"
     """The Python mask of ``image``: preprocess -> the artefact -> argmax -> back, or tiled_class_map."""
     import torch
 
-    from unet_deploy.meta import ModelMeta, sidecar_path
+    from unet_deploy.formats import sidecar_path
+    from unet_deploy.meta import ModelMeta
     from unet_deploy.postprocess import argmax
     from unet_deploy.preprocess import preprocess, unletterbox_mask
     from unet_deploy.tiling import tiled_class_map
@@ -103,7 +104,7 @@ def _reference(model_path: Path, image: np.ndarray, tiling: dict | None = "meta"
             return module(torch.from_numpy(batch)).numpy()
 
     tiling = meta.tiling if tiling == "meta" else tiling
-    with _one_torch_thread():
+    with one_torch_thread():
         if tiling:
             return tiled_class_map(image, meta, predict, tiling["scale"], tiling["overlap"])
         x, t = preprocess(image, meta)

@@ -14,7 +14,7 @@ from unet_deploy.data.palette import read_mask, save_palette_png
 from unet_deploy.errors import UnetDeployError
 from unet_deploy.fileio import read_image, write_image
 from unet_deploy.meta import ModelMeta
-from unet_deploy.preprocess import _resize, letterbox, preprocess
+from unet_deploy.preprocess import letterbox, preprocess, resize_image
 
 CLASSES = ("background", "scratch", "spot")
 
@@ -181,7 +181,7 @@ def test_tile_crops_are_the_tilers_inputs_with_padding_ignored(voc, scale, size)
         assert (y[sh:] == 255).all() and (y[:sh] != 255).all()  # reflected rows are ignored, real rows are not
         image, mask = ds.read(ds.image_index(i))
         assert mask.shape == (60, 80)
-        resized = image if scale == 1 else _resize(image, (sh, sw), None)
+        resized = image if scale == 1 else resize_image(image, (sh, sw), None)
         # the crop equals the tiler's input for the tile at the same column: same resize, colour, padding
         matches = [left for left in range(sw - size + 1)
                    if np.array_equal(x.numpy(), _tile_input(resized, 0, left, (size, size), meta))]

@@ -1,4 +1,4 @@
-"""The format registry: a format added at run time is offered by export, the CLI and the runtime; the C++ consumer agrees."""
+"""The format registry: a format added to the table is offered by export, the CLI and the runtime; the C++ consumer agrees."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,8 @@ from unet_deploy.cli.export import command as export_command
 from unet_deploy.export import export_model, resolve_formats
 from unet_deploy.formats import Format
 from unet_deploy.formats._torch import reduced_precision
-from unet_deploy.meta import ModelMeta, sidecar_path
+from unet_deploy.formats import sidecar_path
+from unet_deploy.meta import ModelMeta
 from unet_deploy.runtime.base import Backend, backend_class, backend_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,8 +24,8 @@ META = ModelMeta(classes=["background", "red"], input_size=(64, 64), arch={"base
 
 
 # -- a fake format: a 1x1 convolution stored as JSON, run with numpy ------------------------------
-def export(model, example, path, meta, opts) -> None:
-    """The fake format's exporter: the 1x1 conv's weights and the metadata, as JSON."""
+def write(model, example, path, meta, opts) -> None:
+    """The fake format's writer: the 1x1 conv's weights and the metadata, as JSON."""
     conv = model[0] if isinstance(model, torch.nn.Sequential) else model
     path.write_text(json.dumps({"meta": meta.to_dict(), "weight": conv.weight[:, :, 0, 0].tolist(),
                                 "bias": conv.bias.tolist()}))  # fmt: skip
@@ -45,18 +46,15 @@ class FakeBackend(Backend):
 
 FAKE = Format(
     name="fake", title="Fake", suffixes=(".fake",), backend="fake-numpy", backend_class=f"{__name__}:FakeBackend",
-    exporter=__name__, precisions=("fp32",), devices=("cpu",), needs_torch=False, requires=(),
+    exporter=f"{__name__}:write", precisions=("fp32",), devices=("cpu",), needs_torch=False, requires=(),
     options=frozenset(), aliases=("fk",), note="a 1x1 conv as JSON, run by numpy",
 )  # fmt: skip
 
 
 @pytest.fixture
-def fake_format():
-    formats.register(FAKE)
-    try:
-        yield FAKE
-    finally:
-        formats.unregister(FAKE.name)
+def fake_format(with_formats):
+    with_formats(FAKE)
+    return FAKE
 
 
 def red_conv() -> torch.nn.Module:
@@ -99,15 +97,50 @@ def test_a_fake_format_whose_artefact_disagrees_is_refused(fake_format, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unregistered_formats_are_gone(tmp_path):
-    formats.register(FAKE)
-    formats.unregister(FAKE.name)
+def test_a_format_is_known_only_while_it_is_in_the_table(tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(formats, "FORMATS", type(formats.FORMATS)({**formats.FORMATS, "fake": FAKE}))
+        assert formats.get("fk") is FAKE and backend_class(tmp_path / "m.fake") is FakeBackend
     with pytest.raises(UnetDeployError, match=r"m\.fake: unknown model type; pass one of \.torchscript\.pt"):
         backend_class(tmp_path / "m.fake")
     with pytest.raises(UnetDeployError, match="unknown export format 'fake'; choose from torchscript, onnx, aoti"):
         resolve_formats("fake")
     with pytest.raises(UnetDeployError, match="format 'fake' is unknown"):
         formats.get("fake")
+
+
+def test_the_table_is_read_only():
+    with pytest.raises(TypeError):
+        formats.FORMATS["fake"] = FAKE  # type: ignore[index]
+    assert not hasattr(formats, "register")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: formats.get("onxx"), "format 'onxx' is unknown (did you mean 'onnx'?); choose from torchscript"),
+    (lambda: resolve_formats("opnevino"), "unknown export format 'opnevino' (did you mean 'openvino'?)"),
+    (lambda: backend_class("m.onnx", "openvinno"), "backend 'openvinno' is unknown (did you mean 'openvino'?)"),
+    (lambda: export_model((red_conv(), META), "onnx", precision="fp61"), "(did you mean 'fp16'?)"),
+])  # fmt: skip
+def test_unknown_names_get_the_closest_valid_one(call, message):
+    with pytest.raises(UnetDeployError) as info:
+        call()
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_backend_refuses_an_option_it_does_not_take(tmp_path):
+    path = tmp_path / "m.fake"
+    path.write_text(json.dumps({"meta": META.to_dict(), "weight": [[1, 0, 0], [0, 1, 0]], "bias": [0, 0]}))
+    with pytest.raises(UnetDeployError, match=r"the fake-numpy backend has no option 'thread' \(did you mean 'threads'\?\)"):
+        FakeBackend(path, thread=2)
+    assert FakeBackend(path, providers=None, classes=["a", "b"]).meta == META  # what Segmenter hands every backend
+
+
+def test_a_backend_must_define_forward(tmp_path):
+    class NoForward(Backend):
+        name = "incomplete"
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoForward(tmp_path / "m.fake")
 
 
 def test_lookup_by_name_alias_backend_and_suffix(tmp_path, tiny_checkpoint):
@@ -159,3 +192,8 @@ def test_reduced_precision_keeps_float32_io_and_the_original():
             assert 0 < float((y - ref).abs().max()) < tol, precision  # really rounded, and close
             assert torch.equal(torch.jit.script(wrapped)(x), y)  # scriptable, as the TorchScript export needs
     assert next(model.parameters()).dtype == torch.float32 and reduced_precision(model, "fp32") is model
+
+
+def test_an_unknown_precision_names_the_closest_one(tiny_checkpoint):
+    with pytest.raises(UnetDeployError, match=r"cannot run this model at fp61 \(did you mean 'fp16'\?\); it runs fp32\|bf16\|fp16"):
+        Segmenter(tiny_checkpoint, precision="fp61")

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unet_deploy.errors import UnetDeployError
-from unet_deploy.meta import ModelMeta, check_size, sidecar_path
+from unet_deploy.formats import sidecar_path
+from unet_deploy.meta import ModelMeta, check_size
 
 
 def test_design_example_round_trips():
@@ -112,7 +113,7 @@ def _documents(draw):
     return doc
 
 
-@settings(max_examples=300, deadline=200)
+@settings(max_examples=300, deadline=None)  # no wall-time bound: a busy machine is not a bug
 @given(_documents())
 def test_any_document_is_valid_or_one_clear_line(doc):
     text = json.dumps(doc)  # allow_nan: NaN and Infinity reach the parser as Python's json writes them

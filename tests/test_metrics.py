@@ -59,3 +59,28 @@ def test_summary_names_and_empty_matrix():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in shape"):
         metrics.confusion(TRUTH, PRED[:, :3], 3)
+
+
+def test_compare_masks_by_hand():
+    """Two images: 'a' differs in 1 of 4 pixels, 'b' not at all; mIoU worked out on paper."""
+    from unet_deploy.metrics import compare_masks
+
+    truth = [np.array([[0, 0], [1, 1]]), np.ones((2, 2), int)]
+    reference = [t.copy() for t in truth]
+    candidate = [np.array([[0, 1], [1, 1]]), np.ones((2, 2), int)]
+    c = compare_masks(reference, candidate, truth, num_classes=2, names=["a", "b"])
+    assert (c.images, c.agreement, c.per_image) == (2, 100.0 * 7 / 8, (75.0, 100.0))
+    assert (c.worst_agreement, c.worst_image) == (75.0, "a")
+    # candidate: class 0 IoU 1/2 (1 hit, 1 missed), class 1 IoU 6/7 (6 hits, 1 false positive)
+    assert c.miou_reference == 100.0
+    assert c.miou == pytest.approx(100.0 * (1 / 2 + 6 / 7) / 2)
+    assert c.miou_drop == pytest.approx(100.0 - c.miou)
+
+
+def test_compare_masks_without_truth_measures_agreement_only():
+    from unet_deploy.metrics import compare_masks
+
+    c = compare_masks([np.zeros((3, 3), int)], [np.eye(3, dtype=int)], [None], num_classes=2)
+    assert c.agreement == pytest.approx(100.0 * 6 / 9) and c.miou is None and c.miou_drop is None
+    with pytest.raises(ValueError, match="differ in shape"):
+        compare_masks([np.zeros((3, 3), int)], [np.zeros((3, 4), int)])

@@ -21,56 +21,13 @@ pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 
 from unet_deploy import accuracy, cpu  # noqa: E402
 from unet_deploy.errors import UnetDeployError  # noqa: E402
-from unet_deploy.formats.openvino import export_openvino, ir_path, read_meta  # noqa: E402
+from unet_deploy.export import export_openvino  # noqa: E402
+from unet_deploy.formats.openvino import ir_path  # noqa: E402
 from unet_deploy.meta import ModelMeta  # noqa: E402
 from unet_deploy.runtime import Segmenter  # noqa: E402
 from unet_deploy.runtime import openvino_backend as ovb  # noqa: E402
 
-CLASSES = ["background", "car", "track"]  # video_annotation/labels.txt
-TEST_MIN_AGREEMENT = 70.0
-
-
-@pytest.fixture(scope="module")
-def voc_dir(labelme_dir, tmp_path_factory) -> Path:
-    """The five real video frames with labelme's reference masks, as a VOC-style dataset."""
-    src = labelme_dir / "video_annotation"
-    root = tmp_path_factory.mktemp("voc")
-    (root / "JPEGImages").mkdir()
-    (root / "SegmentationClass").mkdir()
-    for image in sorted(src.glob("*.jpg")):
-        shutil.copy(image, root / "JPEGImages" / image.name)
-        shutil.copy(src / "reference_voc" / "SegmentationClassPNG" / f"{image.stem}.png", root / "SegmentationClass")
-    return root
-
-
-@pytest.fixture(scope="module")
-def model_meta(voc_dir):
-    """(tiny UNet in eval mode, its ModelMeta): random weights, BatchNorm statistics from the frames."""
-    import torch
-
-    from unet_deploy.fileio import read_image
-    from unet_deploy.model import UNet
-    from unet_deploy.preprocess import preprocess
-
-    meta = ModelMeta(classes=CLASSES, input_size=(64, 64), arch={"base_channels": 8})
-    frames = np.stack([preprocess(read_image(p), meta)[0] for p in accuracy.dataset_images(voc_dir)])
-    torch.manual_seed(0)
-    model = UNet(len(CLASSES), base_channels=8)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None  # cumulative average: the exact statistics of the frames
-    model.train()
-    with torch.no_grad():
-        model(torch.from_numpy(frames))
-    return model.eval(), meta
-
-
-@pytest.fixture(scope="module")
-def checkpoint(model_meta, tmp_path_factory) -> Path:
-    from unet_deploy.checkpoint import save_checkpoint
-
-    model, meta = model_meta
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, meta)
+from tests.conftest import TEST_MIN_AGREEMENT, VIDEO_CLASSES as CLASSES, openvino_meta  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +38,13 @@ def fp32_ir(checkpoint, tmp_path_factory) -> Path:
     return export_model(checkpoint, "openvino", out_dir=tmp_path_factory.mktemp("ov"), verbose=False)["openvino"]
 
 
-def _rt_meta(xml: Path) -> ModelMeta:
-    return read_meta(ovb.core().read_model(str(xml)), xml)
-
 
 def test_fp32_export_carries_metadata_and_reloads(fp32_ir, model_meta, voc_dir):
     import torch
 
     model, meta = model_meta
     assert sorted(p.name for p in fp32_ir.parent.iterdir()) == ["tiny.bin", "tiny.json", "tiny.xml"]
-    inside, sidecar = _rt_meta(fp32_ir), ModelMeta.load(fp32_ir.with_suffix(".json"))
+    inside, sidecar = openvino_meta(fp32_ir), ModelMeta.load(fp32_ir.with_suffix(".json"))
     assert inside == sidecar
     assert inside.classes == CLASSES and inside.input_size == (64, 64)
     assert inside.extra == {"precision": "fp32"}
@@ -125,7 +79,7 @@ def test_int8_export_passes_the_gate_and_records_it(model_meta, voc_dir, fp32_ir
     assert xml.name == "tiny.int8.xml"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.int8.bin", "tiny.int8.json", "tiny.int8.xml"]
     assert any(line.startswith("accuracy gate passed: int8 vs fp32 on 5 images") for line in lines)
-    inside = _rt_meta(xml)
+    inside = openvino_meta(xml)
     assert inside == ModelMeta.load(xml.with_suffix(".json"))
     gate = inside.extra["accuracy"]
     assert inside.extra["precision"] == "int8" and gate["passed"] is True

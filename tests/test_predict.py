@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.test_runtime import RECTS, red_image, red_model
+from tests.red import RECTS, red_image, red_model
 from unet_deploy import Segmenter
 from unet_deploy.data.palette import read_mask
 from unet_deploy.data.synthetic import sample

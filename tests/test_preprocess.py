@@ -9,7 +9,7 @@ from unet_deploy.data.synthetic import sample
 from unet_deploy.errors import UnetDeployError
 from unet_deploy.fileio import read_image
 from unet_deploy.meta import ModelMeta
-from unet_deploy.preprocess import (_resize, check_image, letterbox, letterbox_geometry, preprocess,
+from unet_deploy.preprocess import (check_image, letterbox, letterbox_geometry, preprocess, resize_image,
                                     to_model_color, unletterbox_mask)
 from tests.seed_net import seed_letterbox
 
@@ -202,5 +202,5 @@ def test_8_bit_resize_is_pils_reducing_gap_bicubic_bit_for_bit(hw, new_hw, chann
     frame = cv2.resize(sample(5, 0, (64, 36)).image, hw[::-1], interpolation=cv2.INTER_CUBIC)
     for image in (rng.integers(0, 256, shape, dtype=np.uint8), frame if channels else frame[:, :, 1].copy()):
         pil = np.asarray(Image.fromarray(image).resize(new_hw[::-1], Image.BICUBIC, reducing_gap=3.0))
-        ours = _resize(image, new_hw, None)
+        ours = resize_image(image, new_hw, None)
         assert ours.dtype == np.uint8 and ours.shape == pil.shape and np.array_equal(ours, pil)

@@ -15,13 +15,14 @@ import pytest
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 pytest.importorskip("nncf", reason="the [openvino] extra is not installed")
 
-from tests.test_openvino import TEST_MIN_AGREEMENT, _rt_meta, checkpoint, model_meta, voc_dir  # noqa: E402,F401
+from tests.conftest import TEST_MIN_AGREEMENT, openvino_meta  # noqa: E402
 from unet_deploy import cpu  # noqa: E402
 from unet_deploy.accuracy import GateRefused  # noqa: E402
 from unet_deploy.errors import UnetDeployError  # noqa: E402
 from unet_deploy.export import export_model  # noqa: E402
 from unet_deploy.formats import quantize  # noqa: E402
-from unet_deploy.formats.openvino import export_openvino, ir_path  # noqa: E402
+from unet_deploy.export import export_openvino  # noqa: E402
+from unet_deploy.formats.openvino import ir_path  # noqa: E402
 from unet_deploy.runtime import Segmenter  # noqa: E402
 from unet_deploy.runtime import openvino_backend as ovb  # noqa: E402
 
@@ -40,6 +41,7 @@ def _export(model_meta, voc_dir, target: Path, lines: list[str], **kw) -> Path:
     return export_openvino(model, meta, target, precision="int8", calib=voc_dir, val=voc_dir, log=lines.append, **kw)
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_avx2_target_gets_7_bit_weights_and_records_its_isa(model_meta, voc_dir, tmp_path):
     """--int8-isa avx2: NNCF's overflow fix halves every weight's range (no VPMADDUBSW saturation)."""
     lines: list[str] = []
@@ -48,7 +50,7 @@ def test_avx2_target_gets_7_bit_weights_and_records_its_isa(model_meta, voc_dir,
     assert max(int(np.abs(w).max()) for w in _int8_weights(avx2)) <= 64
     assert max(int(np.abs(w).max()) for w in _int8_weights(vnni)) > 64  # full 8-bit range where it is safe
     for xml, isa, fix in ((avx2, "avx2", "enable"), (vnni, "vnni", "first_layer_only")):
-        record = _rt_meta(xml).extra["int8"]
+        record = openvino_meta(xml).extra["int8"]
         assert (record["isa"], record["overflow_fix"]) == (isa, fix)
         assert record["calibrated_on"] == cpu.features().summary()
         assert record["recipe"]["keep_fp32"] == ["first_conv"]
@@ -75,6 +77,7 @@ def test_onednn_isa_cap_is_what_the_cpu_facts_report():
     assert out[:3] == ["avx2", "False", "False"] and set(out[3:]) <= {"avx2", "fma"}
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_vnni_model_on_an_avx2_cpu_warns_once(model_meta, voc_dir, tmp_path, monkeypatch):
     xml = _export(model_meta, voc_dir, ir_path(tmp_path, "tiny", "int8"), [], int8_isa="vnni")
     with warnings.catch_warnings():
@@ -93,7 +96,7 @@ def test_accuracy_control_rescues_a_missed_gate(model_meta, voc_dir, tmp_path):
     assert any(line.startswith("accuracy gate REFUSED") for line in lines)
     assert any("retrying with NNCF accuracy control" in line for line in lines)
     assert lines[-1].startswith("accuracy gate passed") or any(line.startswith("accuracy gate passed") for line in lines)
-    meta = _rt_meta(xml)
+    meta = openvino_meta(xml)
     record = meta.extra["int8"]
     assert record["accuracy_control"]["metric"] == "gate headroom (agreement, mIoU drop)"  # the frames have masks
     assert 0 <= record["quantizers"] < record["accuracy_control"]["quantizers_before"]  # layers went back to fp32
@@ -108,6 +111,7 @@ def test_accuracy_control_rescues_a_missed_gate(model_meta, voc_dir, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_onnx_int8_is_a_gated_qdq_graph_run_by_onnxruntime(checkpoint, voc_dir, tmp_path):
     import onnx
 
@@ -139,6 +143,7 @@ def test_onnx_int8_is_a_gated_qdq_graph_run_by_onnxruntime(checkpoint, voc_dir, 
     assert agree == pytest.approx(seg.meta.extra["accuracy"]["agreement"], abs=0.01)
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_precision_auto_takes_int8_when_it_passes_and_says_why(checkpoint, voc_dir, tmp_path):
     lines: list[str] = []
     paths = export_model(checkpoint, "openvino", out_dir=tmp_path, precision="auto", calib=voc_dir, val=voc_dir,
@@ -147,6 +152,7 @@ def test_precision_auto_takes_int8_when_it_passes_and_says_why(checkpoint, voc_d
     assert [line for line in lines if "--precision auto" in line] == ["OpenVINO --precision auto: int8 (passed the accuracy gate)"]
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_precision_auto_falls_back_when_the_gate_refuses(checkpoint, voc_dir, tmp_path):
     """At a 100% bar int8 is refused; bf16 is next where this CPU has it, else fp32 (this test runs on both kinds)."""
     lines: list[str] = []
@@ -175,6 +181,7 @@ def test_precision_auto_without_calibration_and_on_other_formats(checkpoint, tmp
         export_model(checkpoint, "torchscript", out_dir=tmp_path, precision="auto")
 
 
+@pytest.mark.slow  # NNCF / ONNX Runtime int8 calibration
 def test_gate_refuses_black_calibration_even_with_accuracy_control(model_meta, voc_dir, tmp_path):
     """A deliberately broken calibration set (black frames): refused in one line, nothing written."""
     import cv2

@@ -9,48 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
+from tests.red import RECTS, red_image, red_model
 from unet_deploy import Segmenter, UnetDeployError
 from unet_deploy.meta import ModelMeta, deployed
 from unet_deploy.runtime.base import backend_class, choose_device
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# (H, W) -> red rectangle (y0, y1, x0, x1), end exclusive: odd sizes, extreme aspect ratios.
-RECTS = {
-    (1, 1): (0, 1, 0, 1),
-    (3, 517): (1, 3, 100, 400),
-    (1080, 1920): (200, 731, 333, 1500),
-    (5000, 7): (1234, 3777, 2, 6),
-}
-
-
-def red_model(path, input_size=(64, 64), pad="top-left", head="softmax", meta=True, batch="N"):
-    """A 1x1-conv ONNX model built by hand: the class-1 logit is the red channel minus 0.5.
-
-    Softmax head: logits (0, R - 0.5); sigmoid head: the one logit R - 0.5. Input is RGB / 255.
-    """
-    k = 1 if head == "sigmoid" else 2
-    weight = np.zeros((k, 3, 1, 1), np.float32)
-    weight[k - 1, 0] = 1.0
-    bias = np.zeros(k, np.float32)
-    bias[k - 1] = -0.5
-    node = helper.make_node("Conv", ["images", "W", "B"], ["logits"], kernel_shape=[1, 1])
-    graph = helper.make_graph(
-        [node], "red",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, "H", "W"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k, "H", "W"])],
-        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    if meta:
-        m = ModelMeta(classes=["background", "red"], input_size=input_size, letterbox={"pad": pad}, head=head)
-        helper.set_model_props(model, {"unet_deploy": m.to_json()})
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return Path(path)
 
 
 def photos(count=6, size=(200, 150)):
@@ -58,14 +24,6 @@ def photos(count=6, size=(200, 150)):
     from unet_deploy.data.synthetic import sample
 
     return [sample(seed, 0, size).image for seed in range(count)]
-
-
-def red_image(hw, rect=None):
-    """Black BGR image of size ``hw`` with a pure red rectangle at RECTS[hw]."""
-    y0, y1, x0, x1 = rect or RECTS[hw]
-    img = np.zeros((*hw, 3), np.uint8)
-    img[y0:y1, x0:x1, 2] = 255
-    return img
 
 
 def _check_rectangle(mask, hw, input_size):
@@ -123,10 +81,25 @@ def test_input_kinds_paths_gray_bgra_16bit_agree(tmp_path):
     assert gray.mask.all() and gray.regions[0].bbox == [0, 0, 40, 30]
 
 
+@pytest.mark.parametrize("min_area, survivors", [(0, [9, 12, 13, 40]), (12, [12, 13, 40]), (13, [13, 40]),
+                                                 (41, [])])  # fmt: skip
+def test_min_area_keeps_exactly_the_regions_at_least_that_large(tmp_path, min_area, survivors):
+    """Red blobs of 9, 12, 13 and 40 pixels on a 64x64 image that the 64x64 model sees pixel for pixel."""
+    seg = Segmenter(red_model(tmp_path / "red.onnx"), min_area=min_area)
+    img = np.zeros((64, 64, 3), np.uint8)
+    blobs = {9: (2, 5, 2, 5), 12: (2, 5, 20, 24), 40: (30, 35, 2, 10)}  # (y0, y1, x0, x1): 3x3, 3x4, 5x8
+    for y0, y1, x0, x1 in blobs.values():
+        img[y0:y1, x0:x1, 2] = 255
+    img[40:43, 40:44, 2] = 255  # 12 pixels ...
+    img[43, 40, 2] = 255  # ... and one more below, touching: 13
+    res = seg(img)
+    assert int((img[:, :, 2] == 255).sum()) == 9 + 12 + 13 + 40 == int(res.mask.sum())  # the mask keeps every pixel
+    assert sorted(r.area for r in res.regions) == survivors
+
+
 def test_result_report_timings_and_overlay(tmp_path):
-    seg = Segmenter(red_model(tmp_path / "red.onnx"), min_area=10)
+    seg = Segmenter(red_model(tmp_path / "red.onnx"))
     img = red_image((100, 160), (10, 40, 20, 80))
-    img[90:92, 150:152, 2] = 255  # 4 pixels: below min_area... but smaller than a network pixel too
     res = seg(img)
     d = res.to_dict()
     assert d["file"] == "<array>" and d["size"] == [100, 160]

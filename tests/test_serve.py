@@ -139,6 +139,7 @@ def test_server_batches_concurrent_clients_and_survives_a_corrupt_image(color_re
     assert not os.path.exists(f"/proc/{pgid}") or "Z" in Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1][:3]
 
 
+@pytest.mark.slow  # starts a Triton server on two exported repositories
 @needs_serve
 def test_ensemble_configs_and_python_steps_on_the_server(color_checkpoint, tmp_path):
     import onnxruntime as ort
@@ -179,6 +180,7 @@ def test_ensemble_configs_and_python_steps_on_the_server(color_checkpoint, tmp_p
         c.close()
 
 
+@pytest.mark.slow  # two ONNX exports, each parity-checked, inside two repositories
 def test_format_triton_is_a_registry_row_that_export_writes_and_replaces(color_checkpoint, tmp_path):
     """``unet-export CKPT --format triton``: a parity-checked ONNX inside a python-layout repository folder."""
     from unet_deploy import formats

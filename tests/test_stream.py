@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.models import color_image
-from tests.test_runtime import red_model
+from tests.red import red_model
 from unet_deploy import Segmenter
 from unet_deploy.cli.predict import command
 from unet_deploy.errors import UnetDeployError
@@ -161,7 +161,14 @@ def test_a_slow_consumer_blocks_or_drops_and_order_is_kept(red, tmp_path):
         frames = [r.frame for r in stream if time.sleep(0.002) is None]
     assert frames == list(range(40)) and stream.dropped == 0
     with seg.stream(video, drop_frames=True, queue_size=1) as stream:
-        frames = [r.frame for r in stream if time.sleep(0.03) is None]
+        results = iter(stream)
+        frames = [next(results).frame]
+        # The consumer stalls: 40 frames cannot fit in the queues, so the reader must drop some.
+        # A generous deadline on the wait, not on speed: it ends as soon as the first drop happens.
+        deadline = time.monotonic() + 120
+        while stream.dropped == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        frames += [r.frame for r in results]
     assert stream.dropped > 0 and len(frames) + stream.dropped == 40  # each frame read is processed or dropped
     assert frames == sorted(set(frames)) and frames[-1] == 39  # drop-oldest: the newest frame always gets through
     assert not stream.end.broken
@@ -174,8 +181,10 @@ def test_leaving_the_loop_early_stops_the_threads(red, video):
     with seg.stream(video) as stream:
         for r in stream:
             break
-    time.sleep(0.2)
     assert r.frame == 0
+    deadline = time.monotonic() + 30  # close() joins them; the wait only guards a slow machine
+    while [t for t in threading.enumerate() if t.name.startswith("unet-stream")] and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not [t for t in threading.enumerate() if t.name.startswith("unet-stream")]
     with pytest.raises(UnetDeployError, match="at least 1"):
         seg.stream(video, every=0)

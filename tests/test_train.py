@@ -171,6 +171,7 @@ def test_torchrun_two_processes_agree_with_what_rank0_wrote(voc, tmp_path):
     assert output.count("best checkpoint:") == 2 and output.count("epoch 1/1 ") == 1  # rank 0 reports
 
 
+@pytest.mark.slow  # trains twice, once in bf16 (emulated on CPUs without native bf16)
 def test_init_from_a_checkpoint_with_other_classes_and_bf16(voc, tiny_checkpoint, tmp_path):
     data = tmp_path / "four"
     make_voc(data, count=4)
@@ -246,17 +247,18 @@ def test_tile_scale_trains_on_crops_and_validates_whole_images_tiled(voc, tile_r
         assert row[key] == pytest.approx(expected[key], abs=1e-6, nan_ok=True), key
 
 
+@pytest.mark.slow  # a tiled training run, then an ONNX export
 def test_tile_scale_is_in_the_onnx_export(tile_run, tmp_path):
     import json
 
     import onnx
 
     from unet_deploy.export import export_model
-    from unet_deploy.meta import ONNX_METADATA_KEY
+    from unet_deploy.meta import METADATA_KEY
 
     paths = export_model(tile_run / "best.pt", "onnx", tmp_path / "exp", verbose=False)
     props = {p.key: p.value for p in onnx.load(str(paths["onnx"]), load_external_data=False).metadata_props}
-    assert json.loads(props[ONNX_METADATA_KEY])["tiling"] == {"scale": 0.5, "overlap": 0.4}
+    assert json.loads(props[METADATA_KEY])["tiling"] == {"scale": 0.5, "overlap": 0.4}
 
 
 

@@ -204,30 +204,16 @@ def evaluate(
     check_thresholds(min_agreement, max_miou_drop)
     if not samples:
         raise UnetDeployError(f"{source or 'validation set'}: no validation images; pass --val DATA")
-    k = meta.num_classes
-    conf_ref = np.zeros((k, k), np.int64)
-    conf_cand = np.zeros((k, k), np.int64)
-    same = total = foreground = 0
-    worst = (101.0, "")
-    with_masks = all(s.mask is not None for s in samples)
+    comparison = metrics.MaskComparison(meta.num_classes)
+    foreground = total = 0  # what the gate measured: how much of it fp32 calls non-background
     for s in tqdm(samples, desc=f"accuracy gate ({precision})", unit="img", leave=False, disable=None):
         ref = predict_class_map(reference, s.image, meta)
-        cand = predict_class_map(candidate, s.image, meta)
-        agree = int(np.count_nonzero(ref == cand))
-        same, total = same + agree, total + ref.size
-        foreground += int(np.count_nonzero(ref))
-        worst = min(worst, (100.0 * agree / ref.size, s.name))
-        if with_masks:
-            conf_ref += metrics.confusion(s.mask, ref, k)
-            conf_cand += metrics.confusion(s.mask, cand, k)
-    agreement = 100.0 * same / total
-    m_ref = m_cand = drop = None
-    if with_masks:
-        m_ref, m_cand = 100.0 * metrics.mean_iou(conf_ref), 100.0 * metrics.mean_iou(conf_cand)  # points
-        drop = m_ref - m_cand
-    passed = agreement >= min_agreement and (drop is None or drop <= max_miou_drop)
+        foreground, total = foreground + int(np.count_nonzero(ref)), total + ref.size
+        comparison.add(ref, predict_class_map(candidate, s.image, meta), s.mask, s.name)
+    c = comparison.result()
+    passed = c.agreement >= min_agreement and (c.miou_drop is None or c.miou_drop <= max_miou_drop)
     return GateResult(
-        precision, len(samples), agreement, worst[0], worst[1], m_ref, m_cand, drop,
+        precision, c.images, c.agreement, c.worst_agreement, c.worst_image, c.miou_reference, c.miou, c.miou_drop,
         float(min_agreement), float(max_miou_drop), passed, source, 100.0 * foreground / total,
     )  # fmt: skip
 

@@ -2,16 +2,18 @@
 
 ``export_model(checkpoint, "onnx,aoti")``. Which formats exist, their suffixes, precisions,
 devices and options are ``unet_deploy.formats``' table; each format's module writes its file
-(``export(model, example, path, meta, opts)``). Every artefact is written under its own name
-into a staging folder beside its target, loaded with the runtime backend users run (numpy in,
-numpy out), compared with the eager model (two input sizes x two batch sizes), and only then
-moved into place with its ``<stem>.json`` sidecar: a failed export leaves no file behind.
-Precisions without a parity tolerance here (OpenVINO bf16/int8) are checked by their
-exporter's accuracy gate. No click: progress goes to ``log`` (stderr by default).
+(``write(model, example, path, meta, opts)``, named by the row's ``exporter``; bf16/int8 come
+back as an ``Int8Graph``/``GateRequest`` that ``precision_gate`` quantizes and gates here).
+Every artefact is written under its own name into a staging folder beside its target, loaded
+with the runtime backend users run (numpy in, numpy out), compared with the eager model (two
+input sizes x two batch sizes), and only then moved into place with its ``<stem>.json``
+sidecar: a failed export leaves no file behind. Precisions without a parity tolerance here
+(bf16, int8) are checked by the accuracy gate. No click: progress goes to ``log`` (stderr by default).
 """
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.util
 import os
 import shutil
@@ -23,16 +25,26 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import formats as registry
-from .errors import UnetDeployError
+from .errors import UnetDeployError, did_you_mean
 from .fileio import remove_stale_temporaries, temporary_name
-from .formats import Format
-from .formats._common import EXAMPLE_BATCH, ExportOptions, quiet, stderr_log
-from .meta import DIVISOR, ModelMeta, check_size, deployed, letterbox_note, max_batch, sidecar_path
+from .formats import Format, sidecar_path
+from .formats._common import EXAMPLE_BATCH, ExportOptions, GateRequest, quiet, stderr_log
+from .formats.quantize import Int8Graph
+from .meta import DIVISOR, ModelMeta, check_size, deployed, letterbox_note, max_batch
+from .runtime.base import load_backend, resolve
 
 # Parity tolerances: max |logit diff| relative to max(1, max |eager logit|), argmax agreement in %.
 TOLERANCE = {"fp32": (1e-4, 99.99), "fp16": (1e-2, 99.5)}
 # Options the CLI spells differently from ExportOptions' fields.
 _SHOWN = {"dynamic": "--static", "calib": "--calib"}
+
+
+def load_exporter(fmt: Format) -> Callable[..., Any]:
+    """The function that writes ``fmt`` (the row's ``exporter``, imported now)."""
+    if fmt.exporter is None:
+        choices = ", ".join(registry.names(registry.exportable()))
+        raise UnetDeployError(f"{fmt.name} is not an export format; choose from {choices}")
+    return resolve(fmt.exporter)
 
 
 def _missing(fmt: Format) -> list[str]:
@@ -55,7 +67,8 @@ def resolve_formats(formats: str | Iterable[str], precision: str | None = None) 
     for name in names:
         fmt = next((f for f in exportable if name in (f.name, *f.aliases)), None)
         if fmt is None:
-            raise UnetDeployError(f"unknown export format {name!r}; choose from {choices} (comma-separated for several)")
+            close = did_you_mean(name, [n for f in exportable for n in (f.name, *f.aliases)] + ["all"])
+            raise UnetDeployError(f"unknown export format {name!r}{close}; choose from {choices} (comma-separated for several)")
         if _missing(fmt):
             raise UnetDeployError(
                 f"--format {fmt.name} needs {', '.join(_missing(fmt))}, which is not installed: "
@@ -76,7 +89,8 @@ def _check_options(rows: list[Format], opts: ExportOptions) -> None:
             users = "|".join(f.name for f in registry.exportable() if "int8" in f.precisions)
             raise UnetDeployError(f"--precision auto applies to --format {users} only; give a precision for the others")
     elif opts.precision not in known:
-        raise UnetDeployError(f"--precision {opts.precision!r} is not one of {'|'.join(known)}")
+        close = did_you_mean(opts.precision, known)
+        raise UnetDeployError(f"--precision {opts.precision!r} is not one of {'|'.join(known)}{close}")
     for fmt in rows:
         if opts.precision != AUTO and opts.precision not in fmt.precisions:
             raise UnetDeployError(f"--format {fmt.name} cannot export {opts.precision}; use {'|'.join(fmt.precisions)}")
@@ -216,7 +230,7 @@ def _check_artefact(fmt: Format, staged: Path, target: Path, written: ModelMeta,
 
     It runs on the export's device where the backend can; a file that does not depend on the
     device (ONNX with a CPU-only ONNX Runtime, say) is checked on the CPU, in one line."""
-    cls = fmt.load_backend()
+    cls = load_backend(fmt)
     try:
         backend = cls(staged, device=opts.device)
     except UnetDeployError as e:
@@ -242,12 +256,15 @@ def _check_artefact(fmt: Format, staged: Path, target: Path, written: ModelMeta,
 def check_request(rows: list[Format], opts: ExportOptions, targets: dict[str, Path]) -> None:
     """Every one-line option error of an export, before anything slow: the table's, then each format's own."""
     from .data.outputs import check_output_folder
+    from .precision_gate import gate_data
 
     _check_options(rows, opts)
     for fmt in rows:
-        module = fmt.load_exporter()
-        if hasattr(module, "check_options"):
-            module.check_options(opts, targets[fmt.name])
+        check = getattr(importlib.import_module(fmt.exporter.split(":")[0]), "check_options", None)
+        if check is not None:
+            check(opts, targets[fmt.name])
+        if opts.precision not in TOLERANCE:  # bf16, int8, auto: the gate's data and thresholds
+            gate_data(opts, targets[fmt.name])
         target = targets[fmt.name]  # its folder writable (not /proc, not under a file), its sidecar no folder
         check_output_folder(target.parent, files=[sidecar_path(target)] + ([] if fmt.folder else [target]))
 
@@ -262,7 +279,7 @@ def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: Expo
     """
     import torch
 
-    module = fmt.load_exporter()
+    write = load_exporter(fmt)
     if not checked:
         check_request([fmt], opts, {fmt.name: target})
     check_finite_weights(model, target)
@@ -282,7 +299,7 @@ def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: Expo
         t0 = time.perf_counter()
         example = torch.zeros(EXAMPLE_BATCH, meta.in_channels, *meta.input_size, device=opts.device)
         with torch.no_grad():
-            written = module.export(model, example, staged, meta, opts) or meta
+            written = _gated(fmt, model, write(model, example, staged, meta, opts), staged, meta, opts)
         files = sorted(staging.iterdir())
         opts.log(f"{fmt.title}: exported in {time.perf_counter() - t0:.1f} s ({_size(files)})")
         if checking:
@@ -339,6 +356,20 @@ def _install(moves: list[tuple[Path, Path]], target: Path) -> None:
         for _, old in undo:
             if old is not None and old.exists():
                 old.unlink()
+
+
+def _gated(fmt: Format, model: Any, written: Any, staged: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
+    """The metadata of what a format wrote; an ``Int8Graph`` is quantized and gated first, a ``GateRequest`` gated."""
+    from . import precision_gate
+
+    if isinstance(written, Int8Graph):
+        return precision_gate.quantize_gated(model, written, staged, meta, opts, load_backend(fmt))
+    if isinstance(written, GateRequest):
+        record = precision_gate.gate(model, staged, meta, opts, load_backend(fmt))
+        out = replace(meta, extra={**meta.extra, "accuracy": record})
+        written.save(out)
+        return out
+    return written or meta
 
 
 def _replace(staged: Path, target: Path) -> None:
@@ -432,6 +463,41 @@ def export_model(
     opts.log(f"Export complete in {time.perf_counter() - t_start:.1f} s: {', '.join(written)}")
     return results
 
+
+
+def export_openvino(
+    model: Any,
+    meta: ModelMeta,
+    target: str | Path,
+    *,
+    precision: str = "fp32",
+    calib: str | Path | None = None,
+    val: str | Path | None = None,
+    calib_count: int | None = None,
+    val_count: int | None = None,
+    min_agreement: float | None = None,
+    max_miou_drop: float | None = None,
+    threads: int | None = None,
+    check: bool = True,
+    int8_isa: str | None = None,
+    int8: Any = None,
+    log: Callable[[str], None] = stderr_log,
+) -> Path:
+    """Export a torch UNet (eval mode) and its ModelMeta to the OpenVINO IR ``target`` (an ``.xml`` path).
+
+    The same path as ``export_model(..., "openvino")`` (``export_to``) with
+    the gate's knobs: ``calib`` (training images, int8), ``val`` (validation images; default
+    the held-back images of ``calib``), ``calib_count``/``val_count`` images, thresholds, and
+    int8's ``int8_isa`` and recipe (``formats.quantize.Int8Recipe``).
+    """
+    from .formats import openvino
+    from .formats.quantize import CALIB_COUNT, VAL_COUNT
+
+    opts = ExportOptions(precision=precision, log=log, check=check, calib=Path(calib) if calib else None,
+                         val=Path(val) if val else None, min_agreement=min_agreement, max_miou_drop=max_miou_drop,
+                         threads=threads, calib_count=calib_count or CALIB_COUNT,
+                         val_count=val_count or VAL_COUNT, int8_isa=int8_isa, int8=int8)  # fmt: skip
+    return export_to(openvino.FORMAT, model, meta, Path(target), opts)
 
 
 def _export_auto(fmt: Format, model: Any, meta: ModelMeta, out: Path, stem: str, opts: ExportOptions,

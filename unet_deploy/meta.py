@@ -43,9 +43,11 @@ MAX_MEMORY_ENV = "UNET_DEPLOY_MAX_MEMORY_MB"  # the budget of one network call; 
 # Normalisation constants outside these bounds overflow float32 or make every input the same.
 _NORM_RANGE = (1e-6, 1e6)
 
-# Key of the metadata in each artefact: TorchScript _extra_files, ONNX metadata_props.
+# Where ModelMeta travels inside each artefact: the TorchScript _extra_files entry, and the key
+# of the ONNX metadata_props, the OpenVINO rt_info and the AOTI package metadata (one word for all three).
 TORCHSCRIPT_EXTRA_FILE = "unet_deploy.json"
-ONNX_METADATA_KEY = "unet_deploy"
+METADATA_KEY = "unet_deploy"
+ONNX_METADATA_KEY = METADATA_KEY  # deprecated alias: the key serves OpenVINO and AOTI too
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -362,15 +364,6 @@ class ModelMeta:
         if not path.is_file():
             raise UnetDeployError(f"{quote(path)}: metadata file not found")
         return cls.from_json(path.read_bytes(), str(path))
-
-
-def sidecar_path(model_path: str | Path) -> Path:
-    """``dir/model.onnx`` -> ``dir/model.json``: the name without its format registry suffix
-    (``.torchscript.pt``, ``.pt2``, ``model.int8.xml`` -> ``model.int8.json``)."""
-    from .formats import strip_suffix  # import-light: the registry imports no torch/onnx/openvino
-
-    p = Path(model_path)
-    return p.with_name(strip_suffix(p.name) + ".json")
 
 
 # A model trained with the seed's square letterbox (top-left) is deployed with "rect": pad only to

@@ -16,7 +16,6 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from .data.palette import voc_palette
 from .errors import UnetDeployError
 from .meta import MAX_CLASSES
 from .preprocess import LetterboxTransform, network_indices, unletterbox_mask
@@ -182,6 +181,23 @@ def _class_regions(mask: np.ndarray, c: int, name: str, min_area: int, box: Box)
         region = Region(c, name, int(area), [x + x0, y + y0, w, h], contour)
         out.append(((c, y + y0, x + x0, fx + x0), region))
     return out
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """Return the PASCAL VOC colour map: an ``(n, 3)`` uint8 array, row i = RGB of class id i.
+
+    Id 0 is black, 1 dark red, 2 dark green, ...; this is the map of VOC, labelme
+    (``imgviz.label_colormap``) and most segmentation tools, built by spreading the
+    bits of the id over the three channels.
+    """
+    ids = np.arange(n, dtype=np.int64)
+    cmap = np.zeros((n, 3), dtype=np.int64)
+    for shift in range(8):
+        for channel in range(3):
+            bit = (ids >> channel) & 1
+            cmap[:, channel] |= bit << (7 - shift)
+        ids = ids >> 3
+    return cmap.astype(np.uint8)
 
 
 _VOC_BGR_LUT = voc_palette()[:, ::-1].reshape(256, 1, 3).copy()  # cv2.LUT: 8x faster than indexing

@@ -49,7 +49,7 @@ from .errors import UnetDeployError
 from .fileio import check_pixel_limit
 from .meta import DEFAULT_OVERLAP, ModelMeta, check_tiling
 from .postprocess import argmax, to_original
-from .preprocess import LetterboxTransform, _resize, normalize, to_model_color
+from .preprocess import LetterboxTransform, normalize, resize_image, to_model_color
 
 #: float32 ``N x C x th x tw`` network inputs -> float32 ``N x K x th x tw`` logits
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -114,7 +114,7 @@ def tiled_class_map(
     if (sh, sw) != (h, w):
         if image.ndim == 3 and image.shape[2] == 4:
             image = to_model_color(image, "BGR")  # drop alpha before resizing, as preprocess does
-        image = _resize(image, (sh, sw), None)
+        image = resize_image(image, (sh, sw), None)
     th, tw = meta.input_size
     ys, xs = tile_grid((sh, sw), (th, tw), overlap)
     tiles = [(y, x) for y in ys for x in xs]

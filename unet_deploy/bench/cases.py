@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from .. import cpu, formats
 from ..errors import UnetDeployError
+from ..runtime.base import load_backend
 from .machine import cuda_available, torch_module
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def skip_reason(case: Case, source: "ModelSource", explicit_precision: bool) -> 
     if case.device == "cuda" and not cuda_available():
         return "no CUDA device"
     if case.device == "cuda" and fmt.backend_class is not None:
-        why = fmt.load_backend().cuda_support()  # before anything is exported for it
+        why = load_backend(fmt).cuda_support()  # before anything is exported for it
         if why:
             return why
     if source.checkpoint is not None and fmt.name != CHECKPOINT:

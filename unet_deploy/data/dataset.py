@@ -21,7 +21,7 @@ import torch
 from ..errors import UnetDeployError
 from ..fileio import IMAGE_SUFFIXES, read_image
 from ..meta import ModelMeta
-from ..preprocess import LetterboxTransform, _resize, letterbox, normalize, to_model_color
+from ..preprocess import LetterboxTransform, letterbox, normalize, resize_image, to_model_color
 from .classes import CLASS_NAMES_FILE, read_class_names
 from .palette import read_mask
 
@@ -285,8 +285,8 @@ class TileDataset(SegmentationDataset):
             image = to_model_color(image, "BGR")  # as the tiler: drop alpha before resizing
         hw = scaled_size(image.shape[:2], self.meta.tiling["scale"])
         if hw != image.shape[:2]:
-            image = _resize(image, hw, None)
-            mask = _resize(mask, hw, cv2.INTER_NEAREST_EXACT)
+            image = resize_image(image, hw, None)
+            mask = resize_image(mask, hw, cv2.INTER_NEAREST_EXACT)
         return to_model_color(image, self.meta.color), mask
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[int, list[np.ndarray]]]:

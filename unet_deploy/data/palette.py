@@ -14,23 +14,9 @@ import numpy as np
 
 from ..errors import UnetDeployError
 from ..fileio import atomic_write_bytes
+from ..postprocess import voc_palette  # the colour map is the core's (postprocess colours masks with it)
 
-
-def voc_palette(n: int = 256) -> np.ndarray:
-    """Return the PASCAL VOC colour map: an ``(n, 3)`` uint8 array, row i = RGB of class id i.
-
-    Id 0 is black, 1 dark red, 2 dark green, ...; this is the map of VOC, labelme
-    (``imgviz.label_colormap``) and most segmentation tools, built by spreading the
-    bits of the id over the three channels.
-    """
-    ids = np.arange(n, dtype=np.int64)
-    cmap = np.zeros((n, 3), dtype=np.int64)
-    for shift in range(8):
-        for channel in range(3):
-            bit = (ids >> channel) & 1
-            cmap[:, channel] |= bit << (7 - shift)
-        ids = ids >> 3
-    return cmap.astype(np.uint8)
+__all__ = ["encode_palette_png", "read_mask", "save_palette_png", "voc_palette"]
 
 
 def encode_palette_png(mask: np.ndarray) -> bytes:

@@ -1,88 +1,29 @@
 """The format registry: one ``Format`` row per model-file format, read by export, the runtime, bench and the CLI.
 
 Each format has one owner module here (``torchscript``, ``onnx``, ``aoti``, ``openvino``,
-``checkpoint``) that states its row (``FORMAT``), writes it (``export(model, example, path,
-meta, opts)``) and reads its metadata; its runtime backend class lives in
-``unet_deploy.runtime``. Import-light: no torch, click, onnx or openvino at import, so the
-lean runtime and ``--help`` can read the table. A new format is one module plus
-``register(FORMAT)``; tests add a fake one the same way.
+``triton``, and ``pytorch`` for the ``checkpoint`` format) that states its row (``FORMAT``), writes it (``export(model,
+example, path, meta, opts)``) and reads its metadata. A row names its runtime backend and its
+exporter as strings; ``formats`` imports neither (``runtime.base.load_backend`` and
+``export.load_exporter`` resolve them). Import-light: no torch, click, onnx or openvino at
+import, so the lean runtime and ``--help`` can read the table. ``FORMATS`` is a read-only
+table built from the modules below: a new format is one module plus one entry in ``_MODULES``.
 """
 from __future__ import annotations
 
-import importlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from types import MappingProxyType
+from typing import Mapping
 
-from ..errors import UnetDeployError
+from ..errors import UnetDeployError, did_you_mean
+from . import aoti, onnx, openvino, pytorch, torchscript, triton
+from .spec import Format
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..runtime.base import Backend
+_MODULES = (torchscript, onnx, aoti, openvino, triton, pytorch)  # display order
+FORMATS: Mapping[str, Format] = MappingProxyType({m.FORMAT.name: m.FORMAT for m in _MODULES})
 
-
-@dataclass(frozen=True)
-class Format:
-    """What one model-file format is: its files, what it runs on, how it is exported and run."""
-
-    name: str  # "torchscript" | "onnx" | "aoti" | "openvino" | "checkpoint"
-    title: str  # "TorchScript", for log lines
-    suffixes: tuple[str, ...]  # the first is the one export writes; the longest match wins on lookup
-    backend: str  # the runtime backend's name, as ``seg.backend`` reports it
-    backend_class: str | None  # "module:Class", imported only when chosen
-    exporter: str | None  # module with export(model, example, path, meta, opts) (None: not exportable)
-    precisions: tuple[str, ...]
-    devices: tuple[str, ...]
-    needs_torch: bool  # running the artefact needs torch (libtorch in C++)
-    requires: tuple[str, ...]  # Python modules the export needs
-    options: frozenset[str]  # export options it honours: "dynamic", "opset", "portable", "calib"
-    aliases: tuple[str, ...] = ()
-    note: str = ""  # one line for --help
-    # Precisions written under their own name, ``<stem>.<precision><suffix>`` (OpenVINO's
-    # ``model.int8.xml``), so that several can sit beside each other with their own sidecar.
-    named_precisions: tuple[str, ...] = ()
-    # "module:function(path) -> bool": a file with another format's suffix that really is this
-    # format (a TorchScript archive saved as ``.pt``).
-    sniff: str | None = None
-    folder: bool = False  # the artefact is a folder (a Triton repository), replaced whole on re-export
-    # Loading the file runs code it carries ("" : it is data). Such a file is refused unless the
-    # user trusts it (``check_trust``): load code only from files you made.
-    runs_code: str = ""
-
-    def load_backend(self) -> type["Backend"]:
-        """The runtime backend class (imported now)."""
-        if self.backend_class is None:
-            raise UnetDeployError(f"the {self.name} format has no runtime backend; export the model to another format")
-        return _attr(self.backend_class)
-
-    def load_exporter(self):
-        """The module that exports this format (imported now)."""
-        if self.exporter is None:
-            raise UnetDeployError(f"{self.name} is not an export format; choose from {', '.join(names(exportable()))}")
-        return importlib.import_module(self.exporter)
-
-    def path(self, out_dir: str | Path, stem: str, precision: str = "fp32") -> Path:
-        """Where export writes ``stem`` at ``precision``: ``out/model.onnx``, ``out/model.int8.xml``."""
-        tag = f".{precision}" if precision in self.named_precisions else ""
-        return Path(out_dir) / f"{stem}{tag}{self.suffixes[0]}"
-
-
-def _attr(target: str):
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-FORMATS: dict[str, Format] = {}  # in display order
-
-
-def register(fmt: Format) -> None:
-    """Add ``fmt`` (replacing a row of the same name)."""
-    FORMATS[fmt.name] = fmt
-
-
-def unregister(name: str) -> None:
-    """Remove the row ``name`` (tests remove the fake format they added)."""
-    FORMATS.pop(name, None)
+__all__ = ["FORMATS", "Format", "exportable", "for_path", "get", "names", "sidecar_path", "strip_suffix", "suffixes",
+           "TRUST_CODE_ENV", "check_trust", "trusted_by_env"]
 
 
 def names(formats: list[Format] | None = None) -> list[str]:
@@ -90,12 +31,13 @@ def names(formats: list[Format] | None = None) -> list[str]:
 
 
 def get(name: str) -> Format:
-    """The row for a format name, backend name or alias; a one-line error names the choices otherwise."""
+    """The row for a format name, backend name or alias; one line with the closest name otherwise."""
     key = str(name).strip().lower()
     for fmt in FORMATS.values():
         if key in (fmt.name, fmt.backend, *fmt.aliases):
             return fmt
-    raise UnetDeployError(f"format {name!r} is unknown; choose from {', '.join(FORMATS)}")
+    known = [n for f in FORMATS.values() for n in (f.name, f.backend, *f.aliases)]
+    raise UnetDeployError(f"format {name!r} is unknown{did_you_mean(key, known)}; choose from {', '.join(FORMATS)}")
 
 
 def suffixes() -> list[str]:
@@ -113,13 +55,9 @@ def for_path(path: str | Path) -> Format:
         raise UnetDeployError(f"{path}: unknown model type; pass one of {', '.join(suffixes())} (or choose --backend)")
     found = FORMATS[max(matches)[1]]
     for fmt in FORMATS.values():
-        if fmt is not found and fmt.sniff and path.is_file() and _sniffer(fmt)(path):
+        if fmt is not found and fmt.sniff and path.is_file() and fmt.sniff(path):
             return fmt
     return found
-
-
-def _sniffer(fmt: Format) -> Callable[[Path], bool]:
-    return _attr(fmt.sniff)  # type: ignore[arg-type]
 
 
 def exportable() -> list[Format]:
@@ -132,6 +70,13 @@ def strip_suffix(name: str) -> str:
     (case-sensitive, as the C++ consumer strips it)."""
     found = max((s for s in suffixes() if name.endswith(s)), key=len, default="")
     return name[: len(name) - len(found)]
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """``dir/model.onnx`` -> ``dir/model.json``: the ModelMeta sidecar beside a model file, named
+    without its registry suffix (``.torchscript.pt``, ``.pt2``; ``model.int8.xml`` -> ``model.int8.json``)."""
+    p = Path(model_path)
+    return p.with_name(strip_suffix(p.name) + ".json")
 
 
 # Set to 1 to trust every model file that runs code when loaded (``check_trust``).
@@ -158,13 +103,3 @@ def check_trust(fmt: Format, path: str | Path, trust_code: bool = False) -> None
         f"{path}: loading this {fmt.title} file runs {fmt.runs_code}; load it only if you made it: "
         f"pass --trust-code (Segmenter(..., trust_code=True)) or set {TRUST_CODE_ENV}=1, or run the .onnx instead"
     )
-
-
-def _register_builtin() -> None:
-    from . import aoti, checkpoint, onnx, openvino, torchscript, triton
-
-    for module in (torchscript, onnx, aoti, openvino, triton, checkpoint):
-        register(module.FORMAT)
-
-
-_register_builtin()

@@ -4,6 +4,7 @@ Nothing here imports torch; ``_torch`` holds the torch helpers.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from contextlib import contextmanager
@@ -33,7 +34,8 @@ class ExportOptions:
 
     ``calib``/``val``/``min_agreement``/``max_miou_drop`` are the accuracy gate's inputs for
     reduced precisions that need one (OpenVINO bf16/int8, ONNX int8); ``check`` says whether
-    to run it; ``int8_isa``/``int8`` say how int8 is calibrated (``formats.quantize``).
+    to run it; ``int8_isa``/``int8`` say how int8 is calibrated (``formats.quantize``,
+    ``precision_gate``).
     """
 
     dynamic: bool = True
@@ -73,6 +75,48 @@ def shown_once(title: str, log: Callable[[str], None]) -> Iterator[None]:
         times = f" (x{count})" if count > 1 else ""
         log(f"{title}: {category.__name__}: {message}{times}")
         warnings.warn_explicit(w.message, category, w.filename, w.lineno)
+
+
+@dataclass
+class GateRequest:
+    """What a format's ``export`` returns for a staged artefact the exporter must gate before keeping it.
+
+    ``save(meta)`` rewrites the staged artefact with ``meta`` (the gate's record added).
+    """
+
+    save: Callable[[Any], None]
+
+
+# Foreign warnings that are not the user's business, dropped only around the calls that raise them:
+# torch's own pytree deprecation inside torch.export (torch.onnx.export(dynamo=True), AOTInductor),
+# and TorchScript's deprecation, which the export states in its own line (--format aoti is its successor).
+TORCH_PYTREE = (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+TORCH_JIT_DEPRECATED = (DeprecationWarning, r"`torch\.jit\.\w+` is deprecated")
+
+
+# torch.onnx's op registry logs a WARNING per torchvision op when torchvision is absent; no UNet op is one.
+TORCH_ONNX_REGISTRY = "torch.onnx._internal.exporter._registration"
+
+
+@contextmanager
+def muted_logger(name: str) -> Iterator[None]:
+    """Raise the logger ``name`` to ERROR inside (its warnings are torch's bookkeeping, not the user's business)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextmanager
+def without(*foreign: tuple[type[Warning], str]) -> Iterator[None]:
+    """Drop the named ``(category, message regex)`` warnings raised inside; every other warning passes as usual."""
+    with warnings.catch_warnings():
+        for category, message in foreign:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:

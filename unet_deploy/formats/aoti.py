@@ -14,20 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnetDeployError
-from ..meta import ONNX_METADATA_KEY, ModelMeta
-from . import Format
-from ._common import ExportOptions
+from ..meta import METADATA_KEY, ModelMeta
+from ._common import TORCH_PYTREE, ExportOptions, without
+from .spec import Format
 
 FORMAT = Format(
     name="aoti", title="AOTInductor", suffixes=(".pt2",), backend="aoti",
-    backend_class="unet_deploy.runtime.torch_backends:AOTIBackend", exporter=__name__,
+    backend_class="unet_deploy.runtime.torch_backends:AOTIBackend", exporter=f"{__name__}:write",
     precisions=("fp32", "fp16"), devices=("cpu", "cuda"), needs_torch=True, requires=("torch",),
     options=frozenset({"dynamic", "portable"}), aliases=("pt2", "aotinductor"),
     note="compiled package for one device; aoti_load_package / AOTIModelPackageLoader",
     runs_code="native code (the compiled kernels in its shared library)",
 )  # fmt: skip
-# The key of ModelMeta in the package's metadata (the same word as the ONNX metadata key).
-METADATA_KEY = ONNX_METADATA_KEY
 # Inductor compiles a dynamic dimension for sizes >= 2 (its 0/1 specialisation), so a package
 # exported with a dynamic batch refuses batch 1: the runtime pads to this (read from the metadata).
 INDUCTOR_MIN_BATCH = 2
@@ -55,7 +53,7 @@ def check_options(opts: ExportOptions, target: Path) -> None:
     isa_configs(opts.portable, opts.device)
 
 
-def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
+def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
     """``torch.export`` the model on ``opts.device`` and compile it into the package ``path`` (``.pt2``);
     returns the ModelMeta written (``extra["aoti"]`` records its batch limits)."""
     import torch
@@ -65,8 +63,9 @@ def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOp
     model = reduced_precision(model, opts.precision)
     meta = replace(meta, extra={**meta.extra, "aoti": {"min_batch": INDUCTOR_MIN_BATCH}})
     configs = {"aot_inductor.metadata": {METADATA_KEY: meta.to_json()}, **isa_configs(opts.portable, opts.device)}
-    program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(opts.dynamic))
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
+    with without(TORCH_PYTREE):
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(opts.dynamic))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
     return meta  # with its batch limits: the sidecar says what the package says
 
 

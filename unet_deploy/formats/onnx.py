@@ -8,7 +8,7 @@ The file passes ``onnx.checker`` with ``full_check`` (shape inference included).
 ``int8`` (``model.int8.onnx``) is a QDQ graph (QuantizeLinear/DequantizeLinear around each
 quantized op, per-channel weights) from ONNX Runtime's own ``quantize_static``, with the same
 recipe (first conv fp32), gate and fallback (NNCF accuracy control) as OpenVINO
-(``formats.quantize``); ``reduce_range`` (7-bit weights) for AVX2-only targets. ORT's quantizer
+(``formats.quantize``, ``precision_gate``); ``reduce_range`` (7-bit weights) for AVX2-only targets. ORT's quantizer
 won over NNCF's ONNX backend on speed in ONNX Runtime: 235 against 491 ms end to end on the
 seed-size model (``benchmarks/results/cpu_fast_path.md``), at the same agreement. TensorRT
 reads QDQ as explicit quantization.
@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnetDeployError
-from ..meta import ONNX_METADATA_KEY, ModelMeta
-from . import Format
-from ._common import INPUT_NAME, OUTPUT_NAME, ExportOptions
+from ..meta import METADATA_KEY, ModelMeta
+from ._common import INPUT_NAME, OUTPUT_NAME, TORCH_ONNX_REGISTRY, TORCH_PYTREE, ExportOptions, muted_logger, without
+from .quantize import Int8Graph, Int8Recipe, kept_fp32
+from .spec import Format
 
 FORMAT = Format(
     name="onnx", title="ONNX", suffixes=(".onnx",), backend="onnxruntime",
-    backend_class="unet_deploy.runtime.onnx_runtime:OnnxRuntimeBackend", exporter=__name__,
+    backend_class="unet_deploy.runtime.onnx_runtime:OnnxRuntimeBackend", exporter=f"{__name__}:write",
     precisions=("fp32", "fp16", "int8"), devices=("cpu", "cuda"), needs_torch=False,
     requires=("torch", "onnx", "onnxscript"), options=frozenset({"dynamic", "opset", "calib"}), aliases=("ort",),
     note="ONNX Runtime CPU/CUDA, OpenCV DNN; needs no torch to run; int8 is gated QDQ", named_precisions=("int8",),
@@ -39,12 +40,8 @@ _INLINE_LIMIT = 1_800_000_000
 
 
 def check_options(opts: ExportOptions, target: Path) -> None:
-    """Fail on an unsupported ``--opset`` or missing int8 data before anything slow runs."""
+    """Fail on an unsupported ``--opset`` before anything slow runs."""
     check_opset(opts.opset)
-    if opts.precision == "int8":
-        from . import quantize
-
-        quantize.gate_data(opts, target)
 
 
 def check_opset(opset: int | None) -> int:
@@ -62,46 +59,44 @@ def check_opset(opset: int | None) -> int:
     return opset
 
 
-def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> None:
+def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> Int8Graph | None:
     """Export ``model`` with ``torch.onnx.export(dynamo=True)``, add the metadata, save and check.
 
-    int8: the fp32 graph is quantized and gated (``formats.quantize``); returns the metadata written.
+    int8: returns the fp32 graph as an ``Int8Graph`` for the exporter to quantize and gate.
     """
     import onnx
     import torch
 
     from ._torch import dynamic_shapes, reduced_precision
 
-    fp32 = model
     model = reduced_precision(model, "fp32" if opts.precision == "int8" else opts.precision)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    program = torch.onnx.export(
-        model, (example,), dynamo=True, verbose=False, optimize=True,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        opset_version=check_opset(opts.opset), dynamic_shapes=dynamic_shapes(opts.dynamic),
-    )  # fmt: skip
+    with without(TORCH_PYTREE), muted_logger(TORCH_ONNX_REGISTRY):
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, verbose=False, optimize=True,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            opset_version=check_opset(opts.opset), dynamic_shapes=dynamic_shapes(opts.dynamic),
+        )  # fmt: skip
     program.model.producer_name = "unet-deploy"
     if opts.precision == "int8":
-        return _int8(fp32, program.model_proto, path, meta, opts)
-    program.model.metadata_props[ONNX_METADATA_KEY] = meta.to_json()
+        return _int8(program.model_proto, path)
+    program.model.metadata_props[METADATA_KEY] = meta.to_json()
     program.save(str(path), external_data=weights > _INLINE_LIMIT)
     onnx.checker.check_model(str(path), full_check=True)
     return None
 
 
-def _int8(model: Any, proto: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
-    """Quantize the fp32 ``proto`` to QDQ int8 with NNCF, gate it, save it to ``path``."""
+def _int8(proto: Any, path: Path) -> Int8Graph:
+    """The fp32 ``proto`` described for int8: ORT's static QDQ first, saved (and checked) at ``path``."""
     import onnx
 
-    from ..runtime.onnx_runtime import OnnxRuntimeBackend
-    from . import quantize
-
     def save(quantized: Any, written: ModelMeta) -> None:
-        entries = [e for e in quantized.metadata_props if e.key != ONNX_METADATA_KEY]
+        entries = [e for e in quantized.metadata_props if e.key != METADATA_KEY]
         del quantized.metadata_props[:]
         quantized.metadata_props.extend(entries)
-        quantized.metadata_props.add(key=ONNX_METADATA_KEY, value=written.to_json())
+        quantized.metadata_props.add(key=METADATA_KEY, value=written.to_json())
         onnx.save(quantized, str(path))
+        onnx.checker.check_model(str(path), full_check=True)
 
     def predictor(quantized: Any):
         import onnxruntime as ort
@@ -110,23 +105,18 @@ def _int8(model: Any, proto: Any, path: Path, meta: ModelMeta, opts: ExportOptio
         return lambda x: session.run(None, {INPUT_NAME: x})[0]
 
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
-    graph = quantize.Int8Graph(proto, convs, save, predictor, lambda x: {INPUT_NAME: x},
-                               lambda m: sum(n.op_type == "QuantizeLinear" for n in m.graph.node),
-                               first_pass=_ort_static, quantizer="onnxruntime.quantization.quantize_static")  # fmt: skip
-    written = quantize.quantize_gated(model, graph, path, meta, opts, OnnxRuntimeBackend)
-    onnx.checker.check_model(str(path), full_check=True)
-    return written
+    return Int8Graph(proto, convs, save, predictor, lambda x: {INPUT_NAME: x},
+                     lambda m: sum(n.op_type == "QuantizeLinear" for n in m.graph.node),
+                     first_pass=_ort_static, quantizer="onnxruntime.quantization.quantize_static")  # fmt: skip
 
 
-def _ort_static(proto: Any, feeds: list[dict[str, Any]], recipe: Any, isa: str) -> Any:
+def _ort_static(proto: Any, feeds: list[dict[str, Any]], recipe: Int8Recipe, isa: str) -> Any:
     """ONNX Runtime's static QDQ int8 (per-channel s8 weights, u8 activations) of ``proto`` calibrated on ``feeds``."""
     import tempfile
 
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from . import quantize
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -140,7 +130,7 @@ def _ort_static(proto: Any, feeds: list[dict[str, Any]], recipe: Any, isa: str) 
         onnx.save(proto, str(src))
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # shape inference + fusions, as ORT advises
         convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
-        keep = quantize.kept_fp32(recipe, convs)
+        keep = kept_fp32(recipe, convs)
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep,
                         reduce_range=isa == "avx2")  # fmt: skip
@@ -149,5 +139,5 @@ def _ort_static(proto: Any, feeds: list[dict[str, Any]], recipe: Any, isa: str) 
 
 def read_meta(session: Any, path: Path) -> ModelMeta | None:
     """The ModelMeta in an ONNX Runtime session's ``metadata_props`` (None when there is none)."""
-    text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
-    return ModelMeta.from_json(text, f"{path} (metadata_props {ONNX_METADATA_KEY!r})") if text else None
+    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    return ModelMeta.from_json(text, f"{path} (metadata_props {METADATA_KEY!r})") if text else None

@@ -4,11 +4,12 @@
    ``images`` and output ``logits`` as in the ONNX export. fp32 is parity-checked by the
    exporter through ``OpenVINOBackend``, like every format.
 2. ``int8``: NNCF post-training quantization (``formats.quantize``: the recipe, the target
-   ISA's overflow fix, the accuracy-control fallback). ``bf16``: the weights stay fp32 and the
-   backend asks OpenVINO for bf16 inference on CPUs that have it (AMX / AVX512-BF16).
-3. ``bf16``/``int8`` must pass the accuracy gate (``quantize.gate``: the staged IR through
-   ``OpenVINOBackend`` against the eager fp32 model on validation images) or the export is
-   refused and nothing is written.
+   ISA's overflow fix; ``precision_gate``: calibration and the accuracy-control fallback).
+   ``bf16``: the weights stay fp32 and the backend asks OpenVINO for bf16 inference on CPUs
+   that have it (AMX / AVX512-BF16).
+3. ``bf16``/``int8`` must pass the accuracy gate (``precision_gate.gate``, run by the exporter:
+   the staged IR through ``OpenVINOBackend`` against the eager fp32 model on validation images)
+   or the export is refused and nothing is written.
 4. ``<stem>.xml`` (``<stem>.bf16.xml``, ``<stem>.int8.xml`` for reduced precisions, each with
    its own sidecar) with ModelMeta in ``rt_info["unet_deploy"]``; ``meta.extra`` holds
    ``precision`` and the gate's ``accuracy``.
@@ -17,24 +18,23 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import UnetDeployError
 from ..fileio import file_digest
-from ..meta import ONNX_METADATA_KEY, ModelMeta
-from . import Format
-from ._common import INPUT_NAME, OUTPUT_NAME, ExportOptions, stderr_log
+from ..meta import METADATA_KEY, ModelMeta
+from ._common import INPUT_NAME, OUTPUT_NAME, TORCH_JIT_DEPRECATED, ExportOptions, GateRequest, without
+from .quantize import Int8Graph
+from .spec import Format
 
 FORMAT = Format(
     name="openvino", title="OpenVINO", suffixes=(".xml",), backend="openvino",
-    backend_class="unet_deploy.runtime.openvino_backend:OpenVINOBackend", exporter=__name__,
+    backend_class="unet_deploy.runtime.openvino_backend:OpenVINOBackend", exporter=f"{__name__}:write",
     precisions=("fp32", "bf16", "int8"), devices=("cpu",), needs_torch=False, requires=("torch", "openvino", "nncf"),
     options=frozenset({"calib"}), aliases=("ov",), named_precisions=("bf16", "int8"),
     note="OpenVINO IR (.xml/.bin) for Intel CPUs; bf16/int8 must pass the accuracy gate",
 )  # fmt: skip
-RT_INFO_KEY = ONNX_METADATA_KEY  # "unet_deploy", the same key as in the ONNX metadata_props
 # rt_info key of the .bin's digest (``fileio.file_digest``): an .xml and a .bin of two exports (a kill
 # between their moves) are refused at load instead of running as a model nobody trained.
 WEIGHTS_KEY = "unet_deploy_weights"
@@ -55,8 +55,8 @@ def require_openvino() -> Any:
 
 def read_meta(model: Any, path: str | Path) -> ModelMeta | None:
     """ModelMeta of an ``openvino.Model`` from its ``rt_info["unet_deploy"]``, or None."""
-    if model.has_rt_info(RT_INFO_KEY):
-        return ModelMeta.from_json(model.get_rt_info(RT_INFO_KEY).astype(str), f"{path} (rt_info {RT_INFO_KEY!r})")
+    if model.has_rt_info(METADATA_KEY):
+        return ModelMeta.from_json(model.get_rt_info(METADATA_KEY).astype(str), f"{path} (rt_info {METADATA_KEY!r})")
     return None
 
 
@@ -67,13 +67,6 @@ def ir_path(out_dir: str | Path, stem: str, precision: str = "fp32") -> Path:
     return FORMAT.path(out_dir, stem, precision)
 
 
-def check_options(opts: ExportOptions, target: Path) -> None:
-    """The gate's data and thresholds, checked before minutes of conversion."""
-    from . import quantize
-
-    quantize.gate_data(opts, target)
-
-
 def convert(model: Any, meta: ModelMeta) -> Any:
     """An ``openvino.Model`` of a torch module in eval mode: shape ``[?, C, ?, ?]``, ``images`` -> ``logits``."""
     import torch
@@ -81,7 +74,7 @@ def convert(model: Any, meta: ModelMeta) -> Any:
     ov = require_openvino()
     shape = ov.PartialShape([-1, meta.in_channels, -1, -1])
     example = torch.zeros(1, meta.in_channels, *meta.input_size)
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    with warnings.catch_warnings(), without(TORCH_JIT_DEPRECATED), torch.inference_mode(False), torch.no_grad():
         # The UNet's input-size check is Python control flow that tracing warns about; it does
         # not enter the graph (the model accepts any multiple of 16). Tracing without torch's
         # re-run check halves the conversion time; the parity check or the gate compares anyway.
@@ -96,7 +89,7 @@ def convert(model: Any, meta: ModelMeta) -> Any:
 def save(ov_model: Any, meta: ModelMeta, path: Path) -> None:
     """Write ``path`` (.xml + .bin) with ``meta`` in its rt_info, weights as they are (no fp16 compression),
     and the .bin's digest in the .xml (``WEIGHTS_KEY``, same length as its placeholder: nothing else moves)."""
-    ov_model.set_rt_info(meta.to_json(), RT_INFO_KEY)
+    ov_model.set_rt_info(meta.to_json(), METADATA_KEY)
     ov_model.set_rt_info(_PENDING, WEIGHTS_KEY)
     require_openvino().save_model(ov_model, str(path), compress_to_fp16=False)
     xml = path.read_bytes()
@@ -119,29 +112,24 @@ def check_weights(ov_model: Any, path: Path) -> None:
         )
 
 
-def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
-    """Convert ``model`` (fp32 torch, eval) to the IR ``path``; int8 is calibrated, bf16/int8 gated.
+def write(model: Any, example: Any, path: Path, meta: ModelMeta,
+           opts: ExportOptions) -> ModelMeta | Int8Graph | GateRequest:  # fmt: skip
+    """Convert ``model`` (fp32 torch, eval) to the IR ``path``.
 
-    Returns the metadata written (with the gate's ``accuracy`` for bf16/int8).
+    fp32: writes it and returns the metadata. int8: returns the fp32 graph as an ``Int8Graph``
+    for the exporter to calibrate and gate. bf16: writes it and returns a ``GateRequest``.
     """
-    from ..runtime.openvino_backend import OpenVINOBackend
-    from . import quantize
-
     t0 = time.perf_counter()
     ov_model = convert(model, meta)
     opts.log(f"OpenVINO: converted in {time.perf_counter() - t0:.1f} s (openvino {require_openvino().__version__})")
     if opts.precision == "int8":
-        graph = quantize.Int8Graph(ov_model, conv_names(ov_model), lambda m, mt: save(m, mt, path),
-                                   lambda compiled: lambda x: compiled(x)[0],
-                                   quantizers=lambda m: _count(m, "FakeQuantize"))  # fmt: skip
-        return quantize.quantize_gated(model, graph, path, meta, opts, OpenVINOBackend)
+        return Int8Graph(ov_model, conv_names(ov_model), lambda m, mt: save(m, mt, path),
+                         lambda compiled: lambda x: compiled(x)[0],
+                         quantizers=lambda m: _count(m, "FakeQuantize"))  # fmt: skip
     save(ov_model, meta, path)
     if opts.precision == "fp32":
         return meta
-    accuracy = quantize.gate(model, path, meta, opts, OpenVINOBackend)
-    out_meta = replace(meta, extra={**meta.extra, "accuracy": accuracy})
-    save(ov_model, out_meta, path)
-    return out_meta
+    return GateRequest(lambda written: save(ov_model, written, path))
 
 
 def _count(ov_model: Any, op_type: str) -> int:
@@ -151,38 +139,3 @@ def _count(ov_model: Any, op_type: str) -> int:
 def conv_names(ov_model: Any) -> list[str]:
     """The convolutions' node names in graph order (the first sees the image, the last writes the logits)."""
     return [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-
-
-def export_openvino(
-    model: Any,
-    meta: ModelMeta,
-    target: str | Path,
-    *,
-    precision: str = "fp32",
-    calib: str | Path | None = None,
-    val: str | Path | None = None,
-    calib_count: int | None = None,
-    val_count: int | None = None,
-    min_agreement: float | None = None,
-    max_miou_drop: float | None = None,
-    threads: int | None = None,
-    check: bool = True,
-    int8_isa: str | None = None,
-    int8: Any = None,
-    log: Callable[[str], None] = stderr_log,
-) -> Path:
-    """Export a torch UNet (eval mode) and its ModelMeta to the OpenVINO IR ``target`` (an ``.xml`` path).
-
-    The same path as ``export_model(..., "openvino")`` (``unet_deploy.export.export_to``) with
-    the gate's knobs: ``calib`` (training images, int8), ``val`` (validation images; default
-    the held-back images of ``calib``), ``calib_count``/``val_count`` images, thresholds, and
-    int8's ``int8_isa`` and recipe (``quantize.Int8Recipe``).
-    """
-    from ..export import export_to
-    from .quantize import CALIB_COUNT, VAL_COUNT
-
-    opts = ExportOptions(precision=precision, log=log, check=check, calib=Path(calib) if calib else None,
-                         val=Path(val) if val else None, min_agreement=min_agreement, max_miou_drop=max_miou_drop,
-                         threads=threads, calib_count=calib_count or CALIB_COUNT,
-                         val_count=val_count or VAL_COUNT, int8_isa=int8_isa, int8=int8)  # fmt: skip
-    return export_to(FORMAT, model, meta, Path(target), opts)

@@ -1,4 +1,4 @@
-"""int8 for every format that has it (OpenVINO IR, ONNX QDQ): NNCF calibration, the recipe, the accuracy gate.
+"""int8 for every format that has it (OpenVINO IR, ONNX QDQ): the recipe, the target ISA, the calibration inputs.
 
 One path for both formats: ``nncf.quantize`` on the format's own graph (``openvino.Model`` or
 ``onnx.ModelProto``), calibrated on a few dozen training images letterboxed exactly as at run
@@ -11,16 +11,12 @@ gets 7-bit weights in every layer (NNCF ``OverflowFix.ENABLE``); for VNNI/AMX on
 layer does (NNCF's default). Which ISA an artefact was calibrated for is recorded in
 ``meta.extra["int8"]``; the runtime warns when it runs on a CPU that saturates.
 
-When the quantized model misses the gate, ``nncf.quantize_with_accuracy_control`` keeps the
-most sensitive layers in fp32 until the gate's own metric on (up to 8) calibration images
-keeps half of fp32's headroom: min(agreement - its minimum, allowed mIoU drop - mIoU drop);
-then the gate measures again on the validation images. bf16 and int8 artefacts are gated
-(``gate``): the staged file through the runtime backend users run, against eager fp32.
+A format describes its graph to the exporter as an ``Int8Graph`` (how to save, run and count
+it); calibrating, gating and the accuracy-control fallback are ``unet_deploy.precision_gate``'s,
+run by the exporter: ``formats`` imports neither the gate nor a runtime backend.
 """
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +25,6 @@ import numpy as np
 
 from ..errors import UnetDeployError
 from ..meta import ModelMeta
-from ._common import ExportOptions
 
 CALIB_COUNT = 32  # "a few dozen" training images; 96 measured no better on this UNet
 VAL_COUNT = 32
@@ -83,39 +78,6 @@ def overflow_fix(recipe: Int8Recipe, isa: str) -> str:
     return recipe.overflow_fix or ("enable" if isa == "avx2" else "first_layer_only")
 
 
-def gate_data(opts: ExportOptions, target: Path) -> tuple[list[Path], list[Path]]:
-    """``(calibration, validation)`` image paths for ``opts``; one-line errors for missing data or bad thresholds."""
-    from .. import accuracy
-
-    min_agree, max_drop = thresholds(opts)
-    accuracy.check_thresholds(min_agree, max_drop)
-    target_isa(opts.int8_isa)
-    if opts.precision in ("fp32", "auto"):  # auto: each precision it tries is checked then
-        return [], []
-    if opts.precision == "int8" and opts.calib is None:
-        raise UnetDeployError(f"{target}: int8 needs calibration images: pass --calib DATA (a few dozen training images)")
-    if opts.calib is None and opts.val is None:
-        raise UnetDeployError(f"{target}: {opts.precision} must pass the accuracy gate: pass --val DATA (validation images)")
-    calib, val = [], []
-    if opts.calib is not None:
-        calib, val = accuracy.split_dataset(opts.calib, hold_back=opts.val is None)
-        if not calib:
-            raise UnetDeployError(f"{opts.calib}: no training images left for calibration after the validation split")
-        calib = accuracy.spread(calib, opts.calib_count)
-    if opts.val is not None:
-        val = accuracy.dataset_images(opts.val)
-    return calib, val
-
-
-def thresholds(opts: ExportOptions) -> tuple[float, float]:
-    """(least agreement %, most mIoU drop in points): the options, else the gate's defaults."""
-    from .. import accuracy
-
-    agree = accuracy.DEFAULT_MIN_AGREEMENT if opts.min_agreement is None else opts.min_agreement
-    drop = accuracy.DEFAULT_MAX_MIOU_DROP if opts.max_miou_drop is None else opts.max_miou_drop
-    return agree, drop
-
-
 def calibration_inputs(paths: list[Path], meta: ModelMeta) -> list[np.ndarray]:
     """Float32 ``(1, C, H, W)`` inputs letterboxed and normalised exactly as at run time."""
     from ..accuracy import check_varied
@@ -132,7 +94,7 @@ def kept_fp32(recipe: Int8Recipe, convs: list[str]) -> list[str]:
     return [convs[0]] * ("first_conv" in recipe.keep_fp32) + [convs[-1]] * ("last_conv" in recipe.keep_fp32)
 
 
-def _nncf_kwargs(recipe: Int8Recipe, isa: str, convs: list[str], count: int) -> dict[str, Any]:
+def nncf_kwargs(recipe: Int8Recipe, isa: str, convs: list[str], count: int) -> dict[str, Any]:
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -143,156 +105,3 @@ def _nncf_kwargs(recipe: Int8Recipe, isa: str, convs: list[str], count: int) -> 
         ignored_scope=nncf.IgnoredScope(names=keep) if keep else None,
         advanced_quantization_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix(recipe, isa))),
     )  # fmt: skip
-
-
-def quantize_gated(torch_model: Any, graph: Int8Graph, path: Path, meta: ModelMeta, opts: ExportOptions,
-                   backend: type) -> ModelMeta:  # fmt: skip
-    """Calibrate ``graph`` to int8, save it to ``path`` and gate it; fall back to accuracy control if it fails.
-
-    Returns the metadata written (``extra.int8``: recipe, ISA, what stayed fp32; ``extra.accuracy``).
-    """
-    import nncf
-
-    from .. import accuracy, cpu
-
-    paths, _ = gate_data(opts, Path(str(opts.calib)))
-    recipe, isa = opts.int8 or Int8Recipe(), target_isa(opts.int8_isa)
-    t0 = time.perf_counter()
-    inputs = [graph.feed(x) for x in calibration_inputs(paths, meta)]
-    kwargs = _nncf_kwargs(recipe, isa, graph.convs, len(inputs))
-    nncf.set_log_level(logging.ERROR)
-    advanced = kwargs.pop("advanced_quantization_parameters")
-    if graph.first_pass is not None:
-        quantized = graph.first_pass(graph.model, inputs, recipe, isa)
-    else:
-        quantized = nncf.quantize(graph.model, nncf.Dataset(inputs), advanced_parameters=advanced, **kwargs)
-    record = {"isa": isa, "calibrated_on": cpu.features().summary(), "calib_images": len(paths), "quantizer": graph.quantizer,
-              "overflow_fix": overflow_fix(recipe, isa) if graph.first_pass is None else
-              ("reduce_range" if isa == "avx2" else "none"), "recipe": recipe.to_dict(), "accuracy_control": None,
-              "quantizers": graph.quantizers(quantized)}  # fmt: skip
-    opts.log(f"int8: {graph.quantizer} calibrated on {len(paths)} images of {opts.calib} for {isa} CPUs "
-             f"(overflow fix: {record['overflow_fix']}) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
-    stamped = _with(meta, int8=record)
-    graph.save(quantized, stamped)
-    result, measured = measure(torch_model, path, stamped, opts, backend)
-    headroom = _headroom(opts)
-    if not result.passed and recipe.accuracy_control and headroom <= 0:
-        opts.log("int8: no accuracy control: the thresholds leave no headroom even for fp32")
-    elif not result.passed and recipe.accuracy_control:
-        opts.log(f"accuracy gate missed ({result.line()}); retrying with NNCF accuracy control")
-        quantized, record["accuracy_control"] = _accuracy_controlled(torch_model, graph, paths, inputs, meta, opts,
-                                                                     kwargs, advanced)  # fmt: skip
-        record["accuracy_control"]["quantizers_before"] = record["quantizers"]
-        record["quantizer"] = "nncf.quantize_with_accuracy_control"
-        record["quantizers"] = graph.quantizers(quantized)
-        stamped = _with(meta, int8=record)
-        graph.save(quantized, stamped)
-        result, measured = measure(torch_model, path, stamped, opts, backend)
-    accuracy.enforce(result, path)
-    out = _with(stamped, accuracy={**result.to_dict(), "measured_with": measured})
-    graph.save(quantized, out)
-    return out
-
-
-def _accuracy_controlled(torch_model: Any, graph: Int8Graph, paths: list[Path], inputs: list[np.ndarray],
-                         meta: ModelMeta, opts: ExportOptions, kwargs: dict[str, Any],
-                         advanced: Any) -> tuple[Any, dict[str, Any]]:  # fmt: skip
-    """``nncf.quantize_with_accuracy_control`` scored by the gate's metric on calibration images."""
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
-
-    from .. import accuracy
-
-    samples = accuracy.load_samples(paths, CONTROL_COUNT, "calibration")
-    reference = _eager(torch_model)
-    refs = [accuracy.predict_class_map(reference, s.image, meta) for s in samples]
-    with_masks = all(s.mask is not None for s in samples)
-    min_agree, max_drop = thresholds(opts)
-    miou_ref = _miou(samples, refs, meta) if with_masks else 0.0
-
-    def score(inference: Any, items: Any) -> tuple[float, list[float]]:
-        """The gate's headroom: min(agreement - its minimum, mIoU drop allowed - mIoU drop), per-image agreement."""
-        predict, got = graph.predictor(inference), []
-        for i in items:
-            got.append(accuracy.predict_class_map(predict, samples[i].image, meta))
-        per = [100.0 * float(np.mean(g == refs[i])) for i, g in enumerate(got)]
-        agree = 100.0 * sum(int((g == r).sum()) for g, r in zip(got, refs)) / sum(r.size for r in refs)
-        headroom = agree - min_agree
-        if with_masks:
-            headroom = min(headroom, max_drop - (miou_ref - _miou(samples, got, meta)))
-        return headroom, per
-
-    full = _headroom(opts, with_masks)
-    t0 = time.perf_counter()
-    quantized = nncf.quantize_with_accuracy_control(
-        graph.model, nncf.Dataset(inputs), nncf.Dataset(list(range(len(samples)))), score, max_drop=full / 2,
-        advanced_quantization_parameters=advanced,
-        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=len(graph.convs)),
-        **kwargs,
-    )  # fmt: skip
-    info = {"metric": "gate headroom (agreement, mIoU drop)" if with_masks else "gate headroom (agreement)",
-            "kept_headroom": full / 2, "images": len(samples), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    opts.log(f"int8: accuracy control (half the gate's headroom kept on {len(samples)} calibration images) "
-             f"in {info['seconds']} s")  # fmt: skip
-    return quantized, info
-
-
-def _headroom(opts: ExportOptions, with_masks: bool = True) -> float:
-    """fp32's own headroom under the gate: min(100% - least agreement, most mIoU drop)."""
-    min_agree, max_drop = thresholds(opts)
-    return min(100.0 - min_agree, max_drop) if with_masks else 100.0 - min_agree
-
-
-def _miou(samples: list[Any], maps: list[np.ndarray], meta: ModelMeta) -> float:
-    from .. import metrics
-
-    conf = sum(metrics.confusion(s.mask, m, meta.num_classes) for s, m in zip(samples, maps))
-    return 100.0 * metrics.mean_iou(conf)
-
-
-def _with(meta: ModelMeta, **extra: Any) -> ModelMeta:
-    from dataclasses import replace
-
-    return replace(meta, extra={**meta.extra, **extra})
-
-
-def _eager(net: Any) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return net(torch.from_numpy(x)).float().numpy()
-
-    return run
-
-
-def measure(model: Any, path: Path, meta: ModelMeta, opts: ExportOptions, backend: type) -> tuple[Any, str]:
-    """(the gate's ``GateResult``, what ran it) for the staged ``path`` (run by ``backend``) against the eager fp32 ``model``."""
-    from .. import accuracy, cpu
-    from ._torch import reduced_precision
-
-    _, val_paths = gate_data(opts, path)
-    samples = accuracy.load_samples(val_paths, opts.val_count)
-    min_agree, max_drop = thresholds(opts)
-    t0 = time.perf_counter()
-    if opts.precision == "bf16" and not cpu.has_native_bf16():
-        candidate, measured = _eager(reduced_precision(model, "bf16")), "torch bf16 emulation (this CPU has no native bf16)"
-    else:
-        runner = backend(path, device="cpu", threads=opts.threads)
-        candidate, measured = runner.forward, f"{runner.name} {runner.precision}"
-    result = accuracy.evaluate(
-        _eager(model), candidate, samples, meta, precision=opts.precision,
-        source=str(opts.val if opts.val is not None else opts.calib), min_agreement=min_agree, max_miou_drop=max_drop,
-    )  # fmt: skip
-    verdict = "passed" if result.passed else "REFUSED"
-    opts.log(f"accuracy gate {verdict}: {result.line()} [{measured}] ({time.perf_counter() - t0:.1f} s)")
-    return result, measured
-
-
-def gate(model: Any, path: Path, meta: ModelMeta, opts: ExportOptions, backend: type) -> dict[str, Any]:
-    """Measure the staged ``path``; raise below the thresholds. Returns the record for ``meta.extra["accuracy"]``."""
-    from .. import accuracy
-
-    result, measured = measure(model, path, meta, opts, backend)
-    accuracy.enforce(result, path)
-    return {**result.to_dict(), "measured_with": measured}

@@ -19,14 +19,25 @@ from typing import Any
 
 from ..errors import UnetDeployError
 from ..meta import TORCHSCRIPT_EXTRA_FILE, ModelMeta
-from . import Format
-from ._common import ExportOptions, first_line, shown_once
+from ._common import TORCH_JIT_DEPRECATED, ExportOptions, first_line, shown_once, without
+from .spec import Format
+
+
+def is_archive(path: Path) -> bool:
+    """True for a ``torch.jit.save`` zip (it holds ``constants.pkl``), False for ``torch.save`` files."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/constants.pkl") or n.endswith(f"/extra/{TORCHSCRIPT_EXTRA_FILE}") for n in names)
+
 
 FORMAT = Format(
     name="torchscript", title="TorchScript", suffixes=(".torchscript.pt", ".torchscript"), backend="torchscript",
-    backend_class="unet_deploy.runtime.torch_backends:TorchScriptBackend", exporter=__name__,
+    backend_class="unet_deploy.runtime.torch_backends:TorchScriptBackend", exporter=f"{__name__}:write",
     precisions=("fp32", "fp16"), devices=("cpu", "cuda"), needs_torch=True, requires=("torch",),
-    options=frozenset(), aliases=("jit",), sniff=f"{__name__}:is_archive",
+    options=frozenset(), aliases=("jit",), sniff=is_archive,
     note="libtorch torch::jit::load; deprecated upstream, aoti is its successor",
 )  # fmt: skip
 
@@ -41,7 +52,7 @@ def device_constants(module: Any) -> list[str]:
     return found
 
 
-def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> None:
+def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> None:
     """Script ``model`` (a CPU copy) and save it to ``path`` with ModelMeta in ``_extra_files``."""
     import torch
 
@@ -49,7 +60,7 @@ def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOp
     from ._torch import reduced_precision
 
     cpu_model = copy.deepcopy(reduced_precision(model, opts.precision)).cpu().eval()
-    with shown_once(FORMAT.title, opts.log):
+    with shown_once(FORMAT.title, opts.log), without(TORCH_JIT_DEPRECATED):
         scripted = torch.jit.script(cpu_model)
         baked = device_constants(scripted)
         if baked:  # a bug in the model code, not a user error
@@ -63,19 +74,9 @@ def read(path: Path, map_location: Any) -> tuple[Any, ModelMeta | None]:
 
     extra = {TORCHSCRIPT_EXTRA_FILE: ""}
     try:
-        with shown_once(FORMAT.title, lambda _: None):
+        with shown_once(FORMAT.title, lambda _: None), without(TORCH_JIT_DEPRECATED):
             module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     except RuntimeError as e:  # foreign or truncated archives
         raise UnetDeployError(f"{path}: not a loadable TorchScript model ({first_line(e)})") from None
     text = extra[TORCHSCRIPT_EXTRA_FILE]
     return module.eval(), (ModelMeta.from_json(text, f"{path} ({TORCHSCRIPT_EXTRA_FILE})") if text else None)
-
-
-def is_archive(path: Path) -> bool:
-    """True for a ``torch.jit.save`` zip (it holds ``constants.pkl``), False for ``torch.save`` files."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return any(n.endswith("/constants.pkl") or n.endswith(f"/extra/{TORCHSCRIPT_EXTRA_FILE}") for n in names)

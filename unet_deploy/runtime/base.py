@@ -8,18 +8,26 @@ unet_deploy.runtime`` stays torch-free.
 """
 from __future__ import annotations
 
+import abc
+import importlib
+import inspect
 import warnings
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import formats
-from ..errors import UnetDeployError
+from ..errors import UnetDeployError, did_you_mean, look_up
+from ..formats import Format, sidecar_path
 from ..meta import ModelMeta
 
+# Options ``Segmenter`` hands every backend (ONNX Runtime's providers; the class names a model
+# without metadata needs); a backend that has no use for them ignores them.
+SHARED_OPTIONS = ("providers", "classes")
 
-class Backend:
+
+class Backend(abc.ABC):
     """Base of all backends: load ``path`` in ``__init__``, then ``forward(batch) -> logits``.
 
     ``precision=None`` runs the file as exported; ``"fp32"``, ``"fp16"``, ``"bf16"`` ask for
@@ -27,14 +35,19 @@ class Backend:
     ``device`` is ``"cuda"`` or ``"cpu"`` (what really runs), ``precision`` what computes,
     ``device_note`` says why when a wish could not be met, ``meta`` is the ModelMeta found
     inside the file (or None), ``input_hw`` the fixed input (H, W) if the file fixes it,
-    ``fixed_batch`` the one batch size the file accepts (None: any), ``num_outputs`` its
-    logit channels and ``in_channels`` its input channels if known.
+    ``fixed_batch`` the one batch size the file accepts (None: any) and ``num_outputs`` its
+    logit channels and ``in_channels`` its input channels if known. An option the backend's ``__init__`` does not take is a one-line
+    error naming the closest one it does (the ``SHARED_OPTIONS`` excepted).
     """
 
     name: ClassVar[str] = "base"
     # A training checkpoint: it runs with the letterbox its exports write (``meta.deployed``), so that a
     # checkpoint and its exports give one answer.
     source_model: ClassVar[bool] = False
+
+    def __new__(cls, *args: Any, **options: Any) -> "Backend":
+        _check_options(cls, options)
+        return super().__new__(cls)
 
     def __init__(
         self, path: Path, device: str = "auto", threads: int | None = None, precision: str | None = None, **options
@@ -49,9 +62,9 @@ class Backend:
         self.num_outputs: int | None = None
         self.in_channels: int | None = None  # the network's input channels, where the file fixes them
 
+    @abc.abstractmethod
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """float32 ``(N, C, H, W)`` network input -> float32 ``(N, K, H, W)`` logits."""
-        raise NotImplementedError
 
     @classmethod
     def cuda_support(cls) -> str | None:
@@ -65,13 +78,37 @@ class Backend:
     def refuse_precision(self, asked: str, runs: tuple[str, ...]) -> None:
         """Raise the one-line error for a ``precision`` this backend cannot run (``runs``: what it can)."""
         raise UnetDeployError(
-            f"{self.path}: the {self.name} backend cannot run this model at {asked}; it runs {'|'.join(runs)} "
+            f"{self.path}: the {self.name} backend cannot run this model at {asked}{did_you_mean(asked, runs)}; "
+            f"it runs {'|'.join(runs)} "
             f"(re-export with --precision {asked} where the format has it, or leave precision out)"
         )
 
 
-def backend_format(path: str | Path, backend: str = "auto") -> formats.Format:
-    """The format row ``path`` is loaded as: by backend name (format, backend or alias), or (``"auto"``) by the file.
+def _check_options(cls: type, options: dict[str, Any]) -> None:
+    """Raise for a keyword ``cls.__init__`` does not take (the ``SHARED_OPTIONS`` pass)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    takes = [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in options:
+        if key not in takes and key not in SHARED_OPTIONS:
+            raise UnetDeployError(f"the {cls.name} backend has no option {key!r}{did_you_mean(key, takes)}; "
+                                  f"it takes {', '.join(takes)}")  # fmt: skip
+
+
+def resolve(target: str) -> Any:
+    """The object a registry row names as ``"module:attr"`` (imported now)."""
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_backend(fmt: Format) -> type[Backend]:
+    """The runtime backend class of the format ``fmt`` (imported now)."""
+    if fmt.backend_class is None:
+        raise UnetDeployError(f"the {fmt.name} format has no runtime backend; export the model to another format")
+    return resolve(fmt.backend_class)
+
+
+def backend_format(path: str | Path, backend: str = "auto") -> Format:
+    """The format row ``path`` is loaded as: by name (format, backend or alias), or (``"auto"``) by the file.
 
     The format registry decides: the longest suffix wins, and a ``.pt`` that is really a
     TorchScript archive goes to the TorchScript backend.
@@ -80,14 +117,14 @@ def backend_format(path: str | Path, backend: str = "auto") -> formats.Format:
         try:
             return formats.get(backend)
         except UnetDeployError:
-            choices = ", ".join(dict.fromkeys(f.backend for f in formats.FORMATS.values() if f.backend_class))
-            raise UnetDeployError(f"backend {backend!r} is unknown; use auto or one of {choices}") from None
+            look_up(backend.strip().lower(), backend_names(), "backend")
+            raise  # pragma: no cover - look_up raised for a name the registry does not know
     return formats.for_path(path)
 
 
 def backend_class(path: str | Path, backend: str = "auto") -> type[Backend]:
     """The backend class for ``path`` (``backend_format``'s row)."""
-    return backend_format(path, backend).load_backend()
+    return load_backend(backend_format(path, backend))
 
 
 def backend_names() -> list[str]:
@@ -131,8 +168,6 @@ def file_meta(backend: Backend) -> ModelMeta | None:
     side = sidecar_meta(backend.path) if backend.meta is None else None
     if backend.meta is None:
         return side
-    from ..meta import sidecar_path
-
     path = sidecar_path(backend.path)
     if path.is_file():
         try:
@@ -149,7 +184,5 @@ def file_meta(backend: Backend) -> ModelMeta | None:
 
 def sidecar_meta(path: Path) -> ModelMeta | None:
     """The ``<stem>.json`` ModelMeta beside a model file, or None when there is none."""
-    from ..meta import sidecar_path
-
     side = sidecar_path(path)
     return ModelMeta.load(side) if side.is_file() else None

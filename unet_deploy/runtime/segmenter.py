@@ -19,12 +19,13 @@ import numpy as np
 from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
+from ..formats import sidecar_path
 from ..meta import (TRAINED_LETTERBOX, ModelMeta, check_int, check_size, check_tiling, deployed, letterbox_note,
-                    max_batch, sidecar_path)
+                    max_batch)
 from ..postprocess import check_finite
 from ..preprocess import check_image, letterbox_geometry, preprocess
 from ..tiling import tiled_class_map
-from .base import Backend, backend_format, file_meta
+from .base import Backend, backend_format, file_meta, load_backend
 from .result import ARRAY_NAME, ImageLike, Inferred, Prepared, Result, finish
 
 __all__ = ["ARRAY_NAME", "ImageLike", "Inferred", "PIPELINES", "Prepared", "Result", "Segmenter"]
@@ -102,7 +103,7 @@ class Segmenter:
         classes = [str(c) for c in classes] if classes else None
         fmt = backend_format(self.model_path, backend)
         formats.check_trust(fmt, self.model_path, trust_code)  # a .pt2 runs native code: only on opt-in
-        cls = fmt.load_backend()
+        cls = load_backend(fmt)
         self._backend: Backend = cls(self.model_path, device=device, threads=threads, precision=precision,
                                      providers=providers, classes=classes)  # fmt: skip
         self.meta = _resolve_meta(self._backend, classes, input_size)

@@ -22,7 +22,8 @@ from typing import Any, Callable, Sequence
 
 from ..errors import UnetDeployError
 from ..fileio import private_tempdir
-from ..meta import ModelMeta, sidecar_path
+from ..formats import sidecar_path
+from ..meta import ModelMeta
 
 LAYOUTS = ("python", "ensemble")
 DEFAULT_QUEUE_DELAY_US = 2000  # dynamic batching waits at most 2 ms for more requests to join a batch
@@ -152,8 +153,8 @@ def export_triton(
     return out_repo / name
 
 
-def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: Any) -> ModelMeta:
-    """The format registry's exporter (``--format triton``): ONNX first, then the python-layout repository at ``path``.
+def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: Any) -> ModelMeta:
+    """The format registry's writer of ``--format triton``: ONNX first, then the python-layout repository at ``path``.
 
     ``path`` is the repository folder (``<stem>.triton``); the model in it is named ``unet``.
     """

@@ -1,10 +1,11 @@
-"""Our training checkpoint (and a seed ``unet.pth``) as a format: run eagerly by the runtime, not exported.
+"""The ``checkpoint`` format's row: our training checkpoint (and a seed ``unet.pth``), run eagerly, not exported.
 
-The file format itself, its writer and its metadata reader are ``unet_deploy.checkpoint``.
+Named ``pytorch`` (the format's title) so that ``unet_deploy.checkpoint``, which reads and
+writes the file itself, is the only module called ``checkpoint``.
 """
 from __future__ import annotations
 
-from . import Format
+from .spec import Format
 
 FORMAT = Format(
     name="checkpoint", title="PyTorch checkpoint", suffixes=(".pt", ".pth"), backend="checkpoint",
