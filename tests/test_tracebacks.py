@@ -88,7 +88,7 @@ def test_export_with_a_folder_where_the_sidecar_goes_is_refused_before_exporting
     from unet_deploy.formats import onnx as onnx_format
 
     calls = []
-    monkeypatch.setattr(onnx_format, "export", lambda *a: calls.append(a))
+    monkeypatch.setattr(onnx_format, "write", lambda *a: calls.append(a))
     (tmp_path / "model.json").mkdir()
     with pytest.raises(UnetDeployError, match=r"model\.json: is a folder where a file is to be written"):
         export.export_model(_tiny(), "onnx", out_dir=tmp_path, verbose=False)
