@@ -23,14 +23,11 @@ from .errors import UnetDeployError
 from .fileio import IMAGE_SUFFIXES, read_image
 from .meta import ModelMeta
 from .postprocess import argmax
-from .preprocess import preprocess, unletterbox_mask
+from .preprocess import check_varied, preprocess, unletterbox_mask
 
 DEFAULT_MIN_AGREEMENT = 99.0  # percent of original-size pixels whose class equals fp32's
 DEFAULT_MAX_MIOU_DROP = 1.0  # mIoU points (percent) the candidate may lose against fp32
 VAL_EVERY = 5  # without an ImageSets split, every 5th image (sorted by name) is held back
-# An image whose every channel spans at most this many 8-bit levels is flat (all black, one colour):
-# int8 calibrated or gated on such images learns and measures nothing about real ones.
-FLAT_LEVELS = 8
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 NCHW batch -> logits NCHW
 
@@ -96,24 +93,6 @@ def spread(paths: Sequence[Path], count: int | None) -> list[Path]:
     if not count or count >= len(paths):
         return paths
     return [paths[i] for i in np.linspace(0, len(paths) - 1, count).round().astype(int)]
-
-
-def is_flat(image: np.ndarray) -> bool:
-    """True when every channel of ``image`` spans at most ``FLAT_LEVELS`` 8-bit levels (16-bit scaled down)."""
-    levels = FLAT_LEVELS * (257 if image.dtype == np.uint16 else 1)
-    pixels = image[::2, ::2].reshape(-1, image.shape[2] if image.ndim == 3 else 1)
-    return bool(pixels.size == 0 or (pixels.max(0).astype(np.float64) - pixels.min(0)).max() <= levels)
-
-
-def check_varied(images: Sequence[np.ndarray], source: str | Path, what: str) -> None:
-    """Refuse a calibration or validation set of which more than half the images are flat
-    (``is_flat``): the gate would pass on what it cannot tell apart. ``what`` names the set."""
-    flat = sum(is_flat(im) for im in images)
-    if images and 2 * flat > len(images):
-        raise UnetDeployError(
-            f"{source}: {flat} of {len(images)} {what} images are flat (one colour, e.g. all black); int8 "
-            "calibrated or gated on them says nothing about real images: pass representative images"
-        )
 
 
 def load_samples(paths: Sequence[Path], limit: int | None = None, what: str = "validation") -> list[Sample]:

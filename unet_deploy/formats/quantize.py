@@ -80,9 +80,8 @@ def overflow_fix(recipe: Int8Recipe, isa: str) -> str:
 
 def calibration_inputs(paths: list[Path], meta: ModelMeta) -> list[np.ndarray]:
     """Float32 ``(1, C, H, W)`` inputs letterboxed and normalised exactly as at run time."""
-    from ..accuracy import check_varied
     from ..fileio import read_image
-    from ..preprocess import preprocess
+    from ..preprocess import check_varied, preprocess
 
     images = [read_image(p) for p in paths]
     check_varied(images, paths[0].parent if paths else "", "calibration")
