@@ -64,7 +64,7 @@ def test_every_torch_export_on_cuda_matches_cpu_fp32(cuda_exports, cpu_masks):
             seg = Segmenter(path, device="auto")
             assert seg.device == "cpu"
         else:
-            seg = Segmenter(path, device="cuda")
+            seg = Segmenter(path, device="cuda", trust_code=True)  # exported by this run
             assert (seg.device, seg.precision) == ("cuda", precision), fmt
         masks = [r.mask for r in seg.predict_batch(IMAGES, batch_size=2)]
         assert _agreement(masks, cpu_masks) >= (0.999 if precision == "fp32" else 0.99), (fmt, precision)

@@ -61,7 +61,7 @@ def test_save_and_load_sidecar(tmp_path):
     ({"arch": {"base_channels": 10**6}}, r"arch.base_channels 1000000 is outside \[1, 512\]"),
     ({"arch": {"in_channels": 2}}, "in_channels 2 must be 1"),
     ({"tiling": {"scale": 0}}, r"tiling.scale \(1.0 = native pixels\) 0.0 is outside"),
-    ({"tiling": {"scale": 1.0, "overlap": 1.0}}, "tiling.overlap 1.0 must be below 1"),
+    ({"tiling": {"scale": 1.0, "overlap": 1.0}}, r"tiling.overlap \(a fraction of a tile\) 1.0 is outside \[0, 0.9\]"),
     ({"tiling": {"scale": 5}}, "is outside"),
     ({"tiling": [1.0, 0.25]}, "tiling .* is not a JSON object"),
     ({"extra": []}, "extra .* is not a JSON object"),

@@ -23,7 +23,7 @@ from .errors import UnetDeployError
 from .fileio import IMAGE_SUFFIXES, read_image
 from .meta import ModelMeta
 from .postprocess import argmax
-from .preprocess import preprocess, unletterbox_mask
+from .preprocess import check_varied, preprocess, unletterbox_mask
 
 DEFAULT_MIN_AGREEMENT = 99.0  # percent of original-size pixels whose class equals fp32's
 DEFAULT_MAX_MIOU_DROP = 1.0  # mIoU points (percent) the candidate may lose against fp32
@@ -95,8 +95,9 @@ def spread(paths: Sequence[Path], count: int | None) -> list[Path]:
     return [paths[i] for i in np.linspace(0, len(paths) - 1, count).round().astype(int)]
 
 
-def load_samples(paths: Sequence[Path], limit: int | None = None) -> list[Sample]:
-    """Read up to ``limit`` images (evenly spread over ``paths``) and their masks, if any."""
+def load_samples(paths: Sequence[Path], limit: int | None = None, what: str = "validation") -> list[Sample]:
+    """Read up to ``limit`` images (evenly spread over ``paths``) and their masks, if any; a set of
+    mostly flat images is refused (``check_varied``; ``what`` names the set in that error)."""
     from .data.palette import read_mask
 
     samples = []
@@ -107,6 +108,7 @@ def load_samples(paths: Sequence[Path], limit: int | None = None) -> list[Sample
         if mask is not None and mask.shape != image.shape[:2]:
             raise UnetDeployError(f"{mask_file}: mask is {mask.shape} but its image is {image.shape[:2]}; re-create the dataset")
         samples.append(Sample(p.name, image, mask))
+    check_varied([s.image for s in samples], Path(paths[0]).parent if paths else "", what)
     return samples
 
 
@@ -132,6 +134,7 @@ class GateResult:
     max_miou_drop: float
     passed: bool
     source: str = ""
+    foreground: float | None = None  # percent of pixels fp32 calls a class other than background
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, rounded for the sidecar and the IR's rt_info."""
@@ -143,10 +146,11 @@ class GateResult:
             iou = "mIoU not measured (no ground-truth masks)"
         else:
             iou = f"mIoU {self.miou_fp32:.2f} -> {self.miou:.2f} (drop {self.miou_drop:.2f} points, max {self.max_miou_drop:g})"
+        fg = "" if self.foreground is None else f", fp32 finds non-background in {self.foreground:.2f}% of the pixels"
         return (
             f"{self.precision} vs fp32 on {self.images} images of {self.source}: agreement "
             f"{self.agreement:.2f}% (min {self.min_agreement:g}%, worst image {self.worst_image} "
-            f"{self.worst_agreement:.2f}%), {iou}"
+            f"{self.worst_agreement:.2f}%), {iou}{fg}"
         )
 
 
@@ -180,14 +184,16 @@ def evaluate(
     if not samples:
         raise UnetDeployError(f"{source or 'validation set'}: no validation images; pass --val DATA")
     comparison = metrics.MaskComparison(meta.num_classes)
+    foreground = total = 0
     for s in tqdm(samples, desc=f"accuracy gate ({precision})", unit="img", leave=False, disable=None):
         ref = predict_class_map(reference, s.image, meta)
         comparison.add(ref, predict_class_map(candidate, s.image, meta), s.mask, s.name)
+        foreground, total = foreground + int(np.count_nonzero(ref)), total + ref.size
     c = comparison.result()
     passed = c.agreement >= min_agreement and (c.miou_drop is None or c.miou_drop <= max_miou_drop)
     return GateResult(
         precision, c.images, c.agreement, c.worst_agreement, c.worst_image, c.miou_reference, c.miou, c.miou_drop,
-        float(min_agreement), float(max_miou_drop), passed, source,
+        float(min_agreement), float(max_miou_drop), passed, source, 100.0 * foreground / max(1, total),
     )  # fmt: skip
 
 

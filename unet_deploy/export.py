@@ -30,7 +30,7 @@ from .fileio import remove_stale_temporaries, temporary_name
 from .formats import Format, sidecar_path
 from .formats._common import EXAMPLE_BATCH, ExportOptions, GateRequest, quiet, stderr_log
 from .formats.quantize import Int8Graph
-from .meta import DIVISOR, ModelMeta, check_size, deployed, letterbox_note
+from .meta import DIVISOR, ModelMeta, check_size, deployed, letterbox_note, max_batch
 from .runtime.base import load_backend, resolve
 
 # Parity tolerances: max |logit diff| relative to max(1, max |eager logit|), argmax agreement in %.
@@ -147,12 +147,18 @@ def _source(checkpoint_or_model: Any, classes: Sequence[str] | None) -> tuple[An
     return copy.deepcopy(model).cpu().eval(), meta, "model", None  # the caller's model stays as it was
 
 
+# The largest side the parity check of a dynamic export runs at (batch 3 at 2048 once took 6 GB).
+PARITY_SIDE = 256
+
+
 def reference_logits(model: Any, meta: ModelMeta, dynamic: bool, device: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """Parity cases ``(input, eager fp32 logits)``: preprocessed-looking inputs at two sizes (one if
     static) x batch 1 and 3."""
     import torch
 
     h, w = meta.input_size
+    if dynamic:  # any size runs the same graph: check at most PARITY_SIDE (memory stays bounded)
+        h, w = min(h, PARITY_SIDE), min(w, PARITY_SIDE)
     sizes = [(h, w), (h + DIVISOR, w + 2 * DIVISOR)] if dynamic else [(h, w)]
     g = torch.Generator().manual_seed(0)
     mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
@@ -160,11 +166,26 @@ def reference_logits(model: Any, meta: ModelMeta, dynamic: bool, device: str) ->
     cases = []
     with torch.inference_mode():
         for size in sizes:
-            for batch in (1, 3):
+            for batch in sorted({1, min(3, max_batch(meta, size, "the parity check"))}):
                 pixels = torch.randint(0, 256, (batch, meta.in_channels, *size), generator=g).float()
                 x = (pixels / meta.scale - mean) / std
                 cases.append((x.numpy(), model(x.to(device)).float().cpu().numpy()))
     return cases
+
+
+def check_finite_weights(model: Any, target: str | Path) -> None:
+    """Refuse a model whose parameters or buffers (BatchNorm statistics) hold NaN or inf: its export
+    would pass parity and predict nonsense. The error names ``target`` and the first bad tensor."""
+    import torch
+
+    for kind, named in (("weight", model.named_parameters()), ("BatchNorm statistic", model.named_buffers())):
+        for name, tensor in named:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise UnetDeployError(
+                    f"{target}: {kind} {name!r} holds {bad} NaN/inf value(s) of {tensor.numel()}; the model is "
+                    "broken (training diverged?): export an earlier checkpoint or retrain"
+                )
 
 
 def parity(cases: list[tuple[np.ndarray, np.ndarray]], run: Callable[[np.ndarray], np.ndarray],
@@ -177,6 +198,8 @@ def parity(cases: list[tuple[np.ndarray, np.ndarray]], run: Callable[[np.ndarray
         got = np.asarray(run(x), dtype=np.float32)
         if got.shape != ref.shape:
             return False, f"output shape {list(got.shape)} instead of {list(ref.shape)}"
+        if not (np.isfinite(got).all() and np.isfinite(ref).all()):
+            return False, "NaN/inf logits (the exported model's or the eager model's)"
         scale = max(1.0, float(np.abs(ref).max()))
         worst = max(worst, float(np.abs(got - ref).max()) / scale)
         agree += int((labels(got) == labels(ref)).sum())
@@ -232,6 +255,7 @@ def _check_artefact(fmt: Format, staged: Path, target: Path, written: ModelMeta,
 
 def check_request(rows: list[Format], opts: ExportOptions, targets: dict[str, Path]) -> None:
     """Every one-line option error of an export, before anything slow: the table's, then each format's own."""
+    from .data.outputs import check_output_folder
     from .precision_gate import gate_data
 
     _check_options(rows, opts)
@@ -241,6 +265,8 @@ def check_request(rows: list[Format], opts: ExportOptions, targets: dict[str, Pa
             check(opts, targets[fmt.name])
         if opts.precision not in TOLERANCE:  # bf16, int8, auto: the gate's data and thresholds
             gate_data(opts, targets[fmt.name])
+        target = targets[fmt.name]  # its folder writable (not /proc, not under a file), its sidecar no folder
+        check_output_folder(target.parent, files=[sidecar_path(target)] + ([] if fmt.folder else [target]))
 
 
 def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: ExportOptions,
@@ -256,6 +282,7 @@ def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: Expo
     write = load_exporter(fmt)
     if not checked:
         check_request([fmt], opts, {fmt.name: target})
+    check_finite_weights(model, target)
     meta = _stamp(meta, opts)
     checking = opts.check and opts.precision in TOLERANCE and fmt.backend_class is not None  # a folder's
     if checking and cases is None:  # exporter checks what it holds (the Triton repository's ONNX)
@@ -283,9 +310,8 @@ def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: Expo
             opts.log(f"{fmt.title}: parity check skipped (--no-check)")
         written.save(staging / sidecar_path(staged).name)
         extras = sorted(p for p in staging.iterdir() if p != staged)  # sidecar, OpenVINO .bin, ONNX .data
-        for p in extras:
-            os.replace(p, target.parent / p.name)
-        _replace(staged, target)  # the artefact last: a reader that finds it finds the rest
+        # the artefact last: a reader that finds it finds the rest; a failed move undoes the ones before
+        _install([(p, target.parent / p.name) for p in extras] + [(staged, target)], target)
     except UnetDeployError as e:  # the same error (a GateRefused stays one), naming the target
         e.message = e.message.replace(str(staged), str(target))
         e.args = (e.message,)
@@ -307,6 +333,43 @@ def _gated(fmt: Format, model: Any, written: Any, staged: Path, meta: ModelMeta,
         written.save(out)
         return out
     return written or meta
+
+
+def _install(moves: list[tuple[Path, Path]], target: Path) -> None:
+    """Move each staged file onto its place in order; if one move fails (an immutable or read-only
+    file), the moves before it are undone from hard-link backups, so the old model stays whole and
+    no new sidecar is left beside it. A one-line error names ``target``."""
+    undo: list[tuple[Path, Path | None]] = []  # moves done: (place, hard-link backup of the old file)
+    backup: Path | None = None
+    current = target
+    try:
+        for src, dst in moves:
+            backup, current = None, dst
+            if dst.is_file() and not dst.is_symlink():
+                backup = temporary_name(dst)  # a kill leaves a second name of the old file: removed later
+                os.link(dst, backup)
+            _replace(src, dst)
+            undo.append((dst, backup))
+            backup = None
+    except OSError as e:
+        for dst, old in [(None, backup)] + list(reversed(undo)):
+            try:
+                if dst is None:  # the move that failed left its place as it was
+                    if old is not None:
+                        old.unlink()
+                elif old is not None:
+                    os.replace(old, dst)
+                elif dst.is_file():
+                    dst.unlink()  # new beside the old model: gone again
+            except OSError:
+                pass
+        where = f" ({current.name})" if current != target else ""
+        raise UnetDeployError(f"{target}: cannot be replaced{where}: {e.strerror or e}; nothing was changed. "
+                              "Check its permissions (chattr -i, read-only mount) or choose another --out") from None
+    finally:
+        for _, old in undo:
+            if old is not None and old.exists():
+                old.unlink()
 
 
 def _replace(staged: Path, target: Path) -> None:
@@ -366,7 +429,12 @@ def export_model(
     size = check_size(img_size, "--img-size") if img_size is not None else None
     opts.device = _check_device(device, rows)
     model, meta, stem, source = _source(checkpoint_or_model, classes)
-    meta = deployed(replace(meta, input_size=size or meta.input_size), letterbox)
+    # rect (the default for a top-left model) makes inputs of any multiple of 16: not for a static export
+    meta = deployed(replace(meta, input_size=size or meta.input_size), letterbox or (None if dynamic else meta.pad))
+    if meta.pad == "rect" and not dynamic:
+        raise UnetDeployError("--static fixes the input's H and W but the rect letterbox makes any multiple of 16; "
+                              "pass --letterbox top-left (or center) with --static, or leave --static out")
+    max_batch(meta, source=str(source or "the model"), need=EXAMPLE_BATCH)  # the export's example at this size fits?
     note = letterbox_note(meta)
     out = Path(out_dir) if out_dir is not None else (source.parent if source else Path.cwd())
     targets = {fmt.name: fmt.path(out, stem, "fp32" if precision == AUTO else precision) for fmt in rows}

@@ -8,14 +8,16 @@ anything is decoded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
 import secrets
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
@@ -28,10 +30,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MAX_IMAGE_PIXELS_ENV = "UNET_DEPLOY_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 EXIF_ORIENTATION_TAG = 0x0112
+# A file larger than this is read only after Pillow has found an image header in it (within the pixel
+# limit): a 2 GB non-image named .png was once read whole before failing.
+MAX_UNIDENTIFIED_BYTES = 64 * 2**20
 # Temporaries of atomic writes and export staging folders: ".{name}.{pid}.{8 hex}.tmp|.export",
 # so that remove_stale_temporaries can tell a dead process's leftovers from live work.
 TEMPORARY_SUFFIXES = (".tmp", ".export")
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?:\.tmp|\.export)$")
+# A temporary may end in its target's suffix too (".tmp.mp4": OpenCV picks the container by it).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?:\.tmp(?:\.[A-Za-z0-9]{1,8})?|\.export)$")
+NAME_MAX = 255  # bytes of one file name on Linux, macOS and Windows file systems
 
 
 def _limit_from_env() -> int | None:
@@ -60,13 +67,49 @@ def quote(value: Any) -> str:
 # ---------------------------------------------------------------------------- atomic writes
 
 
-def temporary_name(path: str | Path, suffix: str = ".tmp") -> Path:
+def temporary_name(path: str | Path, suffix: str = ".tmp", keep_suffix: bool = False) -> Path:
     """A fresh hidden name beside ``path`` that ``remove_stale_temporaries`` recognises
-    (``suffix``: ``.tmp`` for files, ``.export`` for staging folders)."""
+    (``suffix``: ``.tmp`` for files, ``.export`` for staging folders; ``keep_suffix``: end in
+    ``path``'s own suffix too, for writers that choose the format by it). A long ``path`` name is
+    shortened in the temporary so that it stays within ``NAME_MAX`` bytes (a legal 240-character
+    name once made every temporary fail)."""
     if suffix not in TEMPORARY_SUFFIXES:
         raise ValueError(f"suffix {suffix!r} must be one of {TEMPORARY_SUFFIXES}")
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+    tail = f".{os.getpid()}.{secrets.token_hex(4)}{suffix}" + (path.suffix if keep_suffix else "")
+    room = NAME_MAX - 1 - len(tail.encode())
+    name = path.name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore") or "_"
+    return path.with_name(f".{name}{tail}")
+
+
+def fit_stem(stem: str, reserve: int = 10) -> str:
+    """``stem`` cut (at a UTF-8 character boundary) so that ``stem`` plus ``reserve`` bytes of suffixes
+    (``_123.jpeg``) stays a legal file name (``NAME_MAX``): output names made from long input names."""
+    raw = stem.encode("utf-8", "surrogateescape")
+    room = NAME_MAX - reserve
+    return stem if len(raw) <= room else raw[:room].decode("utf-8", "ignore")
+
+
+def check_not_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], option: str) -> None:
+    """Raise when a file about to be written is one being read (the same path, or a link to it):
+    ``unet-predict q/masks --out q`` once wrote masks over the input images. ``option`` names the
+    setting to change in the error."""
+    seen: dict[object, Path] = {}
+    for p in map(Path, inputs):
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            seen[(st.st_dev, st.st_ino)] = p
+        seen[os.path.abspath(p)] = p
+    for out in map(Path, outputs):
+        key: object = os.path.abspath(out)
+        if key not in seen:
+            try:
+                st = out.stat()
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise UnetDeployError(f"{quote(out)}: would overwrite the input {quote(seen[key])}; choose another {option}")
 
 
 @contextlib.contextmanager
@@ -103,6 +146,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def file_digest(path: str | Path) -> str:
+    """``"blake2b:<64 hex>"`` of a file's bytes (read in 1 MiB chunks): what ties the files of one artefact."""
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"blake2b:{h.hexdigest()}"
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid() or os.name == "nt":  # Windows' os.kill terminates: keep the files there
         return True
@@ -137,10 +189,41 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
+# Temporary folders of this package in the system's temp folder: "unet-<kind>-<pid>-<random>".
+_TEMPDIR = re.compile(r"^unet-[a-z0-9-]+?-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def private_tempdir(kind: str) -> tempfile.TemporaryDirectory:
+    """A ``TemporaryDirectory`` named ``unet-<kind>-<pid>-...``, after removing those of dead processes
+    (``remove_stale_tempdirs``): a kill -9 or a failed load no longer leaves them for good."""
+    remove_stale_tempdirs()
+    return tempfile.TemporaryDirectory(prefix=f"unet-{kind}-{os.getpid()}-")
+
+
+def remove_stale_tempdirs(folder: str | Path | None = None) -> list[Path]:
+    """Delete ``private_tempdir`` folders (in ``folder``, default the system's temp folder) of this user
+    whose process is dead; return what was removed. Folders of live processes or other users, links
+    and other names are kept."""
+    removed = []
+    try:
+        entries = list(Path(folder or tempfile.gettempdir()).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = _TEMPDIR.match(entry.name)
+        if not found or _pid_alive(int(found["pid"])) or entry.is_symlink() or not entry.is_dir():
+            continue
+        with contextlib.suppress(OSError):
+            if os.name == "nt" or entry.stat().st_uid == os.getuid():  # ours by name and by owner
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
 # ---------------------------------------------------------------------------- images
 
 
-def _probe(data: bytes) -> tuple[tuple[int, int] | None, int]:
+def _probe(data: bytes | BinaryIO) -> tuple[tuple[int, int] | None, int]:
     """``((width, height) or None, EXIF orientation 1..8)`` from the header alone (Pillow reads
     only the header on open). Unknown to Pillow: ``(None, 1)``; beyond Pillow's own hard limit,
     ``((pixels, 0), 1)``. A PNG's EXIF is read when its eXIf chunk precedes the pixels (where
@@ -148,7 +231,7 @@ def _probe(data: bytes) -> tuple[tuple[int, int] | None, int]:
     from PIL import Image
 
     try:  # Pillow warns (once) above half its hard limit; filtering that is process-wide: not here
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
             size = img.size
             if img.format == "PNG" and "exif" not in img.info:
                 return size, 1
@@ -159,6 +242,12 @@ def _probe(data: bytes) -> tuple[tuple[int, int] | None, int]:
     except Exception:  # a format or EXIF block Pillow cannot parse: OpenCV decides, nothing to rotate
         return None, 1
     return size, orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def probe_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` of encoded image bytes from the header alone (``check_pixel_limit``'s input:
+    ``(pixels, 0)`` beyond Pillow's own limit), or None when Pillow does not know the format."""
+    return _probe(data)[0]
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
@@ -238,7 +327,16 @@ def read_image(path: str | Path, flags: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_UNIDENTIFIED_BYTES:  # look at the header before reading gigabytes
+                found = _probe(f)[0]
+                if found is None:
+                    raise UnetDeployError(f"{quote(path)}: {size / 2**20:,.0f} MB whose header is no image Pillow "
+                                          "knows; not read. Pass an image file (PNG, JPEG, TIFF, BMP, WebP)")
+                check_pixel_limit(found, str(path))
+                f.seek(0)
+            data = f.read()
     except OSError as e:
         raise UnetDeployError(f"{quote(path)}: cannot read file ({e.strerror}); check the path") from None
     return decode_image(data, str(path), flags)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,14 @@ UPSAMPLE_MODES = ("transpose", "bilinear")
 DEFAULT_LETTERBOX = {"pad": "top-left", "fill": 0}
 DEFAULT_ARCH = {"base_channels": 64, "upsample": "transpose", "in_channels": 3}
 DEFAULT_OVERLAP = 0.25
+# Tiles may overlap by at most this fraction: a stride of at least a tenth of a tile, so each pixel is
+# predicted at most ~100 times (0.99 once meant a 1-pixel stride and millions of tiles).
+MAX_OVERLAP = 0.9
+# Estimated float32 values a UNet holds per input pixel and base channel at its peak: the skip
+# connections of every level (1 + 2/4 + 4/16 + 8/64 = 1.875 c) plus the working maps of the top
+# level (~4 c). A base-8 model at 4096x4096 thus needs ~3.2 GB (the red team saw 4 GB), at 8192 ~13 GB.
+ACTIVATION_FLOATS = 6
+MAX_MEMORY_ENV = "UNET_DEPLOY_MAX_MEMORY_MB"  # the budget of one network call; default: half the RAM
 # Normalisation constants outside these bounds overflow float32 or make every input the same.
 _NORM_RANGE = (1e-6, 1e6)
 
@@ -65,6 +74,22 @@ def _integer(value: Any, what: str) -> int:
         raise UnetDeployError(f"{what} {_short(value)} is not an integer") from None
     if abs(n) > 2**62:
         raise UnetDeployError(f"{what} is an integer of {n.bit_length()} bits, far out of range")
+    return n
+
+
+def check_int(value: Any, what: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high]``: ints and integral floats only (not ``"abc"``, None, True
+    or 2.7, which would be truncated), else the one-line error naming ``what``.
+
+    Args:
+        value: what the caller passed.
+        what: how the error names it (``every``, ``--batch-size``).
+        low, high: the bounds (None: unbounded).
+    """
+    n = _integer(value, what)
+    if (low is not None and n < low) or (high is not None and n > high):
+        bounds = f"at least {low}" if high is None else f"at most {high}" if low is None else f"between {low} and {high}"
+        raise UnetDeployError(f"{what} {n} must be {bounds}")
     return n
 
 
@@ -151,10 +176,45 @@ def check_tiling(tiling: Any, what: str = "tiling") -> dict[str, float] | None:
         return None
     d = _mapping(tiling, what, {"scale": None, "overlap": DEFAULT_OVERLAP})
     scale = _number(d["scale"], f"{what}.scale (1.0 = native pixels)", MIN_TILE_SCALE, MAX_TILE_SCALE)
-    overlap = _number(d["overlap"], f"{what}.overlap", 0.0, 1.0)
-    if overlap >= 1:
-        raise UnetDeployError(f"{what}.overlap {overlap!r} must be below 1 (a fraction of a tile)")
+    overlap = _number(d["overlap"], f"{what}.overlap (a fraction of a tile)", 0.0, MAX_OVERLAP)
     return {"scale": scale, "overlap": overlap}
+
+
+def memory_budget() -> int:
+    """Bytes one network call may take: ``UNET_DEPLOY_MAX_MEMORY_MB`` (0: no limit), else half the RAM."""
+    text = os.environ.get(MAX_MEMORY_ENV, "").strip()
+    if text:
+        try:
+            mb = int(text)
+        except ValueError:
+            raise UnetDeployError(f"{MAX_MEMORY_ENV}={text!r} is not a whole number of megabytes (0: no limit)") from None
+        return mb * 2**20 if mb > 0 else 2**62
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): 8 GB
+        return 8 * 2**30
+
+
+def inference_bytes(meta: "ModelMeta", batch: int = 1, hw: tuple[int, int] | None = None) -> int:
+    """Estimated peak bytes of one network call on ``batch`` inputs of ``hw`` (default: ``meta.input_size``)."""
+    h, w = hw or meta.input_size
+    c = meta.arch["base_channels"]
+    return int(batch) * h * w * (meta.in_channels + meta.num_outputs + ACTIVATION_FLOATS * c) * 4
+
+
+def max_batch(meta: "ModelMeta", hw: tuple[int, int] | None = None, source: str = "the model", need: int = 1) -> int:
+    """The largest batch of ``hw`` inputs (default: ``meta.input_size``) within ``memory_budget``; the
+    one-line error, before anything is allocated, when not even ``need`` of them fit."""
+    one, budget = inference_bytes(meta, 1, hw), memory_budget()
+    if need * one > budget:
+        h, w = hw or meta.input_size
+        what = f"a {h}x{w} input" if need == 1 else f"{need} inputs of {h}x{w}"
+        raise UnetDeployError(
+            f"{source}: {what} of this model (base {meta.arch['base_channels']} channels) needs about "
+            f"{need * one / 2**30:.1f} GB, over the {budget / 2**30:.1f} GB allowed; use a smaller input size, or "
+            f"raise {MAX_MEMORY_ENV} (megabytes, 0: no limit)"
+        )
+    return max(1, budget // one)
 
 
 @dataclass

@@ -45,6 +45,18 @@ class Region:
         }
 
 
+def check_finite(logits: np.ndarray, source: str) -> None:
+    """Raise the one-line error when ``logits`` hold NaN or inf (broken weights, an fp16 overflow):
+    their argmax would be a confident wrong answer. ``source`` (the model file) is named."""
+    logits = np.asarray(logits)
+    if logits.dtype.kind == "f" and not np.isfinite(logits).all():
+        bad = int(logits.size - np.count_nonzero(np.isfinite(logits)))
+        raise UnetDeployError(
+            f"{source}: the model gave {bad} NaN/inf logit(s) of {logits.size}; its weights (or precision) are "
+            "broken: re-export it from a sound checkpoint (export refuses NaN/inf weights)"
+        )
+
+
 def argmax(logits: np.ndarray) -> np.ndarray:
     """Class ids (uint8) from logits ``(N, C, H, W)`` or ``(C, H, W)``.
 

@@ -110,7 +110,7 @@ def _accuracy_controlled(torch_model: Any, graph: Int8Graph, paths: list[Path], 
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    samples = accuracy.load_samples(paths, CONTROL_COUNT)
+    samples = accuracy.load_samples(paths, CONTROL_COUNT, "calibration")
     reference = _eager(torch_model)
     refs = [accuracy.predict_class_map(reference, s.image, meta) for s in samples]
     with_masks = all(s.mask is not None for s in samples)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .errors import UnetDeployError
-from .fileio import IMAGE_SUFFIXES, atomic_write_text, quote, write_image
+from .fileio import IMAGE_SUFFIXES, atomic_write_text, check_not_inputs, fit_stem, quote, temporary_name, write_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Segmenter
@@ -52,14 +53,16 @@ def collect_images(sources: Iterable[str]) -> list[Path]:
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
-    """``<stem>`` per input for ``masks/<stem>.png``; a repeated stem gets ``_1``, ``_2``, ..."""
+    """``<stem>`` per input for ``masks/<stem>.png``; a repeated stem gets ``_1``, ``_2``, ...; a stem too
+    long for a file name with those suffixes is cut (``fileio.fit_stem``)."""
     seen: set[str] = set()
     stems = []
     for p in paths:
-        stem, k = p.stem, 0
+        base = fit_stem(p.stem)
+        stem, k = base, 0
         while stem in seen:
             k += 1
-            stem = f"{p.stem}_{k}"
+            stem = f"{base}_{k}"
         seen.add(stem)
         stems.append(stem)
     return stems
@@ -108,11 +111,15 @@ def predict_to_folder(
 
     out_dir = Path(out)
     folders = [out_dir / "masks"] + ([out_dir / "overlays"] if overlays else [])
+    stems = output_stems(images)
+    planned = [out_dir / "report.json"] + [out_dir / "masks" / f"{s}.png" for s in stems]
+    planned += [out_dir / "overlays" / f"{s}.jpg" for s in stems] if overlays else []
+    check_not_inputs(planned, images, "--out folder")
     check_output_folder(out_dir, folders, [out_dir / "report.json"])
     reports, failed = [], 0
     disable = None if progress is None else not progress
     with tqdm(total=len(images), unit="img", desc="predict", disable=disable, file=sys.stderr) as bar:
-        for stem, result in zip(output_stems(images), seg.predict_iter(images, batch_size)):
+        for stem, result in zip(stems, seg.predict_iter(images, batch_size)):
             record = result.to_dict()
             if result.ok:
                 save_palette_png(out_dir / "masks" / f"{stem}.png", result.mask)
@@ -169,8 +176,10 @@ def predict_stream_to_folder(
     One JSON line per processed frame (``FrameResult.to_dict()``: frame, timestamp_ms, time,
     size, regions, timings), written and flushed as each frame is done, so a killed run keeps
     every line it finished. ``save_video`` writes the overlays as a video (``.mp4``: mp4v,
-    ``.avi``/``.mkv``: MJPG, which stays readable up to the last frame when the run is killed).
-    A stream that ends or breaks returns normally; ``end`` says which.
+    ``.avi``/``.mkv``: MJPG) under a temporary name moved onto ``save_video`` when the stream
+    ends, so a killed run never leaves an unreadable file under the final name; its folder is
+    made. Neither the report nor the video may be the source itself. A stream that ends or
+    breaks returns normally; ``end`` says which.
     """
     from tqdm import tqdm
 
@@ -178,9 +187,15 @@ def predict_stream_to_folder(
 
     out_dir = Path(out)
     report = out_dir / "report.jsonl"
-    check_output_folder(out_dir, [], [report] + ([Path(save_video)] if save_video else []))
+    video = Path(save_video) if save_video else None
+    if video is not None and video.suffix.lower() not in VIDEO_FOURCC:
+        raise UnetDeployError(f"{quote(video)}: --save-video takes {', '.join(VIDEO_FOURCC)}; choose one of these suffixes")
+    check_not_inputs([report] + ([video] if video else []), [source] if Path(str(source)).is_file() else [],
+                     "--out folder or --save-video name")  # fmt: skip
+    check_output_folder(out_dir, [video.parent] if video else [], [report] + ([video] if video else []))
     stream = seg.stream(source, every=every, max_frames=max_frames, drop_frames=drop_frames)
-    video, writer, frames, failed = (Path(save_video) if save_video else None), None, 0, 0
+    staged = temporary_name(video, keep_suffix=True) if video is not None else None
+    writer, frames, failed = None, 0, 0
     disable = None if progress is None else not progress
     try:
         with open(report, "w", encoding="utf-8") as lines, stream, \
@@ -193,27 +208,30 @@ def predict_stream_to_folder(
                 if not result.ok:
                     failed += 1
                     tqdm.write(f"error: {' '.join(str(result.error).split())}", file=sys.stderr)
-                elif video is not None:
-                    writer = writer or _video_writer(video, stream.fps, every, result.size)
+                elif staged is not None:
+                    writer = writer or _video_writer(staged, stream.fps, every, result.size, video)
                     writer.write(result.overlay())
                 if on_record is not None:
                     on_record(record)
                 bar.update(1)
     finally:
         if writer is not None:
-            writer.release()
+            writer.release()  # the container is complete now: only then does it take the final name
+            os.replace(staged, video)
+        elif staged is not None and staged.exists():
+            staged.unlink()
     return StreamSummary(out_dir, frames, failed, stream.dropped, stream.end, report, video)
 
 
-def _video_writer(path: Path, fps: float | None, every: int, size: tuple[int, int]) -> Any:
-    """An opened ``cv2.VideoWriter`` for ``path`` at the kept frames' rate (10/s when the source has none)."""
+def _video_writer(path: Path, fps: float | None, every: int, size: tuple[int, int], final: Path) -> Any:
+    """An opened ``cv2.VideoWriter`` for ``path`` (the temporary of ``final``) at the kept frames' rate
+    (10/s when the source has none)."""
     import cv2
 
-    fourcc = VIDEO_FOURCC.get(path.suffix.lower())
-    if fourcc is None:
-        raise UnetDeployError(f"{quote(path)}: --save-video takes {', '.join(VIDEO_FOURCC)}; choose one of these suffixes")
+    fourcc = VIDEO_FOURCC[path.suffix.lower()]
     rate = fps / every if fps else 10.0
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), rate, (size[1], size[0]))
     if not writer.isOpened():
-        raise UnetDeployError(f"{quote(path)}: OpenCV cannot write this video ({fourcc}); try an .avi name")
+        other = "an .avi name" if fourcc != "MJPG" else "an .mp4 name"
+        raise UnetDeployError(f"{quote(final)}: OpenCV cannot write this video ({fourcc}); try {other}")
     return writer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -15,6 +16,11 @@ import numpy as np
 
 from .errors import UnetDeployError
 from .meta import DIVISOR, MIN_SIZE, PAD_MODES, ModelMeta
+
+
+# An image whose every channel spans at most this many 8-bit levels is flat (all black, one colour):
+# int8 calibrated or gated on such images learns and measures nothing about real ones.
+FLAT_LEVELS = 8
 
 
 @dataclass(frozen=True)
@@ -239,3 +245,21 @@ def preprocess_batch(
     if len(shapes) > 1:
         raise UnetDeployError(f"rect letterbox gives different input sizes {shapes}; batch images of one size")
     return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+def is_flat(image: np.ndarray) -> bool:
+    """True when every channel of ``image`` spans at most ``FLAT_LEVELS`` 8-bit levels (16-bit scaled down)."""
+    levels = FLAT_LEVELS * (257 if image.dtype == np.uint16 else 1)
+    pixels = image[::2, ::2].reshape(-1, image.shape[2] if image.ndim == 3 else 1)
+    return bool(pixels.size == 0 or (pixels.max(0).astype(np.float64) - pixels.min(0)).max() <= levels)
+
+
+def check_varied(images: Sequence[np.ndarray], source: str | Path, what: str) -> None:
+    """Refuse a calibration or validation set of which more than half the images are flat
+    (``is_flat``): the gate would pass on what it cannot tell apart. ``what`` names the set."""
+    flat = sum(is_flat(im) for im in images)
+    if images and 2 * flat > len(images):
+        raise UnetDeployError(
+            f"{source}: {flat} of {len(images)} {what} images are flat (one colour, e.g. all black); int8 "
+            "calibrated or gated on them says nothing about real images: pass representative images"
+        )

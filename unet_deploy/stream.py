@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import UnetDeployError
+from .meta import check_int
 from .runtime.result import Result
 from .stream_source import End, Frame, Reader, SourceLike, open_capture, source_name
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Segmenter
 
 STAGES = ("decode", "preprocess", "inference", "postprocess")
+MAX_QUEUE_SIZE = 1024  # frames per queue: 4 queues of 1024 4K frames are already 100 GB
 
 
 @dataclass
@@ -75,15 +77,12 @@ class FrameStream:
                  drop_frames: bool = False, queue_size: int = 4, keep_image: bool = True) -> None:  # fmt: skip
         import cv2
 
-        if int(every) < 1:
-            raise UnetDeployError(f"every={every}: must be at least 1 (1 keeps every frame)")
-        if max_frames is not None and int(max_frames) < 1:
-            raise UnetDeployError(f"max_frames={max_frames}: must be at least 1 (None: until the stream ends)")
-        if int(queue_size) < 1:
-            raise UnetDeployError(f"queue_size={queue_size}: must be at least 1")
+        every = check_int(every, "every (1 keeps every frame)", 1)
+        max_frames = None if max_frames is None else check_int(max_frames, "max_frames (None: to the end)", 1)
+        queue_size = check_int(queue_size, "queue_size", 1, MAX_QUEUE_SIZE)
         self.seg, self.source, self.name = seg, source, source_name(source)
-        self.every, self.max_frames, self.drop_frames = int(every), max_frames, bool(drop_frames)
-        self.queue_size, self.keep_image = int(queue_size), keep_image
+        self.every, self.max_frames, self.drop_frames = every, max_frames, bool(drop_frames)
+        self.queue_size, self.keep_image = queue_size, keep_image
         self._capture = open_capture(source)
         fps = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps: float | None = float(fps) if fps and 0 < fps < 1000 else None

@@ -18,33 +18,53 @@ from typing import Any, Union
 import numpy as np
 
 from .errors import UnetDeployError
-from .fileio import quote
+from .fileio import check_pixel_limit, probe_size, quote
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
 URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 SourceLike = Union[str, int, Path]
+# OpenCV reads an index of 100 or more as a backend id plus a camera (CAP_V4L + 0 = 200), and a
+# negative one crashes some backends: camera indices are 0..99.
+MAX_CAMERA_INDEX = 99
+
+
+def _camera_text(text: str) -> str | None:
+    """The digits of ``"3"`` or ``"camera:3"``, else None. Bare digits that name an existing file or
+    folder (a folder called ``2024``) are that path, not a camera."""
+    if text.isascii() and text.isdigit():
+        return None if Path(text).exists() else text
+    if text.lower().startswith("camera:") and text[7:].isascii() and text[7:].isdigit():
+        return text[7:]
+    return None
 
 
 def is_stream_source(source: SourceLike) -> bool:
     """True for a video file name, a camera index (``0``, ``camera:0``) or a stream URL."""
-    if isinstance(source, int):
+    if isinstance(source, int) and not isinstance(source, bool):
         return True
     text = str(source).strip()
     low = text.lower()
-    return (low.startswith(URL_SCHEMES) or text.isdigit() or (low.startswith("camera:") and text[7:].isdigit())
-            or Path(text).suffix.lower() in VIDEO_SUFFIXES)  # fmt: skip
+    return low.startswith(URL_SCHEMES) or _camera_text(text) is not None or Path(text).suffix.lower() in VIDEO_SUFFIXES
 
 
 def parse_source(source: SourceLike) -> int | str:
-    """``cv2.VideoCapture``'s argument: a camera index as an int, else the file name or URL as text."""
-    if isinstance(source, int):
-        return source
-    text = str(source).strip()
-    if text.isdigit():
-        return int(text)
-    if text.lower().startswith("camera:") and text[7:].isdigit():
-        return int(text[7:])
-    return text
+    """``cv2.VideoCapture``'s argument: a camera index as an int (0..``MAX_CAMERA_INDEX``), else the
+    file name or URL as text; an impossible camera index is the one-line error."""
+    if isinstance(source, bool):
+        raise UnetDeployError(f"source {source!r} is not a video file, camera index or URL")
+    digits = str(source) if isinstance(source, int) else _camera_text(str(source).strip())
+    if digits is None:
+        return str(source).strip()
+    try:
+        index = int(digits)
+    except ValueError:
+        index = -1
+    if not 0 <= index <= MAX_CAMERA_INDEX:
+        raise UnetDeployError(
+            f"camera index {quote(digits)} is not 0..{MAX_CAMERA_INDEX}; pass the camera's number (0 is the first), "
+            "or a video file or URL"
+        )
+    return index
 
 
 def is_live(source: SourceLike) -> bool:
@@ -65,6 +85,8 @@ def open_capture(source: SourceLike) -> Any:
 
     target = parse_source(source)
     name = quote(source_name(source))
+    if isinstance(target, str) and not is_live(source) and Path(target).is_dir():
+        raise UnetDeployError(f"{name}: a folder, not a video; pass its images as SOURCE, or camera:N for a camera")
     if isinstance(target, str) and not is_live(source) and not Path(target).is_file():
         raise UnetDeployError(f"{name}: no such video file; check the path (or pass a camera index 0, camera:0, or a URL)")
     log = cv2.utils.logging
@@ -80,7 +102,57 @@ def open_capture(source: SourceLike) -> Any:
                 else "URL: is the server reachable and the address right?" if is_live(source)
                 else "video file: is it a video OpenCV's FFmpeg can decode (.mp4, .avi, .mkv)?")  # fmt: skip
         raise UnetDeployError(f"{name}: cannot open this {what}")
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    try:
+        check_pixel_limit(size, f"{source_name(source)} (video frames)")  # the header's size, before a frame
+    except UnetDeployError:
+        capture.release()
+        raise
     return capture
+
+
+class PacketSizes:
+    """Each frame's size read from its encoded packet, before OpenCV decodes it, for a file whose
+    packets are images (MJPEG, PNG-in-AVI): a second capture in raw mode (``CAP_PROP_FORMAT=-1``).
+
+    OpenCV scales every frame to the first frame's size and reports no change, so a video whose size
+    changes mid-file would give sizes and boxes of a squeezed frame; and a huge frame would be
+    decoded before the pixel limit could see it. For other codecs (H.264 ...) OpenCV offers no way
+    to tell: ``open`` returns None.
+    """
+
+    def __init__(self, capture: Any, first: tuple[int, int]) -> None:
+        self.capture, self.first, self.pending = capture, first, True
+
+    @classmethod
+    def open(cls, source: SourceLike) -> "PacketSizes | None":
+        import cv2
+
+        capture = cv2.VideoCapture(str(parse_source(source)))
+        size = None
+        try:
+            if capture.isOpened() and capture.set(cv2.CAP_PROP_FORMAT, -1):
+                size = _packet_size(capture)
+        finally:
+            if size is None:
+                capture.release()
+        return None if size is None else cls(capture, size)
+
+    def next(self) -> tuple[int, int] | None:
+        """The (width, height) of the next frame's packet, or None when there is none or it is no image."""
+        if self.pending:  # the first packet was read by ``open``
+            self.pending = False
+            return self.first
+        return _packet_size(self.capture)
+
+    def release(self) -> None:
+        self.capture.release()
+
+
+def _packet_size(capture: Any) -> tuple[int, int] | None:
+    """(width, height) from the header of the next raw packet when it is an image (JPEG, PNG), else None."""
+    ok, packet = capture.read()
+    return probe_size(packet.tobytes()) if ok and packet is not None and packet.size else None
 
 
 @dataclass
@@ -123,6 +195,24 @@ class Reader(threading.Thread):
         self.dropped = 0
         self.busy_s = 0.0
         self.error: BaseException | None = None
+        self.sizes: PacketSizes | None = None if self.live else PacketSizes.open(source)
+
+    def _size_changed(self, index: int) -> End | None:
+        """The ``End`` for a packet whose size differs from the first or exceeds the pixel limit (None: fine)."""
+        size = self.sizes.next() if self.sizes is not None else None
+        if size is None:
+            return None
+        name = quote(self.name_)
+        try:
+            check_pixel_limit(size, f"{self.name_} frame {index}")
+        except UnetDeployError as e:
+            return End(e.message, True, index)
+        if size != self.sizes.first:
+            (w0, h0), (w, h) = self.sizes.first, size
+            return End(f"{name}: frame {index} is {w}x{h} but the video started at {w0}x{h0}; OpenCV would squeeze it "
+                       "to the first size and give wrong sizes and boxes: split the video where its size changes",
+                       True, index)  # fmt: skip
+        return None
 
     def run(self) -> None:
         import cv2
@@ -137,11 +227,21 @@ class Reader(threading.Thread):
                     end = End(f"{quote(self.name_)}: {kept} frame(s) processed (--max-frames)", False, index)
                     break
                 t0 = time.perf_counter()
+                changed = self._size_changed(index)
+                if changed is not None:
+                    end = changed
+                    break
                 wanted = index % self.every == 0
                 ok, image = self.capture.read() if wanted else (self.capture.grab(), None)
                 if not ok or (wanted and (image is None or image.size == 0)):
                     end = self._ended(index, announced)
                     break
+                if wanted:  # a codec whose packets say no size: the decoded frame is checked
+                    try:
+                        check_pixel_limit((image.shape[1], image.shape[0]), f"{self.name_} frame {index}")
+                    except UnetDeployError as e:
+                        end = End(e.message, True, index)
+                        break
                 decode_ms = (time.perf_counter() - t0) * 1000.0
                 self.busy_s += decode_ms / 1000.0
                 if wanted:
@@ -154,6 +254,8 @@ class Reader(threading.Thread):
             self.error = e
         finally:
             self.capture.release()
+            if self.sizes is not None:
+                self.sizes.release()
             self._put(end, always=True)
 
     def _ended(self, index: int, announced: int | None) -> End:
@@ -164,6 +266,8 @@ class Reader(threading.Thread):
         if announced is not None and index < announced:
             return End(f"{name}: stream broke at frame {index} of the {announced} the file announces (truncated "
                        "or corrupt file)", True, index)  # fmt: skip
+        if index == 0:
+            return End(f"{name}: no frame in this video (empty, or a codec OpenCV's FFmpeg cannot decode)", True, 0)
         return End(f"{name}: end of file after {index} frame(s)", False, index)
 
     def _put(self, item: Frame | End, always: bool = False) -> None:

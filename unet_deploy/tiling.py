@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import UnetDeployError
+from .fileio import check_pixel_limit
 from .meta import DEFAULT_OVERLAP, ModelMeta, check_tiling
 from .postprocess import argmax, to_original
 from .preprocess import LetterboxTransform, normalize, resize_image, to_model_color
@@ -108,6 +109,8 @@ def tiled_class_map(
     if h < 1 or w < 1:
         raise UnetDeployError(f"image of size {h}x{w} is empty")
     sh, sw = scaled_size((h, w), scale)
+    if sh * sw > h * w:  # scale 4 makes 16 times the pixels: the image limit applies to what is made
+        check_pixel_limit((sw, sh), f"the {w}x{h} image scaled by {scale:g} for tiling")
     if (sh, sw) != (h, w):
         if image.ndim == 3 and image.shape[2] == 4:
             image = to_model_color(image, "BGR")  # drop alpha before resizing, as preprocess does

@@ -128,12 +128,22 @@ std::vector<unsigned char> encode(const std::string& ext, const cv::Mat& img, co
   return bytes;
 }
 
+// A stem cut at a UTF-8 character boundary so that it and 10 bytes of suffixes (_123.jpeg) stay a
+// legal file name (255 bytes), as unet_deploy.fileio.fit_stem cuts it.
+std::string fit_stem(const std::string& stem) {
+  const size_t room = 255 - 10;
+  if (stem.size() <= room) return stem;
+  size_t n = room;
+  while (n > 0 && (static_cast<unsigned char>(stem[n]) & 0xC0) == 0x80) --n;  // not inside a character
+  return stem.substr(0, n);
+}
+
 // ``<stem>`` per input for masks/<stem>.png; a repeated stem gets _1, _2, ... (as unet-predict).
 std::vector<std::string> output_stems(const std::vector<std::string>& files) {
   std::set<std::string> seen;
   std::vector<std::string> stems;
   for (const auto& f : files) {
-    const std::string base = fs::path(f).stem().string();
+    const std::string base = fit_stem(fs::path(f).stem().string());
     std::string stem = base;
     for (int k = 1; seen.count(stem); ++k) stem = base + "_" + std::to_string(k);
     seen.insert(stem);

@@ -89,9 +89,10 @@ class ModelSource:
         from ..runtime import Segmenter
 
         path = self.artefact(case)
+        ours = path != self.path  # an export made here; the input file itself needs the user's opt-in
         seg = Segmenter(path, device=case.device, backend=formats.get(case.fmt).backend, threads=threads,
                         input_size=self.meta.input_size, precision=case.precision, letterbox=self.meta.pad,
-                        tiling=tiling if tiling is not None else False)  # fmt: skip
+                        tiling=tiling if tiling is not None else False, trust_code=ours)  # fmt: skip
         return Runner(seg, path)
 
 

@@ -17,8 +17,10 @@ from ._command import command as _command
 @click.option("--classes", help="Comma-separated class names; background is id 0 and implicit.")
 @click.option("--viz", is_flag=True, help="Also write SegmentationClassVisualization/<stem>.jpg overlays.")
 @click.option("--skip-unknown", is_flag=True, help="Leave out shapes whose label is not a class (default: error).")
+@click.option("--allow-outside-images", is_flag=True,
+              help="Read an imagePath that leaves SRC (../, absolute paths); by default such a file fails.")
 def command(src: Path, out: Path, labels_file: Path | None, classes: str | None, viz: bool,
-            skip_unknown: bool) -> None:
+            skip_unknown: bool, allow_outside_images: bool) -> None:
     """Convert a labelme folder (SRC) into a VOC-style dataset (OUT).
 
     OUT gets JPEGImages/, SegmentationClass/ (palette PNGs, pixel = class id, 255 =
@@ -34,7 +36,7 @@ def command(src: Path, out: Path, labels_file: Path | None, classes: str | None,
     from ..data.labelme import convert_folder
 
     summary = convert_folder(src, out, classes=classes, labels_file=labels_file, viz=viz,
-                             skip_unknown=skip_unknown)
+                             skip_unknown=skip_unknown, allow_outside=allow_outside_images)
     for _, message in summary.failed:
         click.echo(f"error: {' '.join(message.split())}", err=True)
     for path in summary.not_labelme:

@@ -49,11 +49,13 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
               help="Video sources: when the pipeline is full, drop the oldest frame instead of waiting (live cameras).")
 @click.option("--letterbox", "pad", type=click.Choice(["top-left", "center", "rect"]), default=None,
               help="Override the model's letterbox pad (rect: pad only to the next multiple of 16).")
+@click.option("--trust-code", is_flag=True,
+              help="Load a model file that runs code when loaded (.pt2: native code). Only for files you made.")
 def command(
     model: str, sources: tuple[str, ...], out: str, device: str, backend: str, min_area: int, batch_size: int,
     json_lines: bool, overlays: bool, classes: str | None, img_size: str | None, threads: int | None,
     tile_scale: float | None, overlap: float | None, no_tile: bool, every: int | None, max_frames: int | None,
-    save_video: str | None, drop_frames: bool, pad: str | None,
+    save_video: str | None, drop_frames: bool, pad: str | None, trust_code: bool,
 ) -> None:  # fmt: skip
     """Segment images with MODEL; write masks, overlays and report.json to --out.
 
@@ -109,7 +111,7 @@ def command(
         tiling = {"scale": tile_scale, "overlap": 0.25 if overlap is None else overlap}
     seg = Segmenter(model, device=device, backend=backend, classes=names, input_size=size,
                     min_area=min_area, threads=threads, tiling=tiling, tile_batch=batch_size,
-                    letterbox=pad)  # fmt: skip
+                    letterbox=pad, trust_code=trust_code)  # fmt: skip
     info = sys.stderr if json_lines else sys.stdout
     print_json = (lambda record: tqdm.write(json.dumps(record), file=sys.stdout)) if json_lines else None
     if streams:

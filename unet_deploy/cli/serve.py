@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import signal
-import tempfile
 import time
 from pathlib import Path
 
 import click
 
 from ..errors import UnetDeployError
+from ..fileio import private_tempdir
 from ._command import command, echo_err
 
 
@@ -23,8 +23,10 @@ from ._command import command, echo_err
 @click.option("--queue-delay-us", type=click.IntRange(0), default=None,
               help="How long Triton waits to fill a batch, microseconds [default: 2000].")
 @click.option("--name", default="unet", show_default=True, help="Model name clients ask for.")
+@click.option("--trust-code", is_flag=True,
+              help="Load a model file that runs code when loaded (.pt2: native code). Only for files you made.")
 def command(model: Path, port: int, grpc_port: int, metrics_port: int, host: str, instances: int | None,
-            max_batch: int | None, queue_delay_us: int | None, name: str) -> None:
+            max_batch: int | None, queue_delay_us: int | None, name: str, trust_code: bool) -> None:
     """Serve MODEL with NVIDIA Triton Inference Server until Ctrl-C or SIGTERM ([serve] extra).
 
     MODEL is any file Segmenter takes (.onnx, .xml, .torchscript.pt, .pt2, checkpoint .pt),
@@ -39,17 +41,22 @@ def command(model: Path, port: int, grpc_port: int, metrics_port: int, host: str
       python examples/triton_client.py images/ --url 127.0.0.1:8000 --out served/
     """
     from ..serve import DEFAULT_QUEUE_DELAY_US, TritonServer, export_triton
+    from ..serve.server import check_address
 
-    with tempfile.TemporaryDirectory(prefix="unet-serve-") as tmp:
+    check_address(host, {"http": port, "grpc": grpc_port, "metrics": metrics_port})  # before any export
+    with private_tempdir("serve") as tmp:
         if model.is_dir():
             if any(v is not None for v in (instances, max_batch, queue_delay_us)):
                 raise UnetDeployError(f"{model}: an exported repository keeps its own settings; "
                                       "edit its config.pbtxt, or pass a model file to set --instances/--max-batch/--queue-delay-us")
             repo = model
+            if not _models(repo):
+                raise UnetDeployError(f"{model}: no model in this folder (no <name>/config.pbtxt); pass a model file, "
+                                      "or a repository written by unet-export --format triton")
         else:
             repo = export_triton(model, tmp, name=name, instances=instances or 1, max_batch=max_batch or 8,
                                  queue_delay_us=DEFAULT_QUEUE_DELAY_US if queue_delay_us is None else queue_delay_us,
-                                 log=echo_err).parent
+                                 log=echo_err, trust_code=trust_code).parent
         server = TritonServer(repo, host, port, grpc_port, metrics_port, log=echo_err)
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import UnetDeployError
-from ..fileio import IMAGE_SUFFIXES, apply_orientation, atomic_write_bytes, atomic_write_text, quote, write_image
+from ..fileio import IMAGE_SUFFIXES, apply_orientation, atomic_write_bytes, atomic_write_text, fit_stem, quote, write_image
 from .classes import (BACKGROUND, BACKGROUND_NAMES, CLASS_NAMES_FILE, IGNORE_ID, IGNORE_LABEL, class_ids,
                       parse_classes, read_class_names, read_labels_file)
 from .labelme_files import LabelmeImage, glob_escape, load_labelme_image, read_image_oriented, read_labelme_json
@@ -40,24 +40,25 @@ __all__ = [
 
 
 def labelme_to_mask(
-    json_path: str | Path, class_ids: dict[str, int], skip_unknown: bool = False
+    json_path: str | Path, class_ids: dict[str, int], skip_unknown: bool = False, allow_outside: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a labelme JSON and return ``(image, mask)``.
 
     ``image`` is the annotated image as OpenCV reads it (BGR, gray or BGRA; 8 or 16
     bit), EXIF-oriented. ``mask`` is an HxW uint8 array of class ids from
     ``class_ids`` (see ``class_ids()``), 255 under ``__ignore__``. Raises
-    ``UnetDeployError`` (one line naming the file) for broken files and unknown labels.
+    ``UnetDeployError`` (one line naming the file) for broken files and unknown labels, and
+    for an ``imagePath`` outside the JSON's folder unless ``allow_outside``.
     """
-    image, mask, _, _ = _convert_one(Path(json_path), class_ids, skip_unknown)
+    image, mask, _, _ = _convert_one(Path(json_path), class_ids, skip_unknown, None, allow_outside)
     return image.image, mask
 
 
 def _convert_one(
-    json_path: Path, ids: dict[str, int], skip_unknown: bool
+    json_path: Path, ids: dict[str, int], skip_unknown: bool, root: Path | None = None, allow_outside: bool = False
 ) -> tuple[LabelmeImage, np.ndarray, int, dict[str, Any]]:
     data = read_labelme_json(json_path)
-    loaded = load_labelme_image(json_path, data)
+    loaded = load_labelme_image(json_path, data, root, allow_outside)
     mask, skipped = shapes_to_mask(data["shapes"], loaded.image.shape[:2], ids, skip_unknown, str(json_path))
     return loaded, mask, skipped, data
 
@@ -121,6 +122,9 @@ def unique_stems(src: Path, paths: list[Path]) -> dict[Path, str]:
     for p in paths:
         rel = p.relative_to(src) if src.is_dir() else Path(p.name)
         stem = "_".join(rel.with_suffix("").parts)
+        if not stem.strip(".") or stem.startswith("."):  # "..json", ".x.json": no empty, dot or hidden names
+            stem = "_" + stem
+        stem = fit_stem(stem)  # a/<200 chars>/<200 chars>.json: a legal path, too long as one name
         name, n = stem, 1
         while name.lower() in used:
             n += 1
@@ -138,6 +142,7 @@ def convert_folder(
     viz: bool = False,
     skip_unknown: bool = False,
     progress: bool = True,
+    allow_outside: bool = False,
 ) -> ConvertSummary:
     """Convert every labelme JSON under ``src`` into a VOC-style dataset in ``out``.
 
@@ -146,7 +151,8 @@ def convert_folder(
     Classes come from ``labels_file`` (labelme's labels.txt), else ``classes``, else
     ``src/labels.txt`` when present, else every label found (sorted). Nested files get
     stems joined from their sub-path with '_'. A broken file is recorded in
-    ``summary.failed`` and the others are still converted.
+    ``summary.failed`` and the others are still converted. An ``imagePath`` that leaves ``src``
+    is refused (that file fails) unless ``allow_outside``.
     """
     from tqdm import tqdm
 
@@ -177,7 +183,7 @@ def convert_folder(
     stems = unique_stems(src, jsons)
     for path in tqdm(jsons, desc="labelme", unit="file", disable=not progress, dynamic_ncols=True):
         try:
-            loaded, mask, skipped, _ = _convert_one(path, ids, skip_unknown)
+            loaded, mask, skipped, _ = _convert_one(path, ids, skip_unknown, root, allow_outside)
         except UnetDeployError as e:
             if "not a labelme file" in e.message:
                 summary.not_labelme.append(path)
@@ -209,7 +215,7 @@ def _write_image(folder: Path, stem: str, loaded: LabelmeImage) -> Path:
     suffix = loaded.suffix if loaded.suffix in IMAGE_SUFFIXES else ".png"
     target = folder / f"{stem}{suffix}"
     for old in folder.glob(f"{glob_escape(stem)}.*"):  # a rerun with another format: keep one image per stem
-        if old.suffix.lower() in IMAGE_SUFFIXES and old != target:
+        if old.stem == stem and old.suffix.lower() in IMAGE_SUFFIXES and old != target:  # not part.1.png for part
             old.unlink()
     if suffix != loaded.suffix:
         return write_image(target, loaded.image)

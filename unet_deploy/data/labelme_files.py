@@ -9,6 +9,7 @@ import base64
 import binascii
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -50,12 +51,21 @@ class LabelmeImage:
     suffix: str
 
 
-def load_labelme_image(json_path: str | Path, data: dict[str, Any] | None = None) -> LabelmeImage:
+def load_labelme_image(json_path: str | Path, data: dict[str, Any] | None = None, root: str | Path | None = None,
+                       allow_outside: bool = False) -> LabelmeImage:
     """Load the image of a labelme JSON: embedded ``imageData`` first, else ``imagePath``.
 
-    ``imagePath`` is taken relative to the JSON (Windows separators work); when it is
-    missing, an image with the JSON's stem beside it is used. Raises
+    ``imagePath`` is taken relative to the JSON as labelme takes it (Windows separators work);
+    when it is missing, an image with the JSON's stem beside it is used. Raises
     ``UnetDeployError`` naming the JSON when no image can be found or decoded.
+
+    Args:
+        json_path: the labelme JSON.
+        data: its parsed content (read here when None).
+        root: the folder images must stay inside (the source folder; default: the JSON's folder).
+            An ``imagePath`` that leaves it (``../``, absolute, a Windows drive or share) is not
+            read; the image of that name beside the JSON still is.
+        allow_outside: read an ``imagePath`` outside ``root`` too (``--allow-outside-images``).
     """
     json_path = Path(json_path)
     data = read_labelme_json(json_path) if data is None else data
@@ -74,7 +84,8 @@ def load_labelme_image(json_path: str | Path, data: dict[str, Any] | None = None
         except Exception:
             pass
     else:
-        path = _find_image_file(json_path, data.get("imagePath"))
+        inside = None if allow_outside else Path(root if root is not None else json_path.parent)
+        path = _find_image_file(json_path, data.get("imagePath"), inside)
         source = str(path)
         try:
             raw = path.read_bytes()
@@ -106,12 +117,25 @@ def read_image_oriented(path: str | Path) -> np.ndarray:
     return read_image(path)
 
 
-def _find_image_file(json_path: Path, image_path: Any) -> Path:
+def _inside(path: Path, root: Path) -> bool:
+    """``path`` lies under ``root`` once ``..`` is resolved by name (links are not followed: a link
+    someone put inside the folder is theirs)."""
+    real, top = os.path.abspath(path), os.path.abspath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _find_image_file(json_path: Path, image_path: Any, root: Path | None = None) -> Path:
+    """The image file of a JSON; with ``root``, an ``imagePath`` outside it is refused."""
     candidates: list[Path] = []
+    outside = False
     if isinstance(image_path, str) and image_path:
-        rel = Path(PureWindowsPath(image_path).as_posix()) if "\\" in image_path else Path(image_path)
-        candidates.append(rel if rel.is_absolute() else json_path.parent / rel)
-        candidates.append(json_path.parent / rel.name)
+        windows = PureWindowsPath(image_path)
+        rel = Path(windows.as_posix()) if "\\" in image_path or windows.drive else Path(image_path)
+        named = rel if rel.is_absolute() else json_path.parent / rel
+        outside = root is not None and (bool(windows.drive) or not _inside(named, root))
+        candidates += [] if outside else [named]
+        if rel.name not in ("", ".", ".."):
+            candidates.append(json_path.parent / rel.name)
     for c in candidates:
         try:
             if c.is_file() and c.resolve() != json_path.resolve():
@@ -120,8 +144,13 @@ def _find_image_file(json_path: Path, image_path: Any) -> Path:
             raise UnetDeployError(f"{quote(json_path)}: imagePath is unusable ({e.strerror}); fix it in labelme") from None
     stem = json_path.stem
     for c in sorted(json_path.parent.glob(f"{glob_escape(stem)}.*")):
-        if c.suffix.lower() in IMAGE_SUFFIXES and c.is_file():
+        if c.stem == stem and c.suffix.lower() in IMAGE_SUFFIXES and c.is_file():  # part.png, not part.1.png
             return c
+    if outside:
+        raise UnetDeployError(
+            f"{quote(json_path)}: imagePath {quote(image_path)} leaves {quote(root)} and is not read; "
+            "put the image inside the folder, or pass --allow-outside-images (allow_outside=True) if you trust the file"
+        )
     raise UnetDeployError(
         f"{quote(json_path)}: image {quote(image_path)} not found and no imageData embedded; "
         "put the image beside the JSON or save with image data in labelme"

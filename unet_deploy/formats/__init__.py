@@ -10,6 +10,7 @@ table built from the modules below: a new format is one module plus one entry in
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -21,7 +22,8 @@ from .spec import Format
 _MODULES = (torchscript, onnx, aoti, openvino, triton, pytorch)  # display order
 FORMATS: Mapping[str, Format] = MappingProxyType({m.FORMAT.name: m.FORMAT for m in _MODULES})
 
-__all__ = ["FORMATS", "Format", "exportable", "for_path", "get", "names", "sidecar_path", "strip_suffix", "suffixes"]
+__all__ = ["FORMATS", "TRUST_CODE_ENV", "Format", "check_trust", "exportable", "for_path", "get", "names", "sidecar_path",
+           "strip_suffix", "suffixes"]
 
 
 def names(formats: list[Format] | None = None) -> list[str]:
@@ -75,3 +77,29 @@ def sidecar_path(model_path: str | Path) -> Path:
     without its registry suffix (``.torchscript.pt``, ``.pt2``; ``model.int8.xml`` -> ``model.int8.json``)."""
     p = Path(model_path)
     return p.with_name(strip_suffix(p.name) + ".json")
+
+
+# Set to 1 to trust every model file that runs code when loaded (``check_trust``).
+TRUST_CODE_ENV = "UNET_DEPLOY_TRUST_CODE"
+
+
+def trusted_by_env() -> bool:
+    """``UNET_DEPLOY_TRUST_CODE`` is set to 1/true/yes."""
+    return os.environ.get(TRUST_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_trust(fmt: Format, path: str | Path, trust_code: bool = False) -> None:
+    """Refuse to load ``path`` as ``fmt`` when loading it runs code it carries and nobody said it may.
+
+    Args:
+        fmt: the format the file is loaded as (``for_path`` or the forced backend's row).
+        path: the model file, named in the error.
+        trust_code: the caller's opt-in (``Segmenter(trust_code=True)``, ``--trust-code``);
+            ``UNET_DEPLOY_TRUST_CODE=1`` opts in for the whole process.
+    """
+    if not fmt.runs_code or trust_code or trusted_by_env():
+        return
+    raise UnetDeployError(
+        f"{path}: loading this {fmt.title} file runs {fmt.runs_code}; load it only if you made it: "
+        f"pass --trust-code (Segmenter(..., trust_code=True)) or set {TRUST_CODE_ENV}=1, or run the .onnx instead"
+    )

@@ -24,6 +24,7 @@ FORMAT = Format(
     precisions=("fp32", "fp16"), devices=("cpu", "cuda"), needs_torch=True, requires=("torch",),
     options=frozenset({"dynamic", "portable"}), aliases=("pt2", "aotinductor"),
     note="compiled package for one device; aoti_load_package / AOTIModelPackageLoader",
+    runs_code="native code (the compiled kernels in its shared library)",
 )  # fmt: skip
 # Inductor compiles a dynamic dimension for sizes >= 2 (its 0/1 specialisation), so a package
 # exported with a dynamic batch refuses batch 1: the runtime pads to this (read from the metadata).

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnetDeployError
+from ..fileio import file_digest
 from ..meta import METADATA_KEY, ModelMeta
-from ._common import INPUT_NAME, OUTPUT_NAME, TORCH_JIT_DEPRECATED, ExportOptions, GateRequest, without
+from ._common import INPUT_NAME, OUTPUT_NAME, TORCH_JIT_DEPRECATED, ExportOptions, GateRequest, stderr_log, without
 from .quantize import Int8Graph
 from .spec import Format
 
@@ -34,6 +35,11 @@ FORMAT = Format(
     options=frozenset({"calib"}), aliases=("ov",), named_precisions=("bf16", "int8"),
     note="OpenVINO IR (.xml/.bin) for Intel CPUs; bf16/int8 must pass the accuracy gate",
 )  # fmt: skip
+RT_INFO_KEY = METADATA_KEY  # "unet_deploy", the same key as in the ONNX metadata_props
+# rt_info key of the .bin's digest (``fileio.file_digest``): an .xml and a .bin of two exports (a kill
+# between their moves) are refused at load instead of running as a model nobody trained.
+WEIGHTS_KEY = "unet_deploy_weights"
+_PENDING = "blake2b:" + "0" * 64  # the digest's place in the .xml while the .bin is being written
 PRECISIONS = FORMAT.precisions
 
 
@@ -82,9 +88,29 @@ def convert(model: Any, meta: ModelMeta) -> Any:
 
 
 def save(ov_model: Any, meta: ModelMeta, path: Path) -> None:
-    """Write ``path`` (.xml + .bin) with ``meta`` in its rt_info, weights as they are (no fp16 compression)."""
-    ov_model.set_rt_info(meta.to_json(), METADATA_KEY)
+    """Write ``path`` (.xml + .bin) with ``meta`` in its rt_info, weights as they are (no fp16 compression),
+    and the .bin's digest in the .xml (``WEIGHTS_KEY``, same length as its placeholder: nothing else moves)."""
+    ov_model.set_rt_info(meta.to_json(), RT_INFO_KEY)
+    ov_model.set_rt_info(_PENDING, WEIGHTS_KEY)
     require_openvino().save_model(ov_model, str(path), compress_to_fp16=False)
+    xml = path.read_bytes()
+    if xml.count(_PENDING.encode()) != 1:
+        raise UnetDeployError(f"{path}: the weights digest placeholder is not in the written .xml once; report a bug")
+    path.write_bytes(xml.replace(_PENDING.encode(), file_digest(path.with_suffix(".bin")).encode()))
+
+
+def check_weights(ov_model: Any, path: Path) -> None:
+    """Raise when the .bin beside ``path`` is not the one its .xml was written with (``WEIGHTS_KEY``;
+    IRs written before it carry no digest and pass)."""
+    if not ov_model.has_rt_info(WEIGHTS_KEY):
+        return
+    want = ov_model.get_rt_info(WEIGHTS_KEY).astype(str)
+    weights = path.with_suffix(".bin")
+    if file_digest(weights) != want:
+        raise UnetDeployError(
+            f"{path}: {weights.name} is not the weights this .xml was exported with (files of two exports, "
+            "e.g. a kill between their moves); export the model again"
+        )
 
 
 def write(model: Any, example: Any, path: Path, meta: ModelMeta,

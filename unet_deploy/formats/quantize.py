@@ -81,9 +81,11 @@ def overflow_fix(recipe: Int8Recipe, isa: str) -> str:
 def calibration_inputs(paths: list[Path], meta: ModelMeta) -> list[np.ndarray]:
     """Float32 ``(1, C, H, W)`` inputs letterboxed and normalised exactly as at run time."""
     from ..fileio import read_image
-    from ..preprocess import preprocess
+    from ..preprocess import check_varied, preprocess
 
-    return [preprocess(read_image(p), meta)[0][None] for p in paths]
+    images = [read_image(p) for p in paths]
+    check_varied(images, paths[0].parent if paths else "", "calibration")
+    return [preprocess(image, meta)[0][None] for image in images]
 
 
 def kept_fp32(recipe: Int8Recipe, convs: list[str]) -> list[str]:

@@ -5,6 +5,10 @@ programs load; AOTInductor (``aoti``) is its successor. ``torch.jit.script`` kee
 and the input size free (any multiple of 16); the module is scripted from a CPU copy so its
 weights load on any device with ``map_location``. ModelMeta travels in the ``_extra_files``
 entry ``unet_deploy.json``.
+
+Trust: an archive is in part code. Loading it runs no native code, but its TorchScript program
+(any ops torch offers, file and network access through them included) runs on every call: load
+only archives you made, like the ``weights_only`` promise for checkpoints.
 """
 from __future__ import annotations
 

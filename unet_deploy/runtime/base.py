@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import importlib
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,9 +35,10 @@ class Backend(abc.ABC):
     ``device`` is ``"cuda"`` or ``"cpu"`` (what really runs), ``precision`` what computes,
     ``device_note`` says why when a wish could not be met, ``meta`` is the ModelMeta found
     inside the file (or None), ``input_hw`` the fixed input (H, W) if the file fixes it,
-    ``fixed_batch`` the one batch size the file accepts (None: any) and ``num_outputs`` its
-    logit channels if known. An option the backend's ``__init__`` does not take is a one-line
-    error naming the closest one it does (the ``SHARED_OPTIONS`` excepted).
+    ``fixed_batch`` the one batch size the file accepts (None: any), ``num_outputs`` its
+    logit channels and ``in_channels`` its input channels if known. An option the backend's
+    ``__init__`` does not take is a one-line error naming the closest one it does (the
+    ``SHARED_OPTIONS`` excepted).
     """
 
     name: ClassVar[str] = "base"
@@ -59,6 +61,7 @@ class Backend(abc.ABC):
         self.input_hw: tuple[int, int] | None = None
         self.fixed_batch: int | None = None
         self.num_outputs: int | None = None
+        self.in_channels: int | None = None  # the network's input channels, where the file fixes them
 
     @abc.abstractmethod
     def forward(self, batch: np.ndarray) -> np.ndarray:
@@ -105,20 +108,24 @@ def load_backend(fmt: Format) -> type[Backend]:
     return resolve(fmt.backend_class)
 
 
-def backend_class(path: str | Path, backend: str = "auto") -> type[Backend]:
-    """The backend class for ``path``: by name (format, backend or alias), or (``"auto"``) by the file.
+def backend_format(path: str | Path, backend: str = "auto") -> Format:
+    """The format row ``path`` is loaded as: by backend name (format, backend or alias), or (``"auto"``) by the file.
 
     The format registry decides: the longest suffix wins, and a ``.pt`` that is really a
     TorchScript archive goes to the TorchScript backend.
     """
     if backend.strip().lower() != "auto":
         try:
-            fmt = formats.get(backend)
+            return formats.get(backend)
         except UnetDeployError:
             look_up(backend.strip().lower(), backend_names(), "backend")
             raise  # pragma: no cover - look_up raised for a name the registry does not know
-        return load_backend(fmt)
-    return load_backend(formats.for_path(path))
+    return formats.for_path(path)
+
+
+def backend_class(path: str | Path, backend: str = "auto") -> type[Backend]:
+    """The backend class for ``path`` (``backend_format``'s row)."""
+    return load_backend(backend_format(path, backend))
 
 
 def backend_names() -> list[str]:
@@ -151,6 +158,31 @@ def choose_device(device: str, cuda_available: bool, missing: str, path: Path | 
         where = f"{path}: " if path else ""
         raise UnetDeployError(f"{where}CUDA was asked for but {missing}; use --device cpu (or auto)")
     return "cpu", missing
+
+
+def file_meta(backend: Backend) -> ModelMeta | None:
+    """The ModelMeta inside the backend's file, else its ``<stem>.json`` sidecar (None: neither).
+
+    A sidecar that disagrees with the file's own metadata (a stale one, or files of two exports) is
+    not used, and a ``RuntimeWarning`` says so, naming the first field that differs.
+    """
+    side = sidecar_meta(backend.path) if backend.meta is None else None
+    if backend.meta is None:
+        return side
+    from ..formats import sidecar_path
+
+    path = sidecar_path(backend.path)
+    if path.is_file():
+        try:
+            other = ModelMeta.load(path).to_dict()
+        except UnetDeployError as e:
+            other = {"(readable)": e.message}
+        own = backend.meta.to_dict()
+        differ = [k for k in dict.fromkeys([*own, *other]) if own.get(k) != other.get(k)]
+        if differ:
+            warnings.warn(f"{path}: disagrees with the metadata inside {backend.path.name} ({differ[0]}); the file's "
+                          "own is used: delete or rewrite the sidecar (re-export)", RuntimeWarning, stacklevel=3)
+    return backend.meta
 
 
 def sidecar_meta(path: Path) -> ModelMeta | None:

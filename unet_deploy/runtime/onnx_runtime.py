@@ -83,6 +83,8 @@ class OnnxRuntimeBackend(Backend):
             self.fixed_batch = shape[0]
         if all(isinstance(v, int) and v > 0 for v in shape[2:]):
             self.input_hw = (shape[2], shape[3])
+        if isinstance(shape[1], int) and shape[1] > 0:
+            self.in_channels = shape[1]
         oshape = list(out.shape)
         if len(oshape) == 4 and isinstance(oshape[1], int) and oshape[1] > 0:
             self.num_outputs = oshape[1]
@@ -90,7 +92,11 @@ class OnnxRuntimeBackend(Backend):
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
-        (logits,) = self.session.run([self.output_name], {self.input_name: x})
+        try:
+            (logits,) = self.session.run([self.output_name], {self.input_name: x})
+        except Exception as e:  # onnxruntime's pybind errors: the file disagrees with its metadata or input
+            raise UnetDeployError(f"{self.path}: onnxruntime cannot run a {'x'.join(map(str, x.shape))} input "
+                                  f"({first_line(e)}); check the model's metadata, or re-export it") from None
         return logits.astype(np.float32, copy=False)
 
 

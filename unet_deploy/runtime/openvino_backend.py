@@ -19,7 +19,7 @@ import numpy as np
 from .. import cpu
 from ..errors import UnetDeployError
 from ..formats._common import first_line
-from ..formats.openvino import PRECISIONS, read_meta, require_openvino
+from ..formats.openvino import PRECISIONS, check_weights, read_meta, require_openvino
 from .base import Backend, parse_device, sidecar_meta
 
 MAX_SHAPES = 8  # compiled input shapes kept per model (rect letterbox: one per frame aspect)
@@ -111,6 +111,7 @@ class OpenVINOBackend(Backend):
             self.model = core().read_model(str(path))
         except RuntimeError as e:
             raise UnetDeployError(f"{path}: not a readable OpenVINO IR ({first_line(e)}); re-export it") from None
+        check_weights(self.model, path)
         self.meta = read_meta(self.model, path) or sidecar_meta(path)
         self.threads = threads
         self.exported = self.exported_precision()
@@ -121,13 +122,20 @@ class OpenVINOBackend(Backend):
         out = self.model.outputs[0].get_partial_shape()
         if out.rank.is_static and out[1].is_static:
             self.num_outputs = out[1].get_length()
+        inp = self.model.inputs[0].get_partial_shape()
+        if inp.rank.is_static and inp.rank.get_length() == 4 and inp[1].is_static:
+            self.in_channels = inp[1].get_length()
         # One compiled model per input (H, W), shared by all threads (least recently used dropped past
         # MAX_SHAPES); one InferRequest per thread and shape, since a request is not thread-safe.
         self._compiled: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._local = threading.local()
         if self.meta is not None:
-            self._request(tuple(self.meta.input_size))
+            try:
+                self._request(tuple(self.meta.input_size))
+            except RuntimeError as e:  # weights that do not fit the graph (a .bin of another model, zeros)
+                raise UnetDeployError(f"{path}: OpenVINO cannot compile this IR ({first_line(e)}); its .bin may "
+                                      "not belong to its .xml: export the model again") from None
 
     def _request(self, hw: tuple[int, int]) -> Any:
         """This thread's infer request for input height and width ``hw`` (compiled on first use)."""
@@ -159,6 +167,10 @@ class OpenVINOBackend(Backend):
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """float32 ``(N, C, H, W)`` -> float32 logits ``(N, K, H, W)``."""
-        request = self._request((int(batch.shape[2]), int(batch.shape[3])))
-        request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        try:
+            request = self._request((int(batch.shape[2]), int(batch.shape[3])))
+            request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        except RuntimeError as e:  # OpenVINO's errors on an IR that disagrees with its .bin or its input
+            raise UnetDeployError(f"{self.path}: OpenVINO cannot run a {'x'.join(map(str, batch.shape))} input "
+                                  f"({first_line(e)}); check the model's metadata, or re-export it") from None
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)

@@ -20,10 +20,11 @@ from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
 from ..formats import sidecar_path
-from ..meta import TRAINED_LETTERBOX, ModelMeta, check_size, check_tiling, deployed, letterbox_note
+from ..meta import TRAINED_LETTERBOX, ModelMeta, check_int, check_size, check_tiling, deployed, letterbox_note, max_batch
+from ..postprocess import check_finite
 from ..preprocess import check_image, letterbox_geometry, preprocess
 from ..tiling import tiled_class_map
-from .base import Backend, backend_class, sidecar_meta
+from .base import Backend, backend_format, file_meta, load_backend
 from .result import ARRAY_NAME, ImageLike, Inferred, Prepared, Result, finish
 
 __all__ = ["ARRAY_NAME", "ImageLike", "Inferred", "PIPELINES", "Prepared", "Result", "Segmenter"]
@@ -63,7 +64,9 @@ class Segmenter:
             default), and ``describe()`` says so.
         tiling: ``None`` follows the model's ``meta.tiling``; ``{"scale": s, "overlap": o}`` tiles every
             image at native resolution (``unet_deploy.tiling``); ``False`` letterboxes the whole image.
-        tile_batch: tiles per inference call when tiling.
+        tile_batch: tiles per inference call when tiling; like ``batch_size``, capped so that one
+            network call fits the memory budget (``meta.max_batch``, ``UNET_DEPLOY_MAX_MEMORY_MB``). A
+            model whose one input cannot fit is refused here.
         letterbox: the pad mode (``"top-left"``, ``"center"``, ``"rect"``: pad only to the next multiple
             of 16). ``None``: the file's; a checkpoint runs with the letterbox its exports write
             (``meta.deployed``: ``rect`` for a model trained top-left), so that a checkpoint and its
@@ -71,6 +74,9 @@ class Segmenter:
         pipeline: ``"host"`` (numpy/OpenCV/Pillow around the backend), ``"device"`` (torch backends:
             letterbox, network, argmax and mapping back on the model's device, only the mask and the
             small logits copied back, CUDA graphs on CUDA) or ``"auto"`` (device on CUDA, else host).
+        trust_code: load a file that runs code when loaded (an AOTInductor ``.pt2`` carries a shared
+            library) only when True or ``UNET_DEPLOY_TRUST_CODE=1``; else a one-line refusal. ONNX
+            and OpenVINO IR are data; TorchScript is in part code (README "Trust").
     """
 
     def __init__(
@@ -88,23 +94,32 @@ class Segmenter:
         tile_batch: int = 8,
         letterbox: str | None = None,
         pipeline: str = "auto",
+        trust_code: bool = False,
     ) -> None:
         self.model_path = Path(model)
         if not self.model_path.is_file():
             _refuse_path(self.model_path)
         classes = [str(c) for c in classes] if classes else None
-        cls = backend_class(self.model_path, backend)
+        fmt = backend_format(self.model_path, backend)
+        formats.check_trust(fmt, self.model_path, trust_code)  # a .pt2 runs native code: only on opt-in
+        cls = load_backend(fmt)
         self._backend: Backend = cls(self.model_path, device=device, threads=threads, precision=precision,
                                      providers=providers, classes=classes)  # fmt: skip
         self.meta = _resolve_meta(self._backend, classes, input_size)
         if letterbox is not None or self._backend.source_model:  # a checkpoint runs as its exports do
             self.meta = deployed(self.meta, letterbox)
+        if self._backend.input_hw and self.meta.pad == "rect":  # rect makes non-square inputs: a fixed net fails
+            raise UnetDeployError(
+                f"{self.model_path}: the network's input is fixed at {self._backend.input_hw[0]}x"
+                f"{self._backend.input_hw[1]} but its letterbox is rect (any multiple of 16); run it with "
+                "--letterbox top-left (letterbox='top-left') or re-export it with --dynamic"
+            )
         if tiling is True:
             raise UnetDeployError("tiling=True says nothing about the scale; pass {'scale': 1.0, 'overlap': 0.25}")
         self.tiling = None if tiling is False else check_tiling(self.meta.tiling if tiling is None else tiling)
-        if int(tile_batch) < 1:
-            raise UnetDeployError(f"tile_batch {tile_batch} must be at least 1")
-        self.tile_batch = int(tile_batch)
+        # inputs per network call that fit memory, from the declared size before anything is allocated
+        self.max_batch = max_batch(self.meta, source=str(self.model_path))
+        self.tile_batch = min(check_int(tile_batch, "tile_batch", 1), self.max_batch)
         self.min_area = int(min_area)
         mismatch = cpu.int8_mismatch(self.meta.extra.get("int8"), self.model_path.name)
         if mismatch:
@@ -190,8 +205,7 @@ class Segmenter:
     def predict_iter(self, images: Iterable[ImageLike], batch_size: int = 8) -> Iterator[Result]:
         """Like ``predict_batch`` but yields results as each batch completes (for progress bars
         and for folders too large to keep in memory)."""
-        if batch_size < 1:
-            raise UnetDeployError(f"batch size {batch_size} must be at least 1")
+        batch_size = min(check_int(batch_size, "batch size", 1), self.max_batch)  # capped by memory
         chunk: list[ImageLike] = []
         for item in images:
             chunk.append(item)
@@ -263,6 +277,7 @@ class Segmenter:
             logits = np.concatenate(parts)
         if logits.ndim != 4 or logits.shape[1] != self.meta.num_outputs:
             self.meta.check_num_outputs(logits.shape[1] if logits.ndim == 4 else -1, str(self.model_path))
+        check_finite(logits, str(self.model_path))
         return logits
 
     def infer_items(self, items: Sequence[Prepared]) -> list[Inferred]:
@@ -301,6 +316,8 @@ class Segmenter:
         t0 = time.perf_counter()
         if kind == "frame":
             found = self._device_pipeline([item.image for item in items])
+            for f in found:
+                check_finite(f.logits, str(self.model_path))
         else:
             logits = self.infer(np.stack([item.x for item in items]))
         ms = _ms(t0) / len(items)
@@ -329,10 +346,23 @@ class Segmenter:
             except UnetDeployError as e:
                 file = ARRAY_NAME if isinstance(image, np.ndarray) else str(image)
                 results[i] = Result(file, classes=self.classes, error=e.message)
-        outs = self.infer_items([item for _, item in ready]) if ready else []
+        try:
+            outs: list[Inferred | UnetDeployError] = self.infer_items([item for _, item in ready]) if ready else []
+        except UnetDeployError:  # NaN logits, a file the backend cannot run, a tiled image too large: whose?
+            outs = [self._infer_one(item) for _, item in ready]
         for (i, item), out in zip(ready, outs):
-            results[i] = self.postprocess(item, out)
+            if isinstance(out, UnetDeployError):
+                results[i] = Result(item.file, classes=self.classes, error=_one_line(out.message, item.file))
+            else:
+                results[i] = self.postprocess(item, out)
         return results  # type: ignore[return-value]
+
+    def _infer_one(self, item: Prepared) -> Inferred | UnetDeployError:
+        """One image's inference, or the error that makes it fail alone (reported, the chunk goes on)."""
+        try:
+            return self.infer_items([item])[0]
+        except UnetDeployError as e:
+            return e
 
 
 def _refuse_path(path: Path) -> None:
@@ -349,7 +379,7 @@ def _refuse_path(path: Path) -> None:
 def _resolve_meta(backend: Backend, classes: list[str] | None, input_size: Any) -> ModelMeta:
     """ModelMeta from the file, else the sidecar, else ``classes``/``input_size``; overrides applied."""
     path = backend.path
-    meta = backend.meta or sidecar_meta(path)
+    meta = file_meta(backend)
     if meta is None:
         if not classes:
             raise UnetDeployError(
@@ -380,6 +410,11 @@ def _resolve_meta(backend: Backend, classes: list[str] | None, input_size: Any) 
         )
     if backend.num_outputs is not None:
         meta.check_num_outputs(backend.num_outputs, str(path))
+    if backend.in_channels is not None and backend.in_channels != meta.in_channels:
+        raise UnetDeployError(
+            f"{path}: the network takes {backend.in_channels} input channels but the metadata says {meta.color} "
+            f"({meta.in_channels}); the metadata belongs to another model: fix the sidecar or re-export"
+        )
     return meta
 
 

@@ -13,6 +13,8 @@ default); ``device_note`` says so.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,6 +47,11 @@ def _input_checks() -> Iterator[None]:
             os.environ.pop("AOTI_RUNTIME_CHECK_INPUTS", None)
         else:
             os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = previous
+
+
+def _aoti_tempdirs() -> set[Path]:
+    """The ``aotinductor_*`` folders torch's package loader extracts into the temp folder."""
+    return {p for p in Path(tempfile.gettempdir()).glob("aotinductor_*") if p.is_dir() and not p.is_symlink()}
 
 
 def _import_torch(path: Path, backend: str) -> Any:
@@ -197,12 +204,15 @@ class AOTIBackend(_TorchBackend):
         wish = parse_device(device)
         super().__init__(path, "cpu" if wish[0] == "auto" else device, threads, precision)
         torch = self.torch
+        before = _aoti_tempdirs()
         index = self.torch_device.index if self.torch_device.type == "cuda" else -1
         try:
             with _input_checks():
                 self.compiled = torch._inductor.aoti_load_package(str(self.path), device_index=index)
             metadata = self.compiled.get_metadata()
         except Exception as e:  # RuntimeError, or pybind errors for a file that is no package
+            for left in _aoti_tempdirs() - before:  # what the failed load extracted: not left behind
+                shutil.rmtree(left, ignore_errors=True)
             raise UnetDeployError(f"{self.path}: not a loadable AOTInductor package ({first_line(e)})") from None
         built_for = aoti_format.built_for(metadata)
         if wish[0] != "auto" and wish[0] != built_for:

@@ -52,7 +52,7 @@ class TritonPythonModel:
             device = "cuda" if args["model_instance_kind"] == "GPU" else "cpu"
             threads = int(params["threads"]) if params.get("threads") else None
             self.seg = Segmenter(os.path.join(here, params["model_file"]), device=device, threads=threads,
-                                 min_area=self.min_area)
+                                 min_area=self.min_area, trust_code=params.get("trust_code") == "1")
 
     def execute(self, requests):
         return {"segmenter": self._segment, "pre": self._pre, "post": self._post}[self.role](requests)

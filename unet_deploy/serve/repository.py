@@ -14,19 +14,37 @@ original size) and ``regions`` (JSON: ``Result.to_dict()``, the objects of repor
 from __future__ import annotations
 
 import json
+import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import UnetDeployError
+from ..fileio import private_tempdir
 from ..formats import sidecar_path
 from ..meta import ModelMeta
 
 LAYOUTS = ("python", "ensemble")
 DEFAULT_QUEUE_DELAY_US = 2000  # dynamic batching waits at most 2 ms for more requests to join a batch
 MODEL_PY = Path(__file__).with_name("python_model.py")
+# A Triton model name is the name of its folder in the repository and of its config: letters,
+# digits, "_", "-" and "." (not first), at most 64 characters. No separators, no "..", not empty.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def check_model_name(name: object) -> str:
+    """Return ``name`` if it is a Triton model name (``MODEL_NAME``), else raise the one-line error.
+
+    Args:
+        name: the model name clients ask for (``--name``); it becomes a folder of the repository.
+    """
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise UnetDeployError(
+            f"model name {name!r} is not a Triton model name: use 1-64 letters, digits, '_', '-' or '.' "
+            "(not first), no path separators, e.g. --name unet"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,7 @@ def export_triton(
     threads: int | None = None,
     min_area: int = 0,
     log: Callable[[str], None] | None = None,
+    trust_code: bool = False,
 ) -> Path:
     """Write the Triton model repository for one model into ``out_repo``; returns ``out_repo/<name>``.
 
@@ -100,7 +119,11 @@ def export_triton(
     copies per server (``instance_group``, ``device`` "cpu" or "gpu" sets its kind),
     ``max_batch`` the largest batch Triton forms, ``queue_delay_us`` how long it waits to form one.
     ``threads`` sets each instance's intra-op threads; ``min_area`` drops smaller regions.
+    ``name`` must be a Triton model name (``check_model_name``); a model folder already in
+    ``out_repo`` is replaced only when this package wrote it. ``trust_code`` lets a ``.pt2``
+    (native code) load, here and in the server (``Segmenter(trust_code=...)``).
     """
+    check_model_name(name)
     if layout not in LAYOUTS:
         raise UnetDeployError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if device not in ("cpu", "gpu"):
@@ -110,9 +133,12 @@ def export_triton(
     log = log or (lambda message: None)
     out_repo = Path(out_repo)
     kind = "KIND_GPU" if device == "gpu" else "KIND_CPU"
-    with tempfile.TemporaryDirectory(prefix="unet-triton-export-") as tmp:
-        files, meta = _artefact(Path(model_file_or_checkpoint), Path(tmp), onnx_only=layout == "ensemble", log=log)
+    with private_tempdir("triton-export") as tmp:
+        files, meta = _artefact(Path(model_file_or_checkpoint), Path(tmp), onnx_only=layout == "ensemble", log=log,
+                                trust_code=trust_code)
         params = {"unet_deploy": meta.to_json(), "min_area": str(int(min_area))}
+        if trust_code:
+            params["trust_code"] = "1"
         if layout == "python":
             params.update(role="segmenter", model_file=files[0].name, threads=str(threads or ""))
             raw = Tensor("raw", "TYPE_UINT8", (-1, -1, -1), optional=True)
@@ -135,14 +161,15 @@ def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: Any) -> M
     from ..export import export_to
     from ..formats import onnx as onnx_format
 
-    with tempfile.TemporaryDirectory(prefix="unet-triton-onnx-") as tmp:
+    with private_tempdir("triton-onnx") as tmp:
         onnx_path = Path(tmp) / f"{Path(path).name.split('.')[0] or 'model'}.onnx"
         export_to(onnx_format.FORMAT, model, meta, onnx_path, opts)  # staged, parity-checked, with its sidecar
         export_triton(onnx_path, path, log=opts.log)
     return meta
 
 
-def _artefact(path: Path, tmp: Path, onnx_only: bool, log: Callable[[str], None]) -> tuple[list[Path], ModelMeta]:
+def _artefact(path: Path, tmp: Path, onnx_only: bool, log: Callable[[str], None],
+              trust_code: bool = False) -> tuple[list[Path], ModelMeta]:
     """The model file(s) to put in the repository (a checkpoint exported to ONNX) and its ModelMeta."""
     from .. import formats
 
@@ -161,7 +188,7 @@ def _artefact(path: Path, tmp: Path, onnx_only: bool, log: Callable[[str], None]
         raise UnetDeployError(f"{path}: the ensemble layout needs an ONNX model (or a checkpoint); pass the .onnx or use layout python")
     from ..runtime import Segmenter
 
-    meta = Segmenter(path, device="cpu").meta  # loads it: a broken file fails here, not in the server
+    meta = Segmenter(path, device="cpu", trust_code=trust_code).meta  # loads it: a broken file fails here, not in the server
     files = [path] + [p for p in (path.with_suffix(".bin"),) if fmt.name == "openvino" and p.is_file()]
     if sidecar_path(path).is_file():
         files.append(sidecar_path(path))
@@ -170,14 +197,28 @@ def _artefact(path: Path, tmp: Path, onnx_only: bool, log: Callable[[str], None]
 
 def _write_model(model_dir: Path, config: str, files: Sequence[Path] = (), model_py: bool = True) -> None:
     version = model_dir / "1"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
+    if model_dir.exists() or model_dir.is_symlink():
+        _remove_own_model(model_dir)
     version.mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(config)
     if model_py:
         shutil.copyfile(MODEL_PY, version / "model.py")
     for f in files:
         shutil.copyfile(f, version / f.name)
+
+
+def _remove_own_model(model_dir: Path) -> None:
+    """Delete a model folder this module wrote earlier (a config.pbtxt with our ``unet_deploy`` parameter);
+    anything else is left alone with a one-line error."""
+    config = model_dir / "config.pbtxt"
+    try:
+        ours = model_dir.is_dir() and not model_dir.is_symlink() and "unet_deploy" in read_parameters(config)
+    except (OSError, UnicodeDecodeError, ValueError):
+        ours = False
+    if not ours:
+        raise UnetDeployError(f"{model_dir}: exists and was not written by unet-deploy; remove it yourself "
+                              "or choose another model name or repository folder")
+    shutil.rmtree(model_dir)
 
 
 def _write_ensemble(out_repo: Path, name: str, onnx_path: Path, meta: ModelMeta, params: dict[str, str],

@@ -12,6 +12,7 @@ with a pybind11 that reads numpy 1's array layout: under numpy 2 it garbles ever
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import site
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import UnetDeployError
+from ..fileio import private_tempdir
 
 INSTALL_HINT = (
     "install the [serve] extra: pip install --no-deps nvidia-pytriton==0.7.0 && pip install 'unet-deploy[serve]'"
@@ -94,6 +96,38 @@ def _libpython_dir() -> str | None:
     return libdir if libdir and soname and (Path(libdir) / soname).is_file() else None
 
 
+def check_address(host: str, ports: dict[str, int]) -> None:
+    """Raise the one-line error when ``host`` is no address of this machine or a port is out of range
+    or taken (0 stands for "pick a free one" and always passes).
+
+    Args:
+        host: the address to bind (``127.0.0.1``, ``0.0.0.0``, a local name).
+        ports: ``{"http": 8000, ...}``; each is tried with a bind and released at once.
+    """
+    for what, port in ports.items():
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise UnetDeployError(f"--{what}-port {port!r} is not a TCP port: use 1-65535, or 0 to pick a free one")
+    taken = [(what, p) for what, p in ports.items() if p and list(ports.values()).count(p) > 1]
+    if taken:
+        raise UnetDeployError(f"port {taken[0][1]} is given for {' and '.join(w for w, _ in taken)}; give each its own")
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError) as e:
+        raise UnetDeployError(f"--host {host!r} is not an address of this machine ({e}); use 127.0.0.1 or 0.0.0.0") from None
+    family, *_, address = infos[0]
+    for what, port in ports.items():
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver binds: TIME_WAIT is no conflict
+            try:
+                s.bind((address[0], port))
+            except OSError as e:
+                busy = "in use by another program" if e.errno == errno.EADDRINUSE else e.strerror
+                raise UnetDeployError(
+                    f"{host}:{port} ({what}) cannot be bound: {busy}; pick another --{what}-port (0: a free one)"
+                    + (" or --host" if e.errno == errno.EADDRNOTAVAIL else "")
+                ) from None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (for tests and ``--port 0``)."""
     with socket.socket() as s:
@@ -123,8 +157,9 @@ class TritonServer:
         if not self.repository.is_dir():
             raise UnetDeployError(f"{self.repository}: not a model repository folder; export one with export_triton")
         self.host = host
-        self.ports = {k: p or free_port(host) for k, p in
-                      (("http", http_port), ("grpc", grpc_port), ("metrics", metrics_port))}
+        asked = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        check_address(host, asked)
+        self.ports = {k: p or free_port(host) for k, p in asked.items()}
         self.models = list(models or [])
         self.log = log or (lambda message: None)
         self.process: subprocess.Popen | None = None
@@ -156,7 +191,7 @@ class TritonServer:
         env["UNET_DEPLOY_PYTHONPATH"] = os.pathsep.join(stub_python_path())
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (str(self._install.libs), _libpython_dir(), env.get("LD_LIBRARY_PATH")) if p)
-        self._tmp = tempfile.TemporaryDirectory(prefix="unet-triton-")
+        self._tmp = private_tempdir("triton")
         backends = Path(self._tmp.name) / "backends"
         (backends / "python").mkdir(parents=True)
         for src in (*self._install.python_backend.glob("*.so"), *self._install.python_backend.glob("*.py"), self._install.stub):
