@@ -31,6 +31,8 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
               help="auto (by file suffix), onnxruntime, torchscript, aoti or checkpoint.")
 @click.option("--min-area", default=0, show_default=True, type=click.IntRange(0),
               help="Drop regions smaller than this (original pixels).")
+@click.option("--min-score", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Drop regions whose score (mean probability of their class over their pixels) is lower.")
 @click.option("--batch-size", "-b", default=8, show_default=True, type=click.IntRange(1), help="Images per inference call.")
 @click.option("--json", "json_lines", is_flag=True, help="Also print one JSON object per image on stdout.")
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write overlays/<stem>.jpg.")
@@ -50,7 +52,8 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--letterbox", "pad", type=click.Choice(["top-left", "center", "rect"]), default=None,
               help="Override the model's letterbox pad (rect: pad only to the next multiple of 16).")
 def command(
-    model: str, sources: tuple[str, ...], out: str, device: str, backend: str, min_area: int, batch_size: int,
+    model: str, sources: tuple[str, ...], out: str, device: str, backend: str, min_area: int, min_score: float,
+    batch_size: int,
     json_lines: bool, overlays: bool, classes: str | None, img_size: str | None, threads: int | None,
     tile_scale: float | None, overlap: float | None, no_tile: bool, every: int | None, max_frames: int | None,
     save_video: str | None, drop_frames: bool, pad: str | None,
@@ -66,7 +69,7 @@ def command(
     Writes:
       OUT/masks/<stem>.png     palette PNG, pixel = class id, original size
       OUT/overlays/<stem>.jpg  classes filled, region contours in green
-      OUT/report.json          per image: size, regions (class, area, bbox, contour), timings
+      OUT/report.json          per image: size, regions (class, area, bbox, contour, score), timings
       OUT/report.jsonl         video: one line per processed frame (frame, timestamp_ms, time,
                                size, regions, timings), flushed as it goes
 
@@ -108,7 +111,7 @@ def command(
     if tile_scale is not None:
         tiling = {"scale": tile_scale, "overlap": 0.25 if overlap is None else overlap}
     seg = Segmenter(model, device=device, backend=backend, classes=names, input_size=size,
-                    min_area=min_area, threads=threads, tiling=tiling, tile_batch=batch_size,
+                    min_area=min_area, min_score=min_score, threads=threads, tiling=tiling, tile_batch=batch_size,
                     letterbox=pad)  # fmt: skip
     info = sys.stderr if json_lines else sys.stdout
     print_json = (lambda record: tqdm.write(json.dumps(record), file=sys.stdout)) if json_lines else None
