@@ -44,7 +44,10 @@ def reduced_precision(model: Any, precision: str, channels_last: bool | None = N
             super().__init__()
             self.model = inner
             self.channels_last = layout
-            self.register_buffer("probe", torch.zeros((), dtype=dtype), persistent=False)
+            # the dtype probe lives where the weights do (and moves with them): ``type_as`` then
+            # casts the input without moving it to another device
+            where = next(inner.parameters(), torch.zeros(())).device
+            self.register_buffer("probe", torch.zeros((), dtype=dtype, device=where), persistent=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x.type_as(self.probe)

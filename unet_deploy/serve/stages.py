@@ -5,7 +5,7 @@ server's Python-backend stub and in-process in tests. The single-model layout ca
 ``Segmenter.predict_batch`` between ``request_images`` (``fileio.decode_image``: the one image
 reader, EXIF orientation included) and ``pack_results``; the ensemble
 layout cuts the same pipeline around the network: ``prepare`` (decode + THE letterbox) and
-``finish`` (argmax, exact un-letterbox, regions with their scores).
+``finish`` (argmax, exact un-letterbox, regions).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 from ..errors import UnetDeployError
 from ..fileio import decode_image
 from ..meta import ModelMeta
-from ..postprocess import argmax, class_boxes, find_regions, to_original, top_probability
 from ..preprocess import LetterboxTransform, preprocess
-from ..runtime.segmenter import ARRAY_NAME, Result
+from ..runtime import result as result_stage
+from ..runtime.result import ARRAY_NAME, Inferred, Prepared, Result
 
 TRANSFORM_WIDTH = 8  # src_hw, dst_hw, new_hw, offset as int32: how "transform" travels pre -> post
 
@@ -62,14 +62,14 @@ def prepare(images: Sequence[np.ndarray], meta: ModelMeta) -> tuple[np.ndarray, 
 def finish(logits: np.ndarray, transforms: np.ndarray, meta: ModelMeta, min_area: int = 0,
            min_score: float = 0.0) -> list[Result]:  # fmt: skip
     """Ensemble post step: logits [n, K, h, w] and ``prepare``'s transforms -> one ``Result`` per image
-    (regions scored from the logits, those below ``min_area`` or ``min_score`` dropped, as ``Segmenter``)."""
+    (the Segmenter's own last stage, ``runtime.result.finish``)."""
     meta.check_num_outputs(int(logits.shape[1]), "the network model's output")
     results = []
-    for class_map, t, one in zip(argmax(logits), np.asarray(transforms, np.int64), logits):
+    for one, t in zip(logits, np.asarray(transforms, np.int64)):
         v = [int(a) for a in t]
         transform = LetterboxTransform((v[0], v[1]), (v[2], v[3]), (v[4], v[5]), (v[6], v[7]))
-        mask = to_original(class_map, transform)
-        regions = find_regions(mask, meta.classes, min_area, class_boxes(class_map, transform),
-                               top_probability(one, class_map), transform, min_score)  # fmt: skip
-        results.append(Result(ARRAY_NAME, mask, regions, {}, list(meta.classes)))
+        result = result_stage.finish(Prepared(ARRAY_NAME, transform=transform), Inferred(one), meta.classes, min_area,
+                                     min_score)  # fmt: skip
+        result.timings = {}
+        results.append(result)
     return results
