@@ -9,6 +9,7 @@ import click
 
 from ..errors import UnetDeployError
 from ._command import command as _command
+from ._command import tiling_choice
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:
@@ -103,13 +104,7 @@ def command(
     images = [] if streams else collect_images(sources)
     size = _parse_size(img_size)
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    if no_tile and tile_scale is not None:
-        raise UnetDeployError("--no-tile and --tile-scale contradict each other; pass one of them")
-    if overlap is not None and tile_scale is None:
-        raise UnetDeployError("--overlap applies to tiles: pass --tile-scale S with it")
-    tiling: dict[str, float] | bool | None = False if no_tile else None
-    if tile_scale is not None:
-        tiling = {"scale": tile_scale, "overlap": 0.25 if overlap is None else overlap}
+    tiling = tiling_choice(tile_scale, overlap, no_tile)
     seg = Segmenter(model, device=device, backend=backend, classes=names, input_size=size,
                     min_area=min_area, min_score=min_score, threads=threads, tiling=tiling, tile_batch=batch_size,
                     letterbox=pad)  # fmt: skip
