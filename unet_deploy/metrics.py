@@ -4,7 +4,12 @@ A confusion matrix counts pixels (row: ground truth, column: prediction); ground
 ``>= num_classes`` (the ignore value 255 among them) are skipped. IoU and Dice of a class are
 computed from it; **a class that is absent from both ground truth and prediction has no
 IoU (NaN) and is left out of the mean**, as in VOC and mmsegmentation. Values are fractions
-in [0, 1]; multiply by 100 for points. numpy only; torch tensors are accepted by ``confusion``.
+in [0, 1]; multiply by 100 for points. numpy (and OpenCV's connected components for defects);
+torch tensors are accepted by ``confusion``.
+
+Defects (``image_defects``, ``defect_table``, ``score_sweep``; `unet-deploy eval`) are defined in
+the comment above ``SIZE_BUCKETS``: truth components found at >= half their pixels, predicted
+regions that are false alarms at < half, per size bucket, and as ``--min-score`` rises.
 """
 from __future__ import annotations
 
