@@ -21,18 +21,19 @@ import numpy as np
 IGNORE_INDEX = 255
 
 
-def confusion(truth: Any, pred: Any, num_classes: int) -> np.ndarray:
+def confusion(truth: Any, pred: Any, num_classes: int, to_numpy: bool = True) -> Any:
     """``num_classes x num_classes`` int64 pixel counts of ``truth`` against ``pred`` (same shape).
 
-    Works on numpy arrays and on torch tensors (counted on their device, returned as numpy).
+    Works on numpy arrays and on torch tensors (counted on their device and returned as numpy,
+    or, with ``to_numpy=False``, as a tensor on that device: no wait for the GPU per batch).
     """
     if hasattr(truth, "device") and hasattr(truth, "long"):  # a torch tensor: count where it lives
         import torch
 
         valid = truth < num_classes
         index = truth[valid].long() * num_classes + pred[valid].long()
-        counts = torch.bincount(index, minlength=num_classes * num_classes)
-        return counts.reshape(num_classes, num_classes).cpu().numpy()
+        counts = torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+        return counts.cpu().numpy() if to_numpy else counts
     truth, pred = np.asarray(truth), np.asarray(pred)
     if truth.shape != pred.shape:
         raise ValueError(f"truth {truth.shape} and prediction {pred.shape} differ in shape")

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..meta import DIVISOR, MIN_SIZE
 
+MAX_BATCH = 65535  # the largest batch a dynamic-batch export accepts
 # Precision name -> torch dtype name.
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -68,7 +69,8 @@ def dynamic_shapes(dynamic: bool) -> tuple[dict[int, Any]]:
     """
     from torch.export import Dim
 
-    batch = Dim("batch", min=1)
+    # CUDA kernels (the reflect pad's grid) guard the batch at <= 65535: say so, or export on CUDA fails
+    batch = Dim("batch", min=1, max=MAX_BATCH)
     if not dynamic:
         return ({0: batch},)
     height = Dim("height_16", min=MIN_SIZE // DIVISOR)

@@ -54,8 +54,9 @@ def check_options(opts: ExportOptions, target: Path) -> None:
     isa_configs(opts.portable, opts.device)
 
 
-def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> None:
-    """``torch.export`` the model on ``opts.device`` and compile it into the package ``path`` (``.pt2``)."""
+def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
+    """``torch.export`` the model on ``opts.device`` and compile it into the package ``path`` (``.pt2``);
+    returns the ModelMeta written (``extra["aoti"]`` records its batch limits)."""
     import torch
 
     from ._torch import dynamic_shapes, reduced_precision
@@ -65,6 +66,7 @@ def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOp
     configs = {"aot_inductor.metadata": {METADATA_KEY: meta.to_json()}, **isa_configs(opts.portable, opts.device)}
     program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(opts.dynamic))
     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
+    return meta  # with its batch limits: the sidecar says what the package says
 
 
 def read_meta(metadata: dict[str, str], path: Path) -> ModelMeta | None:

@@ -88,6 +88,14 @@ class _TorchBackend(Backend):
     def _run(self, x: Any) -> Any:
         raise NotImplementedError
 
+    @classmethod
+    def cuda_support(cls) -> str | None:
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed"
+        return None if torch.cuda.is_available() else _NO_CUDA
+
     def _cast(self, model: Any, asked: str | None) -> Any:
         """``model`` at the asked precision: as exported (``None``), or an fp32 model cast to bf16/fp16."""
         from ..formats._torch import reduced_precision
@@ -213,6 +221,12 @@ class AOTIBackend(_TorchBackend):
             self.refuse_precision(precision, (self.precision,))
         if self.meta is not None:
             self._first_run()
+
+    def device_pipeline(self, meta: Any) -> Any:
+        """As the other torch backends', without CUDA graphs: a compiled package runs its own kernels."""
+        from .torch_pipeline import TorchPipeline
+
+        return TorchPipeline(self._run, meta, self.torch_device, graphs=False)
 
     def _first_run(self) -> None:
         """One zero batch at the model's input size, inside the input checks (see the class docstring)."""

@@ -232,11 +232,12 @@ class TorchPipeline:
         torch = self.torch
         if not shape.resize:
             return pixels.float()
-        x = pixels.to(torch.float64)
-        if shape.mult is not None:  # Image.reduce: block sums, then (sum + count // 2) * m >> 24
-            sums = torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), (shape.fy, shape.fx), (shape.fy, shape.fx),
-                                                  ceil_mode=True, divisor_override=1).permute(0, 2, 3, 1)  # fmt: skip
-            x = torch.floor((sums + shape.amend) * shape.mult / 2.0**24)
+        if shape.mult is not None:  # Image.reduce: block sums (exact in float32), then (sum + count // 2) * m >> 24
+            sums = torch.nn.functional.avg_pool2d(pixels.permute(0, 3, 1, 2).float(), (shape.fy, shape.fx),
+                                                  (shape.fy, shape.fx), ceil_mode=True, divisor_override=1)  # fmt: skip
+            x = torch.floor((sums.permute(0, 2, 3, 1).double() + shape.amend) * shape.mult / 2.0**24)
+        else:
+            x = pixels.to(torch.float64)
         if shape.kw is not None:
             x = _fixed_round(torch.einsum("nhwc,vw->nhvc", x, shape.kw), torch)
         if shape.kh is not None:
