@@ -216,6 +216,7 @@ def test_a_labelme_folder_is_converted_by_the_labelme_code(color96, tmp_path):
     assert _eval([color96, tmp_path / "voc", "--out", tmp_path / "b", "--device", "cpu"]).exit_code == 0
     a, b = (json.loads((tmp_path / x / "eval.json").read_text()) for x in ("a", "b"))
     assert a["classes"][:4] == ["_background_", "dark", "bright", "warm"]
+    assert a["models"][0]["per_image"][0]["file"] == str(src / "a.json")  # not the temporary conversion
     for doc in (a, b):
         doc.pop("dataset")
         for m in doc["models"]:

@@ -192,7 +192,7 @@ def _score_image(score: SourceScore, sample: Sample, truth: np.ndarray, pred: np
     d = metrics.image_defects(truth, pred, k, keyed, min_area)
     score.defects.append(d)
     found = int(d.found().sum())
-    score.images.append(ImageScore(sample.stem, str(sample.image), metrics.mean_iou(conf), found,
+    score.images.append(ImageScore(sample.stem, sample.file, metrics.mean_iou(conf), found,
                                    len(d.truth_area) - found, int(d.false_alarms().sum()),
                                    None if ms is None else round(ms, 3), pred))  # fmt: skip
     if len(score.images) > 2 * WORST_KEPT:
