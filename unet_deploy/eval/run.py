@@ -53,7 +53,8 @@ class SourceScore:
 
     def worst(self, n: int = WORST_KEPT) -> list[ImageScore]:
         """The ``n`` worst images: lowest mIoU first, then most misses and false alarms."""
-        return sorted(self.images, key=lambda s: (s.miou, -(s.missed + s.false_alarms), s.stem))[:n]
+        key = lambda s: (1.0 if np.isnan(s.miou) else s.miou, -(s.missed + s.false_alarms), s.stem)  # noqa: E731
+        return sorted(self.images, key=key)[:n]
 
     def _keep_worst(self) -> None:
         keep = {id(s) for s in self.worst()}
