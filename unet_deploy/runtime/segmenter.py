@@ -21,9 +21,9 @@ from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
 from ..meta import ModelMeta, check_size, check_tiling, sidecar_path
-from ..postprocess import CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original
+from ..postprocess import CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original, top_probability
 from ..preprocess import check_image, preprocess
-from ..tiling import tiled_class_map
+from ..tiling import tiled_prediction
 from .base import Backend, backend_class, sidecar_meta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,7 +96,8 @@ class Segmenter:
     ``None``: as exported); ``seg.precision`` says what runs. ``device="auto"`` takes CUDA when the backend offers it, else the CPU;
     ``seg.device`` and ``seg.backend`` say what was chosen. ModelMeta is read from the file,
     else from the ``<stem>.json`` sidecar; ``classes=``/``input_size=`` override it or stand in
-    when there is none. ``min_area`` drops smaller regions (original pixels). ``providers``
+    when there is none. ``min_area`` drops smaller regions (original pixels), ``min_score``
+    regions whose score (mean probability of their class, ``Region.score``) is lower. ``providers``
     (ONNX Runtime provider list) and ``threads`` (intra-op threads) tune the backend; the
     torch backends apply ``threads`` with ``torch.set_num_threads``, which is process-wide, and only
     when it is given. One Segmenter may be called from several threads at once.
@@ -123,6 +124,7 @@ class Segmenter:
         tiling: dict[str, float] | bool | None = None,
         tile_batch: int = 8,
         letterbox: str | None = None,
+        min_score: float = 0.0,
     ) -> None:
         self.model_path = Path(model)
         if not self.model_path.is_file():
@@ -141,6 +143,9 @@ class Segmenter:
             raise UnetDeployError(f"tile_batch {tile_batch} must be at least 1")
         self.tile_batch = int(tile_batch)
         self.min_area = int(min_area)
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise UnetDeployError(f"min_score {min_score} is not a probability; pass a value in [0, 1]")
+        self.min_score = float(min_score)
         mismatch = cpu.int8_mismatch(self.meta.extra.get("int8"), self.model_path.name)
         if mismatch:
             warnings.warn(mismatch, RuntimeWarning, stacklevel=2)
@@ -252,9 +257,9 @@ class Segmenter:
         if self.tiling is not None:
             for i, file, image, _, _, pre_ms in ready:
                 t0 = time.perf_counter()
-                mask = tiled_class_map(image, self.meta, self.infer, self.tiling["scale"], self.tiling["overlap"],
-                                       tile_batch=self.tile_batch)  # fmt: skip
-                results[i] = self._result(file, image, mask, pre_ms, _ms(t0), 0.0)
+                mask, confidence, back = tiled_prediction(image, self.meta, self.infer, self.tiling["scale"],
+                                                          self.tiling["overlap"], tile_batch=self.tile_batch)  # fmt: skip
+                results[i] = self._result(file, image, mask, pre_ms, _ms(t0), 0.0, None, confidence, back)
             return results  # type: ignore[return-value]
         groups: dict[tuple[int, ...], list[tuple]] = {}  # rect letterbox: one batch per network shape
         for r in ready:
@@ -266,19 +271,22 @@ class Segmenter:
             t0 = time.perf_counter()
             class_maps = argmax(logits)
             argmax_ms = _ms(t0) / len(group)
-            for (i, file, image, _, transform, pre_ms), class_map in zip(group, class_maps):
+            for (i, file, image, _, transform, pre_ms), class_map, one in zip(group, class_maps, logits):
                 t0 = time.perf_counter()
                 mask, boxes = to_original(class_map, transform), class_boxes(class_map, transform)
-                results[i] = self._result(file, image, mask, pre_ms, inference_ms, argmax_ms + _ms(t0), boxes)
+                confidence = top_probability(one, class_map)
+                results[i] = self._result(file, image, mask, pre_ms, inference_ms, argmax_ms + _ms(t0), boxes,
+                                          confidence, transform)  # fmt: skip
         return results  # type: ignore[return-value]
 
     def _result(self, file: str, image: np.ndarray, mask: np.ndarray, pre_ms: float, infer_ms: float,
-                post_ms: float, boxes: dict | None = None) -> Result:  # fmt: skip
+                post_ms: float, boxes: dict | None = None, confidence: np.ndarray | None = None,
+                transform: Any = None) -> Result:  # fmt: skip
         """The Result of one image: regions found on its original-size mask (inside ``boxes``, the
-        ``class_boxes`` of its class map, when given), timings in ms (tiled: ``inference`` covers
+        ``class_boxes`` of its class map, when given; scored from ``confidence`` mapped by ``transform``), timings in ms (tiled: ``inference`` covers
         cutting, predicting, blending and the argmax of its tiles)."""
         t0 = time.perf_counter()
-        regions = find_regions(mask, self.meta.classes, self.min_area, boxes)
+        regions = find_regions(mask, self.meta.classes, self.min_area, boxes, confidence, transform, self.min_score)
         timings = {"preprocess": pre_ms, "inference": infer_ms, "postprocess": post_ms + _ms(t0)}
         return Result(file, mask, regions, {k: round(v, 3) for k, v in timings.items()}, self.classes, image)
 
