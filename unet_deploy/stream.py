@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import UnetDeployError
-from .postprocess import argmax, class_boxes, to_original
+from .postprocess import argmax, class_boxes, to_original, uncertainty
 from .preprocess import check_image, preprocess
 from .stream_source import End, Frame, Reader, SourceLike, open_capture, source_name
 from .tiling import tiled_class_map
@@ -185,13 +185,15 @@ class FrameStream:
         if isinstance(transform, UnetDeployError):
             result = Result(self.name, classes=self.seg.classes, error=f"{self.name} frame {frame.index}: {transform}")
         else:
-            boxes = None
+            boxes, unsure = None, None
             if transform is None:
                 mask = out
             else:
                 class_map = argmax(out)[0]
                 mask, boxes = to_original(class_map, transform), class_boxes(class_map, transform)
+                unsure = uncertainty(out[0], transform)
             result = self.seg._result(self.name, frame.image, mask, pre_ms, infer_ms, _ms(t0), boxes)
+            result.uncertainty = unsure
         self.stage_seconds["preprocess"] += pre_ms / 1000.0
         self.stage_seconds["inference"] += infer_ms / 1000.0
         self.stage_seconds["postprocess"] += _ms(t0) / 1000.0

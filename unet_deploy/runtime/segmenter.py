@@ -21,7 +21,8 @@ from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
 from ..meta import ModelMeta, check_size, check_tiling, sidecar_path
-from ..postprocess import CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original, top_probability
+from ..postprocess import (CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original,
+                           top_probability, uncertainty)
 from ..preprocess import check_image, preprocess
 from ..tiling import tiled_prediction
 from .base import Backend, backend_class, sidecar_meta
@@ -47,6 +48,7 @@ class Result:
     classes: list[str] = field(default_factory=list)
     image: np.ndarray | None = field(default=None, repr=False)  # as read, for overlay()
     error: str | None = None
+    uncertainty: float | None = None  # postprocess.uncertainty: 0 sure .. 1 uniform (None: tiled)
 
     @property
     def ok(self) -> bool:
@@ -83,6 +85,7 @@ class Result:
             "size": list(self.size),
             "regions": [r.to_dict() for r in self.regions],
             "timings": dict(self.timings),
+            **({} if self.uncertainty is None else {"uncertainty": round(self.uncertainty, 6)}),
         }
 
 
@@ -274,9 +277,10 @@ class Segmenter:
             for (i, file, image, _, transform, pre_ms), class_map, one in zip(group, class_maps, logits):
                 t0 = time.perf_counter()
                 mask, boxes = to_original(class_map, transform), class_boxes(class_map, transform)
-                confidence = top_probability(one, class_map)
+                confidence, unsure = top_probability(one, class_map), uncertainty(one, transform)
                 results[i] = self._result(file, image, mask, pre_ms, inference_ms, argmax_ms + _ms(t0), boxes,
                                           confidence, transform)  # fmt: skip
+                results[i].uncertainty = unsure
         return results  # type: ignore[return-value]
 
     def _result(self, file: str, image: np.ndarray, mask: np.ndarray, pre_ms: float, infer_ms: float,
