@@ -121,9 +121,10 @@ def redness_onnx(path, gain: float = 40.0, input_size: tuple[int, int] = (32, 32
 
 
 def redness_uncertainty(image_bgr: np.ndarray, gain: float = 40.0) -> float:
-    """The mean normalised (base-2) entropy of ``redness_onnx`` on a uniform-colour image, by hand."""
-    b, g, r = (float(v) / 255.0 for v in image_bgr.reshape(-1, image_bgr.shape[-1])[0][:3])
-    p = 1.0 / (1.0 + np.exp(-gain * (r - g)))
-    if p in (0.0, 1.0):
-        return 0.0
-    return float(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)))
+    """The mean normalised (base-2) entropy of ``redness_onnx``'s pixels, by hand, for an image of the
+    network's size or of one colour (the letterbox then changes no pixel's value)."""
+    rgb = image_bgr[..., ::-1].astype(np.float64) / 255.0
+    p = 1.0 / (1.0 + np.exp(-gain * (rgb[..., 0] - rgb[..., 1])))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    return float(np.nan_to_num(h).mean())
