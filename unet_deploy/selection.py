@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -72,19 +73,22 @@ class Pick:
     kept: bool = False
 
 
-def rank(candidates: Sequence[Candidate], count: int, min_distance: float = MIN_DISTANCE
-         ) -> tuple[list[Pick], list[dict[str, Any]]]:  # fmt: skip
+def rank(candidates: Sequence[Candidate], count: int, min_distance: float = MIN_DISTANCE,
+         random_seed: int | None = None) -> tuple[list[Pick], list[dict[str, Any]]]:  # fmt: skip
     """Choose up to ``count`` candidates, most uncertain first, none within ``min_distance`` of a chosen one.
 
     Args:
         candidates: the unlabelled images with uncertainty and thumbnail.
         count: how many to choose.
         min_distance: the near-duplicate threshold (mean absolute thumbnail difference, 0..1).
+        random_seed: take the candidates in a random order instead (the baseline benchmarks compare with).
 
     Returns the picks and one record per passed-over near-duplicate (file, uncertainty, the pick it
     resembles, the distance).
     """
     order = sorted(range(len(candidates)), key=lambda i: (-candidates[i].uncertainty, i))
+    if random_seed is not None:
+        np.random.default_rng(random_seed).shuffle(order)
     picks: list[Pick] = []
     skipped: list[dict[str, Any]] = []
     for position, i in enumerate(order):
@@ -97,7 +101,8 @@ def rank(candidates: Sequence[Candidate], count: int, min_distance: float = MIN_
             skipped.append({"file": c.name, "uncertainty": round(c.uncertainty, 6),
                             "near": picks[nearest].candidate.name, "distance": round(distances[nearest], 4)})  # fmt: skip
             continue
-        reason = f"uncertainty {c.uncertainty:.4f}, #{position + 1} of {len(candidates)} by uncertainty"
+        reason = f"uncertainty {c.uncertainty:.4f}, #{position + 1} of {len(candidates)} " + \
+            ("by uncertainty" if random_seed is None else f"in a random order (seed {random_seed})")
         reason += (f"; differs from every earlier pick by >= {distances[nearest]:.3f} (near-duplicate under "
                    f"{min_distance:g})" if distances else "; the most uncertain image")  # fmt: skip
         picks.append(Pick(c, len(picks) + 1, reason))
@@ -116,6 +121,7 @@ class SelectSummary:
     labelled: list[str]
     failed: list[tuple[str, str]]
     report: Path
+    seconds: dict[str, float] = field(default_factory=dict)  # "rank": predict + rank all, "write": the picks
 
 
 def _labelled(path: Path) -> bool:
@@ -175,6 +181,7 @@ def select_to_folder(
     batch_size: int = 8,
     model: str | Path | None = None,
     progress: bool | None = None,
+    random_seed: int | None = None,
 ) -> SelectSummary:
     """Rank the unlabelled images of ``sources`` by ``seg``'s uncertainty; copy the ``count`` most
     informative into ``out`` with labelme pre-annotations; write ``selection.json`` and ``selection.md``.
@@ -190,6 +197,7 @@ def select_to_folder(
         batch_size: images per inference call.
         model: the model's path, for the report.
         progress: tqdm's bar (``None``: only on a terminal).
+        random_seed: pick in a random order instead of by uncertainty (``rank``'s baseline).
     """
     from tqdm import tqdm
 
@@ -211,6 +219,7 @@ def select_to_folder(
     images = [p for p in images if not _labelled(p)]
     check_output_folder(out, [], [out / "selection.json", out / "selection.md"])
     disable = None if progress is None else not progress
+    t0 = time.perf_counter()
     candidates: list[Candidate] = []
     failed: list[tuple[str, str]] = []
     with tqdm(total=max_frames if video else len(images), unit="img", desc="select", disable=disable,
@@ -226,11 +235,13 @@ def select_to_folder(
     if not candidates:
         raise UnetDeployError(f"{', '.join(map(quote, sources))}: no unlabelled image could be ranked"
                               + (f" ({len(labelled)} labelled already)" if labelled else ""))  # fmt: skip
-    picks, skipped = rank(candidates, count, min_distance)
+    picks, skipped = rank(candidates, count, min_distance, random_seed)
+    t1 = time.perf_counter()
     _write_picks(seg, picks, out, shapes, video)
+    seconds = {"rank": t1 - t0, "write": time.perf_counter() - t1}
     ranking = sorted(candidates, key=lambda c: -c.uncertainty)
     report = _write_report(out, picks, ranking, skipped, labelled, failed, count, min_distance, model, sources)
-    return SelectSummary(out, picks, ranking, skipped, labelled, failed, report)
+    return SelectSummary(out, picks, ranking, skipped, labelled, failed, report, seconds)
 
 
 def _write_picks(seg: "Segmenter", picks: list[Pick], out: Path, shapes: str, video: str | None) -> None:

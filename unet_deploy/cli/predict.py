@@ -129,7 +129,8 @@ def command(
     click.echo(f"{seg.describe()}, {len(images)} image(s)", file=info)
     summary = predict_to_folder(seg, images, out, batch_size=batch_size, overlays=overlays, model=model,
                                 on_record=print_json, labelme=labelme_shapes if labelme else None)
-    click.echo(f"{summary.done} of {summary.images} image(s) -> {summary.out}/ (masks, overlays, report.json)"
+    wrote = "masks, overlays, report.json" + (", labelme/" if labelme else "")
+    click.echo(f"{summary.done} of {summary.images} image(s) -> {summary.out}/ ({wrote})"
                + (f"; {summary.failed} failed, see report.json" if summary.failed else ""), file=info)  # fmt: skip
     if summary.failed:
         click.get_current_context().exit(1)
