@@ -220,7 +220,7 @@ def to_markdown(matrix: dict[str, Any], title: str, command: str, devices: Seque
                 f"**{s.get('speedup_vs_seed', float('nan')):.2f}x** | "
                 + " | ".join(f"{x:.1f}" if x else "-" for x in lim) + " |"
             )
-    acc = acceptance(matrix)
+    acc = [line for device in devices for line in acceptance(matrix, device)]
     if acc:
         lines += ["", "## Acceptance", "", *acc]
     lines += ["", "## Hardware limit", "",

@@ -11,16 +11,31 @@ DATA = SHARED / "data"
 LABELME = DATA / "labelme"
 DATA_FIXTURES = ("labelme_dir", "data_dir")
 MISSING_DATA = "needs ../shared/data/labelme beside the repo (the labelme reference projects; CI has it)"
+NO_CUDA = "needs a CUDA GPU (torch.cuda.is_available() is False); bash benchmarks/run_gpu.sh runs these on one"
 
 
 def _have_data() -> bool:
     return LABELME.is_dir()
 
 
+def _have_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark every test that uses the reference data ``needs_labelme_data``; skip them when it is absent."""
+    """Mark every test that uses the reference data ``needs_labelme_data``; skip them when it is absent.
+    Skip the ``cuda`` tests where torch sees no GPU."""
     have = _have_data()
+    cuda = None
     for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            cuda = _have_cuda() if cuda is None else cuda
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason=NO_CUDA))
         if any(name in getattr(item, "fixturenames", ()) for name in DATA_FIXTURES):
             item.add_marker(pytest.mark.needs_labelme_data)
             if not have:

@@ -22,6 +22,6 @@ def test_quick_demo_runs_the_labelling_loop(tmp_path):
         truth = json.loads((out / "pool_truth" / p["labelme"]).read_text())
         assert json.loads((out / "to_label" / p["labelme"]).read_text())["shapes"] == truth["shapes"]
     assert len(list((out / "dataset2" / "SegmentationClass").glob("*.png"))) == 6 + 2
-    ev = json.loads((out / "eval" / "eval.json").read_text())
+    ev = json.loads((out / "eval_loop" / "eval.json").read_text())
     assert len(ev["models"]) == 2  # before and after, by unet-deploy eval
     assert not (out / "export" / "best.pt2").exists()  # AOTInductor left out of the demo for time

@@ -216,6 +216,7 @@ def test_a_labelme_folder_is_converted_by_the_labelme_code(color96, tmp_path):
     assert _eval([color96, tmp_path / "voc", "--out", tmp_path / "b", "--device", "cpu"]).exit_code == 0
     a, b = (json.loads((tmp_path / x / "eval.json").read_text()) for x in ("a", "b"))
     assert a["classes"][:4] == ["_background_", "dark", "bright", "warm"]
+    assert a["models"][0]["per_image"][0]["file"] == str(src / "a.json")  # not the temporary conversion
     for doc in (a, b):
         doc.pop("dataset")
         for m in doc["models"]:
@@ -249,3 +250,28 @@ def test_fp32_and_int8_openvino_side_by_side(color96, tmp_path):
     assert abs(a["miou"] - b["miou"]) < 0.05  # the gate kept int8 close to fp32
     html = (tmp_path / "out" / "eval.html").read_text()
     assert html.count("color96.int8.xml") >= 2 and html.count("color96.xml") >= 2
+
+
+@pytest.mark.slow  # an ONNX export (~15 s) and a fresh interpreter
+def test_eval_of_an_onnx_model_needs_neither_torch_nor_matplotlib_until_it_draws(color96, tmp_path):
+    """The evaluation runs on the lean runtime; only eval.html's plots import matplotlib."""
+    import subprocess
+    import sys
+
+    from unet_deploy.export import export_model
+
+    onnx = export_model(color96, "onnx", out_dir=tmp_path / "m", verbose=False)["onnx"]
+    data = _dataset(tmp_path / "voc", {"a": _image_and_truth()})
+    script = f"""
+import json, sys
+sys.modules["torch"] = None
+sys.modules["matplotlib"] = None
+from unet_deploy.eval import evaluate, load_data
+from unet_deploy.eval.report import markdown
+doc = evaluate(load_data({str(data)!r}), [{str(onnx)!r}], device="cpu").to_dict()
+markdown(doc)
+print(json.dumps(doc["models"][0]["classes"]["dark"]["defects"]["found"]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "3"

@@ -273,9 +273,14 @@ def test_torch_backends_take_cuda_when_torch_has_it(tiny_checkpoint, monkeypatch
         return None, ModelMeta(classes=["a", "b", "c"], input_size=64)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(checkpoint, "load_checkpoint", load_on)
     seg = Segmenter(tiny_checkpoint)
     assert (seg.device, seg.backend) == ("cuda", "checkpoint") and seen == [torch.device("cuda:0")]
+    assert seg.pipeline == "device"  # on CUDA the letterbox-to-mask pipeline runs on the GPU
+    with pytest.raises(UnetDeployError, match=r"cuda:1 was asked for but this machine has 1 CUDA device \(cuda:0"):
+        Segmenter(tiny_checkpoint, device="cuda:1")
+    assert seen == [torch.device("cuda:0")]  # refused before any load
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert Segmenter(tiny_checkpoint).device == "cpu"
 
@@ -301,7 +306,7 @@ try:
     torch_error = None
 except UnetDeployError as e:
     torch_error = e.message
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "click", "openvino")
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "click", "openvino", "matplotlib")
                 and sys.modules[m] is not None)
 print(json.dumps({{"result": res.to_dict(), "backend": seg.backend, "device": seg.device, "precision": seg.precision,
                   "torch_error": torch_error, "loaded": loaded, "mask_sum": int(res.mask.sum())}}))
@@ -412,23 +417,36 @@ def test_aoti_package_metadata_and_device(tmp_path, monkeypatch):
             return self.metadata
 
         def __call__(self, x):
+            batches.append(x.shape[0])
             return torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] - 0.5], 1)
 
+    batches, loads = [], []
+
+    def load(path, device_index=-1):
+        loads.append(device_index)
+        return packages[Path(path).name]
+
     packages = {"m.pt2": Package(), "cuda.pt2": Package("cuda"), "bare.pt2": Package(with_meta=False)}
-    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: packages[Path(path).name])
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", load)
     for name in packages:
         (tmp_path / name).write_bytes(b"stand-in")
     seg = Segmenter(tmp_path / "m.pt2")
     assert (seg.backend, seg.device, seg.meta, seg.precision) == ("aoti", "cpu", meta, "fp32")
     for hw, res in zip(RECTS, seg.predict_batch([red_image(hw) for hw in RECTS], batch_size=3)):
         _check_rectangle(res.mask, hw, (64, 64))
+    batches.clear()
+    hw = next(iter(RECTS))
+    _check_rectangle(seg(red_image(hw)).mask, hw, (64, 64))
+    assert batches == [2]  # no batch-limit record: Inductor's dynamic batch starts at 2, so 1 is padded
     with pytest.raises(UnetDeployError, match="compiled for CUDA but torch has no CUDA"):
         Segmenter(tmp_path / "cuda.pt2")
     with pytest.raises(UnetDeployError, match="CUDA was asked for but torch has no CUDA"):
         Segmenter(tmp_path / "m.pt2", device="cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(UnetDeployError, match="compiled for cpu, not cuda"):
-        Segmenter(tmp_path / "m.pt2", device="cuda")
+        Segmenter(tmp_path / "m.pt2", device="cuda:1")
+    assert loads[-1] == 1  # the device index reaches aoti_load_package
     with pytest.raises(UnetDeployError, match="bare.pt2: no unet-deploy metadata inside and no bare.json"):
         Segmenter(tmp_path / "bare.pt2")
     meta.save(tmp_path / "bare.json")
@@ -437,29 +455,31 @@ def test_aoti_package_metadata_and_device(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # compiles an AOTInductor package
 def test_a_real_fixed_batch_aoti_package_is_fed_whole_batches(tmp_path):
-    """A package compiled for batch 2 at 64x64: the backend learns the batch size from torch's own
-    input-check error and re-batches; a wrong input size is one line naming the size."""
+    """A package compiled for batch 2 at 64x64 whose metadata records it (``extra["aoti"]["fixed_batch"]``):
+    the Segmenter re-batches to 2; a wrong input size, or a package that does not say, is one line."""
     import torch
 
     class Red(torch.nn.Module):  # class 1 where red > 0.5
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] - 0.5], 1)
 
-    meta = ModelMeta(classes=["background", "red"], input_size=(64, 64))
     program = torch.export.export(Red(), (torch.zeros(2, 3, 64, 64),))  # static: batch 2, 64x64
-    path = tmp_path / "red.pt2"
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path),
-                                             inductor_configs={"aot_inductor.metadata": {"unet_deploy": meta.to_json()}})  # fmt: skip
-    seg = Segmenter(path)
-    assert seg.meta == meta and seg._backend.fixed_batch is None
+    for name, extra in (("red.pt2", {"aoti": {"fixed_batch": 2}}), ("silent.pt2", {})):
+        meta = ModelMeta(classes=["background", "red"], input_size=(64, 64), extra=extra)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / name),
+                                                 inductor_configs={"aot_inductor.metadata": {"unet_deploy": meta.to_json()}})  # fmt: skip
+    seg = Segmenter(tmp_path / "red.pt2")
+    assert seg._backend.fixed_batch == 2
     images = [red_image(hw) for hw in RECTS] + [red_image((3, 517))]
     results = seg.predict_batch(images, batch_size=5)
-    assert seg._backend.fixed_batch == 2
     for hw, res in zip(RECTS, results):
         _check_rectangle(res.mask, hw, (64, 64))
     assert np.array_equal(seg(images[-1]).mask, results[-1].mask)  # a single image is padded to the batch
-    with pytest.raises(UnetDeployError, match=r"red\.pt2: the package fixes input size \(dim 2\) at 64, got 96"):
-        Segmenter(path, input_size=96)(red_image((3, 517)))
+    with pytest.raises(UnetDeployError, match=r"red\.pt2: the package refused a 2x3x96x96 input"):
+        Segmenter(tmp_path / "red.pt2", input_size=96)(red_image((3, 517)))
+    silent = Segmenter(tmp_path / "silent.pt2")  # no record: a dynamic batch from 2 is assumed, so 2 runs
+    with pytest.raises(UnetDeployError, match=r"silent\.pt2: the package refused a 3x3x64x64 input"):
+        silent.predict_batch(images[:3], batch_size=3)
 
 
 @pytest.mark.slow  # the exported_tiny fixture compiles an AOTI package (shared with the export tests)

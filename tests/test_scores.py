@@ -104,3 +104,33 @@ def test_class_probabilities_and_top_probability_are_the_softmax():
     # scores without logits stay unknown and the report leaves them out
     (region,) = find_regions(np.pad(np.ones((2, 2), np.uint8), 1), ["bg", "a"])
     assert region.score is None and "score" not in region.to_dict()
+
+
+def test_serving_post_step_scores_and_drops_as_the_segmenter(color_checkpoint):
+    from unet_deploy.serve import stages
+
+    images = [color_image(s, (80, 70)) for s in (1, 2)]
+    seg = Segmenter(color_checkpoint, device="cpu", tiling=False)
+    cut = float(np.median([r.score for r in seg(images[0]).regions]))
+    want = Segmenter(color_checkpoint, device="cpu", tiling=False, min_score=cut).predict_batch(images)
+    x, t = stages.prepare(images, seg.meta)
+    got = stages.finish(seg.infer(x), t, seg.meta, min_score=cut)
+    for g, w in zip(got, want):
+        assert [r.to_dict() for r in g.regions] == [r.to_dict() for r in w.regions]
+        assert all(r.score >= cut for r in g.regions)
+
+
+def test_unet_predict_writes_scores_and_honours_min_score(color_checkpoint, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from unet_deploy.cli import main
+
+    cv2.imwrite(str(tmp_path / "a.png"), color_image(3, (64, 64)))
+    for name, extra in (("all", []), ("cut", ["--min-score", "0.35"])):
+        res = CliRunner().invoke(main, ["predict", str(color_checkpoint), str(tmp_path / "a.png"), "--out",
+                                        str(tmp_path / name), "--device", "cpu", *extra])  # fmt: skip
+        assert res.exit_code == 0, res.output
+    every, kept = (json.loads((tmp_path / n / "report.json").read_text())["images"][0]["regions"] for n in ("all", "cut"))
+    assert kept == [r for r in every if r["score"] >= 0.35] and 0 < len(kept) < len(every)

@@ -3,8 +3,9 @@
 synth (images + labelme JSON) -> labelme conversion -> short training on a labelled half ->
 the labelling loop (``unet_deploy.labelling_loop``: select the most uncertain images of the
 unlabelled half, pre-label them, "correct" them with the synthetic truth, retrain from the first
-model) -> `unet-deploy eval` before and after -> export to every format -> prediction on
-held-back images -> latency benchmark -> ``OUT/report.html``.
+model; `unet-deploy eval` before and after in ``OUT/eval_loop/``) -> export to every format but
+AOTInductor -> prediction on held-back images -> `unet-deploy eval` of OpenVINO fp32 and int8 side
+by side on them (``OUT/eval/``) -> latency benchmark -> ``OUT/report.html``, opening with the eval summary.
 """
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import metrics
 
-# Small enough for a short CPU run, big enough to learn the defects. Defects cover ~3% of the
-# pixels: Dice + class weights, and less dropout than the seed's 0.3, learn them.
+# Small enough for a short CPU run, big enough to learn the defects: on 2 quiet cores training
+# takes ~165 s (20 epochs of ~8 s), the whole demo ~4.7 min, held-back mIoU 0.87. Defects cover
+# ~3% of the pixels: Dice + class weights, and less dropout than the seed's 0.3, learn them.
 DEMO = {"train_images": 96, "holdout_images": 8, "size": (256, 256), "img_size": 128,
         "base_channels": 16, "epochs": 20, "batch_size": 8, "seed": 0}
 # The loop: half of train_images is labelled, the other half is the unlabelled pool; `select` picks
@@ -84,7 +85,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, log: Callable[[s
                  out / "dataset2", out / "run", epochs=cfg["retrain_epochs"], init=str(first),
                  **{**train_args, "lr": cfg["retrain_lr"]})  # fmt: skip
     before, after = timed("unet-deploy eval before / after", scores, [first, best], holdout)
-    write_reports(before.pop("evaluation"), out / "eval")
+    write_reports(before.pop("evaluation"), out / "eval_loop")
     after.pop("evaluation")
     loop.update(before=before, after=after)
     say(f"[demo] loop: held-back mIoU {before['miou']:.3f} -> {after['miou']:.3f}; {loop['saved']}")
@@ -95,7 +96,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, log: Callable[[s
 
     seg = Segmenter(onnx_path, device="auto")
     images = sorted(holdout.glob("*.json"))
-    rows, confusion = [], np.zeros((len(classes), len(classes)), np.int64)
+    rows = []
     predict_dir = out / "predict"
 
     def predict_all():
@@ -105,18 +106,20 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, log: Callable[[s
         for js in images:
             image, truth = labelme_to_mask(js, {c: i for i, c in enumerate(classes)})
             res = seg(image)
-            confusion[:] += metrics.confusion(truth, res.mask, len(classes))
             stem = js.stem
             write_image(predict_dir / "overlays" / f"{stem}.jpg", res.overlay())
             write_image(predict_dir / "truth" / f"{stem}.jpg", overlay(image, np.where(truth == 255, 0, truth).astype(np.uint8)))
             rows.append({"stem": stem, "regions": len(res.regions), "timings": res.timings})
 
     timed("prediction on held-back images (ONNX Runtime)", predict_all)
-    iou, miou = metrics.iou_per_class(confusion), metrics.mean_iou(confusion)  # absent classes: NaN, left out
+    evaluated = timed("eval on held-back images (OpenVINO fp32 vs int8)", _evaluate, best, exported,
+                      out / "dataset2", holdout, out, say)  # fmt: skip
     bench = timed("latency benchmark", _benchmark, best, out / "bench.json", quick)
-    report = _write_report(out, classes, iou, miou, rows, read_metrics_csv(out / "run" / "metrics.csv"), bench,
-                           exported, seg, timings, loop)
-    say(f"[demo] held-back mIoU {miou:.3f} ({', '.join(f'{c} {v:.3f}' for c, v in zip(classes, iou))})")
+    report = _write_report(out, rows, read_metrics_csv(out / "run" / "metrics.csv"), bench,
+                           exported, seg, timings, evaluated, loop)
+    for m in evaluated["models"]:  # eval.json's numbers: one definition (unet_deploy.metrics)
+        per_class = ", ".join(f"{c} {_num(v['iou'])}" for c, v in m["classes"].items())
+        say(f"[demo] held-back {Path(m['model']).name} ({m['precision']}): mIoU {_num(m['miou'])} ({per_class})")
     say(f"[demo] report: {report}")
     return report
 
@@ -143,6 +146,30 @@ def _select_and_correct(model: Path, pool: list[Path], truth: Path, out: Path, c
             "pool": len(picked.ranking), "saved": unchanged_summary(fixed), "unchanged": fixed.unchanged_share}
 
 
+def _evaluate(checkpoint: Path, exported: dict, dataset: Path, holdout: Path, out: Path,
+              say: Callable[[str], None]) -> dict:  # fmt: skip
+    """`unet-deploy eval` of the OpenVINO fp32 export and its int8 quantization (calibrated and gated on
+    the training set) on the held-back labelme folder; eval.json's document. Without OpenVINO: ONNX only."""
+    from .errors import UnetDeployError
+    from .eval import evaluate, load_data, write_reports
+    from .export import export_model
+
+    models = [exported.get("openvino") or exported["onnx"]]
+    if "openvino" in exported:
+        try:
+            models += [export_model(checkpoint, "openvino", out_dir=out / "export", precision="int8", calib=dataset,
+                                    val=dataset, verbose=False)["openvino"]]  # fmt: skip
+        except UnetDeployError as e:  # the gate refused int8: say so, evaluate fp32 alone
+            say(f"[demo] int8: {e.message}")
+    data = load_data(holdout)
+    try:
+        result = evaluate(data, models, device="cpu")
+        write_reports(result, out / "eval")
+    finally:
+        data.close()
+    return result.to_dict()
+
+
 def _benchmark(checkpoint: Path, json_path: Path, quick: bool) -> str:
     from .bench import format_table, run_benchmark
 
@@ -153,15 +180,22 @@ def _benchmark(checkpoint: Path, json_path: Path, quick: bool) -> str:
     return format_table(report)
 
 
-def _write_report(out: Path, classes, iou, miou, rows, history, bench, exported, seg, timings, loop) -> Path:
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _write_report(out: Path, rows, history, bench, exported, seg, timings, evaluated, loop) -> Path:
+    from .eval.report import STYLE, summary_html
     from .fileio import atomic_write_text
 
     esc = html.escape
     parts = [
-        "<!doctype html><meta charset='utf-8'><title>unet-deploy demo</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:320px}</style>",
+        "<!doctype html><meta charset='utf-8'><title>unet-deploy demo</title>", STYLE,
+        "<style>img{max-width:320px}</style>",
         "<h1>unet-deploy demo</h1>",
+        summary_html(evaluated, "How good is the exported model? unet-deploy eval on the held-back images"),
+        "<p>All tables, the precision/recall curve, the confusion matrices and the worst images: "
+        "<a href='eval/eval.html'>eval/eval.html</a> (eval.json, eval.md beside it).</p>",
         f"<p>Model: {esc(str(exported.get('onnx')))} on {esc(seg.backend)} / {esc(seg.device)}.</p>",
         "<h2>Held-back images: ground truth | prediction</h2><table><tr><th>image</th><th>ground truth</th>"
         "<th>prediction</th><th>regions</th><th>ms (pre / infer / post)</th></tr>",
@@ -174,10 +208,7 @@ def _write_report(out: Path, classes, iou, miou, rows, history, bench, exported,
             f"<td>{t['preprocess']:.1f} / {t['inference']:.1f} / {t['postprocess']:.1f}</td></tr>"
         )
     parts.append("</table>")
-    parts += _loop_section(loop, classes)
-    parts.append("<h2>Held-back IoU</h2><table><tr>")
-    parts.append("".join(f"<th>{esc(c)}</th>" for c in classes) + "<th>mIoU</th></tr><tr>")
-    parts.append("".join(f"<td>{v:.3f}</td>" for v in iou) + f"<td>{miou:.3f}</td></tr></table>")
+    parts += _loop_section(loop)
     if history:
         keys = [k for k in ("epoch", "train_loss", "val_loss", "miou") if k in history[0]]
         parts.append("<h2>Training</h2><img src='run/curves.png' style='max-width:640px'><table><tr>")
@@ -190,11 +221,11 @@ def _write_report(out: Path, classes, iou, miou, rows, history, bench, exported,
     return atomic_write_text(out / "report.html", "\n".join(parts))
 
 
-def _loop_section(loop: dict, classes: list[str]) -> list[str]:
+def _loop_section(loop: dict) -> list[str]:
     """The report's labelling loop: eval before and after the corrected images, the work saved, the picks."""
     esc = html.escape
     b, a = loop["before"], loop["after"]
-    names = [c for c in classes[1:] if c in b["iou"]]
+    names = list(b["iou"])
     row = lambda label, s: (f"<tr><td style='text-align:left'>{esc(label)}</td><td>{s['miou']:.3f}</td>"  # noqa: E731
                             + "".join(f"<td>{(s['iou'][c] or 0):.3f}</td>" for c in names)
                             + f"<td>{s['small_defect_recall']:.3f} ({s['small_defects']})</td></tr>")  # fmt: skip
@@ -205,7 +236,7 @@ def _loop_section(loop: dict, classes: list[str]) -> list[str]:
         "labelme JSON, <i>corrected</i> with the synthetic ground truth, and the model retrained from the first "
         f"one. <b>{esc(loop['saved'])}</b>: the share of the pre-labels a person would not have had to touch. "
         "Selection: <a href='to_label/selection.md'>to_label/selection.md</a>; "
-        "both models by <code>unet-deploy eval</code>: <a href='eval/eval.html'>eval/eval.html</a>.</p>",
+        "both models by <code>unet-deploy eval</code>: <a href='eval_loop/eval.html'>eval_loop/eval.html</a>.</p>",
         "<table><tr><th>held-back eval (unet-deploy eval)</th><th>mIoU</th>"
         + "".join(f"<th>IoU {esc(c)}</th>" for c in names) + "<th>recall, defects &lt; 1024 px</th></tr>",
         row("before (labelled half)", b), row("after (+ corrected picks, retrained from the first)", a), "</table>",

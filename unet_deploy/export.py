@@ -201,8 +201,21 @@ def _stamp(meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
 
 def _check_artefact(fmt: Format, staged: Path, target: Path, written: ModelMeta, opts: ExportOptions,
                     cases: list[tuple[np.ndarray, np.ndarray]]) -> str:  # fmt: skip
-    """Load ``staged`` with the runtime backend of ``fmt`` and compare it with the eager logits."""
-    backend = fmt.load_backend()(staged, device=opts.device)
+    """Load ``staged`` with the runtime backend of ``fmt`` and compare it with the eager logits.
+
+    It runs on the export's device where the backend can; a file that does not depend on the
+    device (ONNX with a CPU-only ONNX Runtime, say) is checked on the CPU, in one line."""
+    cls = fmt.load_backend()
+    try:
+        backend = cls(staged, device=opts.device)
+    except UnetDeployError as e:
+        if not opts.device.startswith("cuda"):
+            raise
+        try:
+            backend = cls(staged, device="cpu")
+        except UnetDeployError:
+            raise e from None  # a package compiled for CUDA: the first error says why
+        opts.log(f"{fmt.title}: checked on the CPU: {e.message.replace(str(staged), str(target))}")
     try:
         if backend.meta != written:
             raise UnetDeployError(f"{target}: the metadata read back differs from the exported one; report a bug")

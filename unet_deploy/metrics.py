@@ -4,7 +4,12 @@ A confusion matrix counts pixels (row: ground truth, column: prediction); ground
 ``>= num_classes`` (the ignore value 255 among them) are skipped. IoU and Dice of a class are
 computed from it; **a class that is absent from both ground truth and prediction has no
 IoU (NaN) and is left out of the mean**, as in VOC and mmsegmentation. Values are fractions
-in [0, 1]; multiply by 100 for points. numpy only; torch tensors are accepted by ``confusion``.
+in [0, 1]; multiply by 100 for points. numpy (and OpenCV's connected components for defects);
+torch tensors are accepted by ``confusion``.
+
+Defects (``image_defects``, ``defect_table``, ``score_sweep``; `unet-deploy eval`) are defined in
+the comment above ``SIZE_BUCKETS``: truth components found at >= half their pixels, predicted
+regions that are false alarms at < half, per size bucket, and as ``--min-score`` rises.
 """
 from __future__ import annotations
 
@@ -16,18 +21,19 @@ import numpy as np
 IGNORE_INDEX = 255
 
 
-def confusion(truth: Any, pred: Any, num_classes: int) -> np.ndarray:
+def confusion(truth: Any, pred: Any, num_classes: int, to_numpy: bool = True) -> Any:
     """``num_classes x num_classes`` int64 pixel counts of ``truth`` against ``pred`` (same shape).
 
-    Works on numpy arrays and on torch tensors (counted on their device, returned as numpy).
+    Works on numpy arrays and on torch tensors (counted on their device and returned as numpy,
+    or, with ``to_numpy=False``, as a tensor on that device: no wait for the GPU per batch).
     """
     if hasattr(truth, "device") and hasattr(truth, "long"):  # a torch tensor: count where it lives
         import torch
 
         valid = truth < num_classes
         index = truth[valid].long() * num_classes + pred[valid].long()
-        counts = torch.bincount(index, minlength=num_classes * num_classes)
-        return counts.reshape(num_classes, num_classes).cpu().numpy()
+        counts = torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+        return counts.cpu().numpy() if to_numpy else counts
     truth, pred = np.asarray(truth), np.asarray(pred)
     if truth.shape != pred.shape:
         raise ValueError(f"truth {truth.shape} and prediction {pred.shape} differ in shape")

@@ -249,7 +249,7 @@ def find_regions(
     for c in sorted(boxes):
         keyed.extend(_class_regions(mask, c, _class_name(class_names, c), min_area, boxes[c], scorer))
     keyed.sort(key=lambda kr: kr[0])
-    return [r for _, r in keyed if r.score is None or r.score >= min_score]
+    return [r for _, r in keyed if min_score <= 0 or r.score is None or r.score >= min_score]
 
 
 class _Scorer:

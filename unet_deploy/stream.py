@@ -9,9 +9,9 @@
     print(frames.end.message)                            # end of file, or where it broke
 
 Four threads joined by bounded queues: the reader (``stream_source.Reader``: OpenCV decode),
-preprocess (THE letterbox of ``unet_deploy.preprocess``), inference (``Segmenter.infer``: ONNX
-Runtime, OpenVINO and torch release the GIL while they compute, so this thread is the backend's
-asynchronous worker), and postprocess (argmax, un-letterbox, regions); OpenCV, Pillow's resize and
+then the Segmenter's own stages: ``preprocess`` (THE letterbox), ``infer_items`` (ONNX Runtime,
+OpenVINO and torch release the GIL while they compute, so this thread is the backend's
+asynchronous worker) and ``postprocess`` (argmax, un-letterbox, regions); OpenCV, Pillow's resize and
 numpy release the GIL too, so the stages overlap. The caller's thread takes the results. Each stage is one thread reading a
 FIFO queue, so results come out in frame order. A slow consumer fills the queues and then blocks
 the reader, or, with ``drop_frames``, makes it drop its oldest frame: memory never grows.
@@ -26,15 +26,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import UnetDeployError
-from .postprocess import argmax, class_boxes, to_original, uncertainty
-from .preprocess import check_image, preprocess
+from .runtime.result import Result
 from .stream_source import End, Frame, Reader, SourceLike, open_capture, source_name
-from .tiling import tiled_class_map
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Segmenter
-
-from .runtime.segmenter import Result
 
 STAGES = ("decode", "preprocess", "inference", "postprocess")
 
@@ -155,45 +151,30 @@ class FrameStream:
             self.close()
 
     def _preprocess(self, frame: Frame) -> tuple:
-        """Stage 2: THE letterbox (tiled: only the image check; tiles are cut in stage 3)."""
-        t0 = time.perf_counter()
+        """Stage 2: ``Segmenter.preprocess`` (THE letterbox; tiles and the device pipeline: the check only)."""
         try:
-            if self.seg.tiling is not None:
-                return frame, None, check_image(frame.image), _ms(t0)
-            x, transform = preprocess(frame.image, self.seg.meta)
+            return frame, self.seg.preprocess(frame.image, name=f"{self.name} frame {frame.index}")
         except UnetDeployError as e:
-            return frame, e, None, _ms(t0)
-        return frame, transform, x, _ms(t0)
+            return frame, e
 
     def _infer(self, item: tuple) -> tuple:
-        """Stage 3: the network on one frame (tiled: the whole tiled prediction, a mask)."""
-        frame, transform, x, pre_ms = item
-        if isinstance(transform, UnetDeployError):
-            return frame, transform, None, pre_ms, 0.0
-        t0 = time.perf_counter()
-        seg = self.seg
-        if transform is None:
-            mask = tiled_class_map(x, seg.meta, seg.infer, seg.tiling["scale"], seg.tiling["overlap"],
-                                   tile_batch=seg.tile_batch)  # fmt: skip
-            return frame, None, mask, pre_ms, _ms(t0)
-        return frame, transform, seg.infer(x[None]), pre_ms, _ms(t0)
+        """Stage 3: ``Segmenter.infer_items`` on one frame (tiled: the whole tiled prediction)."""
+        frame, prepared = item
+        if isinstance(prepared, UnetDeployError):
+            return frame, prepared, None
+        return frame, prepared, self.seg.infer_items([prepared])[0]
 
     def _postprocess(self, item: tuple) -> FrameResult:
-        """Stage 3: argmax, back to the frame's size, regions; the FrameResult."""
-        frame, transform, out, pre_ms, infer_ms = item
+        """Stage 4: ``Segmenter.postprocess`` (argmax, back to the frame's size, regions); the FrameResult."""
+        frame, prepared, out = item
         t0 = time.perf_counter()
-        if isinstance(transform, UnetDeployError):
-            result = Result(self.name, classes=self.seg.classes, error=f"{self.name} frame {frame.index}: {transform}")
+        if isinstance(prepared, UnetDeployError):
+            result = Result(self.name, classes=self.seg.classes, error=prepared.message)
+            pre_ms = infer_ms = 0.0
         else:
-            boxes, unsure = None, None
-            if transform is None:
-                mask = out
-            else:
-                class_map = argmax(out)[0]
-                mask, boxes = to_original(class_map, transform), class_boxes(class_map, transform)
-                unsure = uncertainty(out[0], transform)
-            result = self.seg._result(self.name, frame.image, mask, pre_ms, infer_ms, _ms(t0), boxes)
-            result.uncertainty = unsure
+            prepared.file = self.name
+            result = self.seg.postprocess(prepared, out)
+            pre_ms, infer_ms = prepared.timings["preprocess"], out.ms
         self.stage_seconds["preprocess"] += pre_ms / 1000.0
         self.stage_seconds["inference"] += infer_ms / 1000.0
         self.stage_seconds["postprocess"] += _ms(t0) / 1000.0

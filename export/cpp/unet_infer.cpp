@@ -362,11 +362,13 @@ void Segmenter::set_tiling(const std::optional<Tiling>& tiling) {
   impl_->meta.tiling = tiling ? std::optional<Tiling>(check_tiling(tiling->scale, tiling->overlap)) : std::nullopt;
 }
 
-Result Segmenter::operator()(const cv::Mat& image, int min_area) {
+Result Segmenter::operator()(const cv::Mat& image, int min_area, double min_score) {
   Impl& m = *impl_;
   const ModelMeta& meta = m.meta;
   c10::InferenceMode guard;
   Result r;
+  cv::Mat confidence;                       // CV_32FC1: the probability of the predicted class, for scores
+  std::optional<LetterboxTransform> back;  // from confidence's pixels to the mask's (none: the same size)
   auto t0 = Clock::now();
   if (meta.tiling) {
     r.transform = letterbox_geometry(image.rows, image.cols, image.rows, image.cols, "top-left");
@@ -376,8 +378,13 @@ Result Segmenter::operator()(const cv::Mat& image, int min_area) {
       const at::Tensor logits = m.logits_of(x, r.timings);
       std::memcpy(out, logits.data_ptr<float>(), sizeof(float) * static_cast<size_t>(n) * k * th * tw);
     };
-    r.mask = tiled_class_map(image, meta, predict, *meta.tiling);
+    r.mask = tiled_class_map(image, meta, predict, *meta.tiling, 8, &confidence);
     r.timings.preprocess = ms_since(t0) - r.timings.inference;  // tiles prepared and blended around the calls
+    if (confidence.size() != r.mask.size()) {  // scaled tiles: the scaled image maps back as tiling.cpp maps it
+      back = LetterboxTransform{};
+      back->src_h = image.rows, back->src_w = image.cols, back->dst_h = back->new_h = confidence.rows;
+      back->dst_w = back->new_w = confidence.cols;
+    }
   } else {
     const cv::Mat boxed = letterbox(image, meta, r.transform);
     at::Tensor x = at::empty({1, meta.in_channels, boxed.rows, boxed.cols}, at::kFloat);
@@ -389,10 +396,18 @@ Result Segmenter::operator()(const cv::Mat& image, int min_area) {
     argmax_into(logits.data_ptr<float>(), meta.num_outputs(), static_cast<size_t>(boxed.rows) * boxed.cols,
                 class_map.data);
     r.mask = unletterbox_mask(class_map, r.transform);
+    // the probability of the predicted class at the network's pixels of classes > 0 (the region scores')
+    const int k = meta.num_outputs();
+    const size_t plane = static_cast<size_t>(boxed.rows) * boxed.cols;
+    const float* l = logits.data_ptr<float>();
+    confidence = cv::Mat::zeros(boxed.rows, boxed.cols, CV_32FC1);
+    for (size_t i = 0; i < plane; ++i)
+      if (class_map.data[i]) reinterpret_cast<float*>(confidence.data)[i] = static_cast<float>(top_probability(l, k, plane, i));
+    back = r.transform;
     r.timings.postprocess = ms_since(t0);
   }
   t0 = Clock::now();
-  r.regions = find_regions(r.mask, meta.classes, min_area);
+  r.regions = find_regions(r.mask, meta.classes, min_area, &confidence, back ? &*back : nullptr, min_score);
   r.timings.postprocess += ms_since(t0);
   return r;
 }

@@ -113,6 +113,10 @@ def skip_reason(case: Case, source: "ModelSource", explicit_precision: bool) -> 
         return "torch is not installed"
     if case.device == "cuda" and not cuda_available():
         return "no CUDA device"
+    if case.device == "cuda" and fmt.backend_class is not None:
+        why = fmt.load_backend().cuda_support()  # before anything is exported for it
+        if why:
+            return why
     if source.checkpoint is not None and fmt.name != CHECKPOINT:
         if fmt.exporter is None:
             return f"export_model cannot make {fmt.name} yet"

@@ -5,7 +5,7 @@ import click
 
 from ..errors import UnetDeployError
 from ._command import command as _command
-from ._command import echo_err
+from ._command import echo_err, tiling_choice
 
 
 @_command("eval")
@@ -59,13 +59,7 @@ def command(paths: tuple[str, ...], out: str, masks: str | None, device: str, mi
         raise UnetDeployError("pass MODEL file(s) before DATA, or --masks FOLDER")
     if masks is not None and models:
         raise UnetDeployError(f"--masks scores a folder of masks; drop the model(s) {', '.join(models)} or --masks")
-    if no_tile and tile_scale is not None:
-        raise UnetDeployError("--no-tile and --tile-scale contradict each other; pass one of them")
-    if overlap is not None and tile_scale is None:
-        raise UnetDeployError("--overlap applies to tiles: pass --tile-scale S with it")
-    tiling: dict[str, float] | bool | None = False if no_tile else None
-    if tile_scale is not None:
-        tiling = {"scale": tile_scale, "overlap": 0.25 if overlap is None else overlap}
+    tiling = tiling_choice(tile_scale, overlap, no_tile)
     data = load_data(data_path)
     try:
         result = evaluate(data, models, masks, batch_size=batch_size, progress=echo_err, device=device,

@@ -40,7 +40,9 @@ from ._command import command as _command
                    "[default: the seed's 0.3]")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU).")
 @click.option("--amp/--no-amp", default=None,
-              help="Mixed precision: fp16 + GradScaler on CUDA, bf16 on CPU.  [default: on for CUDA and bf16-capable CPUs]")
+              help="Mixed precision.  [default: on for CUDA and bf16-capable CPUs]")
+@click.option("--amp-dtype", type=click.Choice(["auto", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 where the device has it (CUDA since Ampere, AVX512-BF16/AMX CPUs), else fp16 + GradScaler on CUDA.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader workers.  [default: 0 when the dataset is cached in memory, else up to 4]")
 @click.option("--seed", type=int, default=0)

@@ -24,11 +24,16 @@ IMAGES_DIR, MASKS_DIR = "JPEGImages", "SegmentationClass"  # data.dataset's layo
 
 @dataclass
 class Sample:
-    """One labelled image: its file and its mask file (``stem`` names both)."""
+    """One labelled image: its file and its mask file (``stem`` names both); ``file`` is what reports
+    name (the image, or the labelme JSON it was converted from)."""
 
     stem: str
     image: Path
     mask: Path
+    file: str = ""
+
+    def __post_init__(self) -> None:
+        self.file = self.file or str(self.image)
 
 
 @dataclass
@@ -73,9 +78,10 @@ def load_data(path: str | Path) -> EvalData:
         raise UnetDeployError(f"{quote(root)}: no such folder; pass a dataset from `unet-deploy labelme` or a labelme folder")
     if (root / IMAGES_DIR).is_dir():
         return _voc(root, str(root))
-    from ..data.labelme import convert_folder, find_json_files
+    from ..data.labelme import convert_folder, find_json_files, unique_stems
 
-    if not find_json_files(root):
+    jsons = find_json_files(root)
+    if not jsons:
         raise UnetDeployError(
             f"{root}: neither a dataset ({IMAGES_DIR}/, {MASKS_DIR}/, {CLASS_NAMES_FILE}) nor labelme JSON files; "
             f"pass the folder `unet-deploy labelme` wrote or the one labelme saved into"
@@ -84,6 +90,9 @@ def load_data(path: str | Path) -> EvalData:
     summary = convert_folder(root, Path(tmp.name) / "voc", progress=False)
     data = _voc(Path(tmp.name) / "voc", str(root), required=False)
     data._tmp = tmp
+    by_stem = {stem: str(path) for path, stem in unique_stems(root, jsons).items()}
+    for s in data.samples:
+        s.file = by_stem.get(s.stem, s.file)
     data.problems += [f"{p}: {m}" if str(p) not in m else m for p, m in summary.failed]
     if not data.samples:
         data.close()

@@ -210,7 +210,7 @@ def pr_curve_png(doc: dict[str, Any]) -> bytes | None:
     if not models:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.2), squeeze=False, layout="constrained")
     for ax, m in zip(axes[0], models):
         for name, sweep in m["score_sweep"].items():
             pts = [(r["recall"], r["precision"], r["min_score"]) for r in sweep
@@ -238,8 +238,8 @@ def confusion_png(doc: dict[str, Any]) -> bytes:
     """One matrix per model, each row normalised to the truth's pixels (the counts written in it)."""
     plt = _pyplot()
     k = len(doc["classes"])
-    fig, axes = plt.subplots(1, len(doc["models"]), figsize=(1.1 * k * len(doc["models"]) + 2, 1.1 * k + 1),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(1, len(doc["models"]), figsize=(1.3 * k * len(doc["models"]) + 2, 1.1 * k + 1.5),
+                             squeeze=False, layout="constrained")  # fmt: skip
     for ax, m in zip(axes[0], doc["models"]):
         conf = np.asarray(m["confusion"], np.float64)
         rows = conf / np.maximum(conf.sum(1, keepdims=True), 1)
@@ -255,11 +255,11 @@ def confusion_png(doc: dict[str, Any]) -> bytes:
 
 
 def difference(truth: np.ndarray, pred: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """BGR picture: the image dimmed, missed truth pixels in red, false-alarm pixels in blue."""
+    """BGR picture: the image dimmed, missed truth pixels in red, other wrongly predicted pixels in blue."""
     out = (to_bgr8(image).astype(np.float32) * 0.35 + 90).astype(np.uint8)
     valid = truth != 255
-    out[valid & (truth > 0) & (pred != truth)] = MISS_BGR
     out[valid & (pred > 0) & (pred != truth)] = ALARM_BGR
+    out[valid & (truth > 0) & (pred != truth)] = MISS_BGR  # a missed pixel stays red even where another class was predicted
     return out
 
 

@@ -53,7 +53,8 @@ class SourceScore:
 
     def worst(self, n: int = WORST_KEPT) -> list[ImageScore]:
         """The ``n`` worst images: lowest mIoU first, then most misses and false alarms."""
-        return sorted(self.images, key=lambda s: (s.miou, -(s.missed + s.false_alarms), s.stem))[:n]
+        key = lambda s: (1.0 if np.isnan(s.miou) else s.miou, -(s.missed + s.false_alarms), s.stem)  # noqa: E731
+        return sorted(self.images, key=key)[:n]
 
     def _keep_worst(self) -> None:
         keep = {id(s) for s in self.worst()}
@@ -192,7 +193,7 @@ def _score_image(score: SourceScore, sample: Sample, truth: np.ndarray, pred: np
     d = metrics.image_defects(truth, pred, k, keyed, min_area)
     score.defects.append(d)
     found = int(d.found().sum())
-    score.images.append(ImageScore(sample.stem, str(sample.image), metrics.mean_iou(conf), found,
+    score.images.append(ImageScore(sample.stem, sample.file, metrics.mean_iou(conf), found,
                                    len(d.truth_area) - found, int(d.false_alarms().sum()),
                                    None if ms is None else round(ms, 3), pred))  # fmt: skip
     if len(score.images) > 2 * WORST_KEPT:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..meta import DIVISOR, MIN_SIZE
 
+MAX_BATCH = 65535  # the largest batch a dynamic-batch export accepts
 # Precision name -> torch dtype name.
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -44,7 +45,10 @@ def reduced_precision(model: Any, precision: str, channels_last: bool | None = N
             super().__init__()
             self.model = inner
             self.channels_last = layout
-            self.register_buffer("probe", torch.zeros((), dtype=dtype), persistent=False)
+            # the dtype probe lives where the weights do (and moves with them): ``type_as`` then
+            # casts the input without moving it to another device
+            where = next(inner.parameters(), torch.zeros(())).device
+            self.register_buffer("probe", torch.zeros((), dtype=dtype, device=where), persistent=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x.type_as(self.probe)
@@ -65,7 +69,8 @@ def dynamic_shapes(dynamic: bool) -> tuple[dict[int, Any]]:
     """
     from torch.export import Dim
 
-    batch = Dim("batch", min=1)
+    # CUDA kernels (the reflect pad's grid) guard the batch at <= 65535: say so, or export on CUDA fails
+    batch = Dim("batch", min=1, max=MAX_BATCH)
     if not dynamic:
         return ({0: batch},)
     height = Dim("height_16", min=MIN_SIZE // DIVISOR)

@@ -9,6 +9,7 @@ then they use AVX2 vectors and the ``x86-64-v3`` baseline (any x86-64 CPU since 
 from __future__ import annotations
 
 import platform
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ FORMAT = Format(
 )  # fmt: skip
 # The key of ModelMeta in the package's metadata (the same word as the ONNX metadata key).
 METADATA_KEY = ONNX_METADATA_KEY
+# Inductor compiles a dynamic dimension for sizes >= 2 (its 0/1 specialisation), so a package
+# exported with a dynamic batch refuses batch 1: the runtime pads to this (read from the metadata).
+INDUCTOR_MIN_BATCH = 2
 # Inductor settings of --portable: AVX2 vector width (256 bit) and the matching -march.
 PORTABLE_CONFIGS = {"cpp.simdlen": 256, "cpp.march": "x86-64-v3"}
 
@@ -50,16 +54,19 @@ def check_options(opts: ExportOptions, target: Path) -> None:
     isa_configs(opts.portable, opts.device)
 
 
-def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> None:
-    """``torch.export`` the model on ``opts.device`` and compile it into the package ``path`` (``.pt2``)."""
+def export(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
+    """``torch.export`` the model on ``opts.device`` and compile it into the package ``path`` (``.pt2``);
+    returns the ModelMeta written (``extra["aoti"]`` records its batch limits)."""
     import torch
 
     from ._torch import dynamic_shapes, reduced_precision
 
     model = reduced_precision(model, opts.precision)
+    meta = replace(meta, extra={**meta.extra, "aoti": {"min_batch": INDUCTOR_MIN_BATCH}})
     configs = {"aot_inductor.metadata": {METADATA_KEY: meta.to_json()}, **isa_configs(opts.portable, opts.device)}
     program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(opts.dynamic))
     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
+    return meta  # with its batch limits: the sidecar says what the package says
 
 
 def read_meta(metadata: dict[str, str], path: Path) -> ModelMeta | None:
@@ -71,3 +78,16 @@ def read_meta(metadata: dict[str, str], path: Path) -> ModelMeta | None:
 def built_for(metadata: dict[str, str]) -> str:
     """``"cuda"`` or ``"cpu"``: the device a loaded package was compiled for."""
     return "cuda" if metadata.get("AOTI_DEVICE_KEY", "cpu").startswith("cuda") else "cpu"
+
+
+def batch_limits(meta: ModelMeta | None) -> tuple[int, int | None]:
+    """(least batch, fixed batch or None) of a package, from its metadata's ``extra["aoti"]`` record
+    (``{"min_batch": n}`` as our export writes it, or ``{"fixed_batch": n}`` for a static batch);
+    without a record, Inductor's rule for a dynamic batch."""
+    record = meta.extra.get("aoti") if meta is not None else None
+    record = record if isinstance(record, dict) else {}
+    fixed = record.get("fixed_batch")
+    if isinstance(fixed, int) and not isinstance(fixed, bool) and fixed >= 1:
+        return fixed, fixed
+    least = record.get("min_batch", INDUCTOR_MIN_BATCH)
+    return (least if isinstance(least, int) and not isinstance(least, bool) and least >= 1 else INDUCTOR_MIN_BATCH), None

@@ -48,6 +48,11 @@ class Backend:
         """float32 ``(N, C, H, W)`` network input -> float32 ``(N, K, H, W)`` logits."""
         raise NotImplementedError
 
+    @classmethod
+    def cuda_support(cls) -> str | None:
+        """Why this backend cannot run on CUDA here (None: it can), asked before any model is loaded."""
+        return f"the {cls.name} backend runs on the CPU only"
+
     def exported_precision(self) -> str:
         """The precision the file was exported at (``meta.extra["precision"]``, fp32 when unsaid)."""
         return str(self.meta.extra.get("precision", "fp32")) if self.meta else "fp32"

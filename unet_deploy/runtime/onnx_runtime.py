@@ -28,6 +28,12 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
+    @classmethod
+    def cuda_support(cls) -> str | None:
+        import onnxruntime as ort
+
+        return None if CUDA_EP in ort.get_available_providers() else f"onnxruntime has no {CUDA_EP} (install onnxruntime-gpu)"
+
     def __init__(
         self,
         path: Path,

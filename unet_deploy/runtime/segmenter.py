@@ -11,9 +11,8 @@ import dataclasses
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,73 +20,18 @@ from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
 from ..meta import ModelMeta, check_size, check_tiling, sidecar_path
-from ..postprocess import (CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original,
-                           top_probability, uncertainty)
 from ..preprocess import check_image, preprocess
 from ..tiling import tiled_prediction
 from .base import Backend, backend_class, sidecar_meta
+from .result import ARRAY_NAME, ImageLike, Inferred, Prepared, Result, finish
+
+__all__ = ["ARRAY_NAME", "ImageLike", "Inferred", "PIPELINES", "Prepared", "Result", "Segmenter"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..stream import FrameStream
 
 log = logging.getLogger("unet_deploy.runtime")
-
-ImageLike = Union[str, Path, np.ndarray]
-ARRAY_NAME = "<array>"  # ``Result.file`` for an image passed as an array
-
-
-@dataclass
-class Result:
-    """The answer for one image: ``mask`` (HxW uint8 class ids at the original size), ``regions``,
-    ``timings`` (ms per stage), or ``error`` (one line) when the image could not be processed."""
-
-    file: str
-    mask: np.ndarray | None = None
-    regions: list[Region] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    classes: list[str] = field(default_factory=list)
-    image: np.ndarray | None = field(default=None, repr=False)  # as read, for overlay()
-    error: str | None = None
-    uncertainty: float | None = None  # postprocess.uncertainty: 0 sure .. 1 uniform (None: tiled)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """Original (height, width)."""
-        if self.mask is None:
-            raise ValueError(f"{self.file}: no mask ({self.error})")
-        return int(self.mask.shape[0]), int(self.mask.shape[1])
-
-    def class_areas(self) -> dict[str, int]:
-        """Total region area per class name (classes > 0 that have regions)."""
-        areas: dict[str, int] = {}
-        for r in self.regions:
-            areas[r.class_name] = areas.get(r.class_name, 0) + r.area
-        return areas
-
-    def overlay(
-        self, alpha: float = 0.5, contour_color: tuple[int, int, int] | None = CONTOUR_COLOR, thickness: int = 2
-    ) -> np.ndarray:
-        """The image (8-bit BGR) with classes filled in VOC colours and region contours in green."""
-        if self.mask is None or self.image is None:
-            raise ValueError(f"{self.file}: nothing to draw ({self.error or 'image not kept'})")
-        return overlay(self.image, self.mask, self.regions, alpha, contour_color=contour_color, thickness=thickness)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The per-image object of the report JSON (the shape the C++ consumer prints too)."""
-        if self.error is not None:
-            return {"file": self.file, "error": self.error}
-        return {
-            "file": self.file,
-            "size": list(self.size),
-            "regions": [r.to_dict() for r in self.regions],
-            "timings": dict(self.timings),
-            **({} if self.uncertainty is None else {"uncertainty": round(self.uncertainty, 6)}),
-        }
-
+PIPELINES = ("auto", "host", "device")
 
 class Segmenter:
     """Run a segmentation model file on images: ``Segmenter("model.onnx")("part.png") -> Result``.
@@ -127,6 +71,7 @@ class Segmenter:
         tiling: dict[str, float] | bool | None = None,
         tile_batch: int = 8,
         letterbox: str | None = None,
+        pipeline: str = "auto",
         min_score: float = 0.0,
     ) -> None:
         self.model_path = Path(model)
@@ -152,8 +97,8 @@ class Segmenter:
         mismatch = cpu.int8_mismatch(self.meta.extra.get("int8"), self.model_path.name)
         if mismatch:
             warnings.warn(mismatch, RuntimeWarning, stacklevel=2)
-        note = f" ({self._backend.device_note})" if self._backend.device_note else ""
-        log.info("%s: %s on %s%s", self.model_path.name, self.backend, self.device, note)
+        self._device_pipeline = self._choose_pipeline(pipeline)
+        log.info("%s", self.describe())
 
     @property
     def device(self) -> str:
@@ -174,16 +119,39 @@ class Segmenter:
     def classes(self) -> list[str]:
         return list(self.meta.classes)
 
+    @property
+    def pipeline(self) -> str:
+        """``"device"`` (letterbox to mask on the backend's torch device) or ``"host"`` (numpy/OpenCV/Pillow)."""
+        return "host" if self._device_pipeline is None else "device"
+
     def describe(self) -> str:
         """One line: model, backend, device and why (what the log line says)."""
         note = f" ({self._backend.device_note})" if self._backend.device_note else ""
-        return f"{self.model_path.name}: {self.backend} on {self.device}{note}"
+        where = ", letterbox to mask on the device" if self._device_pipeline is not None else ""
+        return f"{self.model_path.name}: {self.backend} on {self.device}{note}{where}"
+
+    def _choose_pipeline(self, pipeline: str) -> Any:
+        """The backend's device pipeline when asked for (``auto``: on CUDA, letterboxed), else None."""
+        if pipeline not in PIPELINES:
+            raise UnetDeployError(f"pipeline {pipeline!r} is not one of {', '.join(PIPELINES)}")
+        make = getattr(self._backend, "device_pipeline", None)
+        if pipeline == "device" and make is None:
+            raise UnetDeployError(f"{self.model_path}: pipeline='device' needs a torch backend, not {self.backend}; "
+                                  "leave pipeline out")  # fmt: skip
+        if pipeline == "host" or make is None or self.tiling is not None:
+            return None
+        if pipeline == "auto" and self.device != "cuda":
+            return None
+        return make(self.meta)
 
     def __repr__(self) -> str:
         return f"Segmenter({str(self.model_path)!r}, backend={self.backend!r}, device={self.device!r})"
 
     def __call__(self, image: ImageLike) -> Result:
-        """Segment one image (a path, or an array as OpenCV reads it); unreadable input raises."""
+        """Segment one image (a path, or an array as OpenCV reads it); unreadable input raises.
+
+        The same as ``postprocess(item, infer_items([item])[0])`` with ``item = preprocess(image)``.
+        """
         (result,) = self._predict_chunk([image])
         if result.error is not None:
             raise UnetDeployError(result.error)
@@ -224,8 +192,31 @@ class Segmenter:
         return FrameStream(self, source, every=every, max_frames=max_frames, drop_frames=drop_frames,
                            queue_size=queue_size)  # fmt: skip
 
+    # -- the pipeline, stage by stage ----------------------------------------------------------
+    def preprocess(self, image: ImageLike, name: str | None = None) -> Prepared:
+        """Stage 1: read ``image`` (a path, or an array as OpenCV reads it) and letterbox it.
+
+        Returns a ``Prepared`` with the float32 network input (``x``) and its transform; with
+        tiles or the device pipeline only the image is checked here (they prepare pixels later).
+        Raises ``UnetDeployError`` in one line, naming ``name`` (default: the path, or
+        ``<array>``), for an image that cannot be read or used.
+        """
+        t0 = time.perf_counter()
+        file = name or (ARRAY_NAME if isinstance(image, np.ndarray) else str(image))
+        try:
+            pixels = image if isinstance(image, np.ndarray) else read_image(image)
+            if self.tiling is not None or self._on_device(pixels):
+                item = Prepared(file, check_image(pixels))
+            else:
+                x, transform = preprocess(pixels, self.meta)
+                item = Prepared(file, pixels, x, transform)
+        except UnetDeployError as e:
+            raise UnetDeployError(_one_line(e.message, file)) from None
+        item.timings["preprocess"] = _ms(t0)
+        return item
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Raw logits ``(N, K, H, W)`` for a preprocessed batch ``(N, C, H, W)`` (re-batched to a
+        """Stage 2: raw logits ``(N, K, H, W)`` for a preprocessed batch ``(N, C, H, W)`` (re-batched to a
         fixed batch size where the model file has one)."""
         fixed = self._backend.fixed_batch
         if fixed is None or batch.shape[0] == fixed:
@@ -243,56 +234,61 @@ class Segmenter:
             self.meta.check_num_outputs(logits.shape[1] if logits.ndim == 4 else -1, str(self.model_path))
         return logits
 
-    def _predict_chunk(self, items: Sequence[ImageLike]) -> list[Result]:
-        results: list[Result | None] = [None] * len(items)
-        ready = []  # (index, file, image, network input, transform, preprocess ms)
+    def infer_items(self, items: Sequence[Prepared]) -> list[Inferred]:
+        """Stage 2 for prepared images: one ``infer`` call per network shape (the device pipeline:
+        one call per frame shape; tiles: one tiled prediction per image)."""
+        out: list[Inferred | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
         for i, item in enumerate(items):
-            t0 = time.perf_counter()
-            file = ARRAY_NAME if isinstance(item, np.ndarray) else str(item)
-            try:
-                image = item if isinstance(item, np.ndarray) else read_image(item)
-                # tiles are cut and normalised inside tiled_class_map: only check the image here
-                x, transform = (check_image(image), None) if self.tiling else preprocess(image, self.meta)
-            except UnetDeployError as e:
-                results[i] = Result(file, classes=self.classes, error=_one_line(e.message, file))
+            key = ("tile",) if self.tiling is not None else ("frame", *item.image.shape) if item.x is None \
+                else ("net", *item.x.shape)  # fmt: skip
+            groups.setdefault(key, []).append(i)
+        for key, members in groups.items():
+            if key[0] == "tile":
+                for i in members:
+                    t0 = time.perf_counter()
+                    mask, confidence, back = tiled_prediction(
+                        items[i].image, self.meta, self.infer, self.tiling["scale"], self.tiling["overlap"],
+                        tile_batch=self.tile_batch)  # fmt: skip
+                    out[i] = Inferred(mask=mask, ms=_ms(t0), confidence=confidence, confidence_transform=back)
                 continue
-            ready.append((i, file, image, x, transform, _ms(t0)))
-        if self.tiling is not None:
-            for i, file, image, _, _, pre_ms in ready:
-                t0 = time.perf_counter()
-                mask, confidence, back = tiled_prediction(image, self.meta, self.infer, self.tiling["scale"],
-                                                          self.tiling["overlap"], tile_batch=self.tile_batch)  # fmt: skip
-                results[i] = self._result(file, image, mask, pre_ms, _ms(t0), 0.0, None, confidence, back)
-            return results  # type: ignore[return-value]
-        groups: dict[tuple[int, ...], list[tuple]] = {}  # rect letterbox: one batch per network shape
-        for r in ready:
-            groups.setdefault(r[3].shape, []).append(r)
-        for group in groups.values():
             t0 = time.perf_counter()
-            logits = self.infer(np.stack([r[3] for r in group]))
-            inference_ms = _ms(t0) / len(group)
-            t0 = time.perf_counter()
-            class_maps = argmax(logits)
-            argmax_ms = _ms(t0) / len(group)
-            for (i, file, image, _, transform, pre_ms), class_map, one in zip(group, class_maps, logits):
-                t0 = time.perf_counter()
-                mask, boxes = to_original(class_map, transform), class_boxes(class_map, transform)
-                confidence, unsure = top_probability(one, class_map), uncertainty(one, transform)
-                results[i] = self._result(file, image, mask, pre_ms, inference_ms, argmax_ms + _ms(t0), boxes,
-                                          confidence, transform)  # fmt: skip
-                results[i].uncertainty = unsure
-        return results  # type: ignore[return-value]
+            if key[0] == "frame":
+                found = self._device_pipeline([items[i].image for i in members])
+            else:
+                logits = self.infer(np.stack([items[i].x for i in members]))
+            ms = _ms(t0) / len(members)
+            for n, i in enumerate(members):
+                if key[0] == "frame":
+                    items[i].transform = found[n].transform
+                    out[i] = Inferred(found[n].logits, found[n].mask, found[n].class_map, ms)
+                else:
+                    out[i] = Inferred(logits[n], ms=ms)
+        return out  # type: ignore[return-value]
 
-    def _result(self, file: str, image: np.ndarray, mask: np.ndarray, pre_ms: float, infer_ms: float,
-                post_ms: float, boxes: dict | None = None, confidence: np.ndarray | None = None,
-                transform: Any = None) -> Result:  # fmt: skip
-        """The Result of one image: regions found on its original-size mask (inside ``boxes``, the
-        ``class_boxes`` of its class map, when given; scored from ``confidence`` mapped by ``transform``), timings in ms (tiled: ``inference`` covers
-        cutting, predicting, blending and the argmax of its tiles)."""
-        t0 = time.perf_counter()
-        regions = find_regions(mask, self.meta.classes, self.min_area, boxes, confidence, transform, self.min_score)
-        timings = {"preprocess": pre_ms, "inference": infer_ms, "postprocess": post_ms + _ms(t0)}
-        return Result(file, mask, regions, {k: round(v, 3) for k, v in timings.items()}, self.classes, image)
+    def postprocess(self, item: Prepared, out: Inferred) -> Result:
+        """Stage 3: the ``Result`` of one prepared image from its inference output (``result.finish``:
+        argmax and the exact mapping back unless the mask is there, regions of at least ``min_area`` and
+        ``min_score``)."""
+        return finish(item, out, self.meta.classes, self.min_area, self.min_score)
+
+    def _on_device(self, image: np.ndarray) -> bool:
+        return self._device_pipeline is not None and self._device_pipeline.supports(check_image(image))
+
+    def _predict_chunk(self, images: Sequence[ImageLike]) -> list[Result]:
+        """The three stages on a chunk: an image that cannot be prepared gets its error, the rest go on."""
+        results: list[Result | None] = [None] * len(images)
+        ready: list[tuple[int, Prepared]] = []
+        for i, image in enumerate(images):
+            try:
+                ready.append((i, self.preprocess(image)))
+            except UnetDeployError as e:
+                file = ARRAY_NAME if isinstance(image, np.ndarray) else str(image)
+                results[i] = Result(file, classes=self.classes, error=e.message)
+        outs = self.infer_items([item for _, item in ready]) if ready else []
+        for (i, item), out in zip(ready, outs):
+            results[i] = self.postprocess(item, out)
+        return results  # type: ignore[return-value]
 
 
 def _refuse_path(path: Path) -> None:

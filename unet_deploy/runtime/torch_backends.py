@@ -1,15 +1,18 @@
 """The torch backends: TorchScript (``.torchscript.pt``), AOTInductor (``.pt2``) and our checkpoint (``.pt``).
 
 torch is imported when one of them is chosen, never by ``import unet_deploy.runtime``.
-``device="auto"`` takes CUDA when ``torch.cuda.is_available()``. ``precision="bf16"`` or
-``"fp16"`` casts a checkpoint or an fp32 TorchScript model at load time
-(``formats._torch.reduced_precision``); an AOTInductor package runs as it was compiled.
+``device="auto"`` takes CUDA when ``torch.cuda.is_available()``; ``cuda:N`` picks a GPU.
+``precision="bf16"`` or ``"fp16"`` casts a checkpoint or an fp32 TorchScript model at load
+time (``formats._torch.reduced_precision``); an AOTInductor package runs as it was compiled.
+``device_pipeline`` offers the whole letterbox pipeline on the model's device
+(``runtime.torch_pipeline``). ``threads`` calls ``torch.set_num_threads``: torch has one
+intra-op pool per process, so it applies to the whole process (and only when given).
+On CUDA, "fp32" convolutions follow torch's ``torch.backends.cudnn.allow_tf32`` (TF32 by
+default); ``device_note`` says so.
 """
 from __future__ import annotations
 
 import os
-import re
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,10 +30,10 @@ _NO_CUDA = "torch has no CUDA device (a CPU build of torch, or no GPU)"
 
 @contextmanager
 def _input_checks() -> Iterator[None]:
-    """``AOTI_RUNTIME_CHECK_INPUTS=1`` for the package calls inside only.
+    """``AOTI_RUNTIME_CHECK_INPUTS=1`` while a package is loaded and first run, never around later calls.
 
     A loaded package reads the variable at its first run (not at load) and keeps the answer,
-    so the first call must see it; other code in the process (a user's own
+    so the backend makes that first run inside; other code in the process (a user's own
     ``aoti_load_package``) keeps its defaults.
     """
     previous = os.environ.get("AOTI_RUNTIME_CHECK_INPUTS")
@@ -55,6 +58,17 @@ def _import_torch(path: Path, backend: str) -> Any:
     return torch
 
 
+def cuda_device(torch: Any, device: str, path: Path | str = "") -> Any:
+    """The ``torch.device`` of a ``cuda``/``cuda:N`` wish; an index this machine lacks is one line."""
+    index = parse_device(device)[1]
+    count = torch.cuda.device_count()
+    if index >= count:
+        where = f"{path}: " if path else ""
+        raise UnetDeployError(f"{where}cuda:{index} was asked for but this machine has {count} CUDA device"
+                              f"{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1}); use --device cuda:0")  # fmt: skip
+    return torch.device("cuda", index)
+
+
 class _TorchBackend(Backend):
     """Shared by the torch backends: device choice, threads, precision, numpy in / numpy out."""
 
@@ -66,14 +80,21 @@ class _TorchBackend(Backend):
             raise UnetDeployError(f"{self.path}: model file not found")
         self.torch = torch = _import_torch(self.path, self.name)
         self.device, self.device_note = choose_device(device, torch.cuda.is_available(), _NO_CUDA, self.path)
-        index = parse_device(device)[1]
-        self.torch_device = torch.device(f"cuda:{index}" if self.device == "cuda" else "cpu")
+        self.torch_device = cuda_device(torch, device, self.path) if self.device == "cuda" else torch.device("cpu")
         self.dtype = torch.float32
         if threads:
             torch.set_num_threads(int(threads))
 
     def _run(self, x: Any) -> Any:
         raise NotImplementedError
+
+    @classmethod
+    def cuda_support(cls) -> str | None:
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed"
+        return None if torch.cuda.is_available() else _NO_CUDA
 
     def _cast(self, model: Any, asked: str | None) -> Any:
         """``model`` at the asked precision: as exported (``None``), or an fp32 model cast to bf16/fp16."""
@@ -94,6 +115,18 @@ class _TorchBackend(Backend):
             y = self._run(x)
         return y.float().cpu().numpy()
 
+    def device_pipeline(self, meta: Any) -> Any:
+        """The letterbox-to-mask pipeline on this backend's device (CUDA graphs on CUDA)."""
+        from .torch_pipeline import TorchPipeline
+
+        return TorchPipeline(self._run, meta, self.torch_device, graphs=self.device == "cuda")
+
+    def _tf32_note(self) -> None:
+        """Say that "fp32" convolutions run as TF32 on CUDA when torch is set so."""
+        if self.device == "cuda" and self.precision == "fp32" and self.torch.backends.cudnn.allow_tf32:
+            note = "fp32 convolutions run as TF32 (torch.backends.cudnn.allow_tf32)"
+            self.device_note = f"{self.device_note}; {note}" if self.device_note else note
+
 
 class TorchScriptBackend(_TorchBackend):
     """A ``torch.jit.save`` archive; ModelMeta from its ``_extra_files["unet_deploy.json"]``."""
@@ -109,6 +142,7 @@ class TorchScriptBackend(_TorchBackend):
         if params and params[0].is_floating_point() and self.meta is None:
             self.dtype = params[0].dtype  # a foreign half-precision module takes half inputs
         self.module = self._cast(module, precision)
+        self._tf32_note()
 
     def _run(self, x: Any) -> Any:
         return self.module(x)
@@ -138,6 +172,7 @@ class CheckpointBackend(_TorchBackend):
         model, self.meta = load_checkpoint(self.path, self.torch_device, classes)
         self.num_outputs = self.meta.num_outputs
         self.model = self._cast(model, precision)
+        self._tf32_note()
 
     def _run(self, x: Any) -> Any:
         return self.model(x)
@@ -147,17 +182,13 @@ class AOTIBackend(_TorchBackend):
     """An AOTInductor package (``.pt2``), compiled ahead of time for one device.
 
     ModelMeta comes from the package's AOTI metadata key ``unet_deploy`` or the sidecar JSON.
-    A package compiled for a fixed batch size runs batches of exactly that size (the runtime
-    pads the last one): input checks (``AOTI_RUNTIME_CHECK_INPUTS``) are switched on so that a
-    wrong size is an error instead of a silent out-of-bounds read, and the expected size is
-    learnt from that error once.
+    Its batch limits come from that metadata (``meta.extra["aoti"]``: ``min_batch``, written at
+    export since Inductor compiles a dynamic batch for >= 2 although export allowed 1, or
+    ``fixed_batch`` for a static one); smaller batches are padded with zeros. The package's own input checks are switched on for its
+    first run, made here at load, so a wrong size is an error instead of an out-of-bounds read.
     """
 
     name = "aoti"
-    _FIXED = re.compile(r"unmatched dim value at (\d+), expected: (\d+), but got: (\d+)")
-    # Inductor specialises a dynamic batch to >= 2 (0/1 specialisation) although export allowed 1.
-    _TOO_SMALL = re.compile(r"dim value is too small at 0, expected it to be >= (\d+)")
-    min_batch = 1
 
     def __init__(
         self, path: Path, device: str = "auto", threads: int | None = None, precision: str | None = None, **options: Any
@@ -165,9 +196,10 @@ class AOTIBackend(_TorchBackend):
         wish = parse_device(device)
         super().__init__(path, "cpu" if wish[0] == "auto" else device, threads, precision)
         torch = self.torch
+        index = self.torch_device.index if self.torch_device.type == "cuda" else -1
         try:
             with _input_checks():
-                self.compiled = torch._inductor.aoti_load_package(str(self.path))
+                self.compiled = torch._inductor.aoti_load_package(str(self.path), device_index=index)
             metadata = self.compiled.get_metadata()
         except Exception as e:  # RuntimeError, or pybind errors for a file that is no package
             raise UnetDeployError(f"{self.path}: not a loadable AOTInductor package ({first_line(e)})") from None
@@ -180,54 +212,39 @@ class AOTIBackend(_TorchBackend):
         if built_for == "cuda" and wish[0] == "auto":
             if not torch.cuda.is_available():
                 raise UnetDeployError(f"{self.path}: this package was compiled for CUDA but {_NO_CUDA}")
-            self.device, self.torch_device = "cuda", torch.device("cuda", wish[1])
+            self.device, self.torch_device = "cuda", cuda_device(torch, device, self.path)
         self.device_note = f"the package was compiled for {built_for}"
         self.meta = aoti_format.read_meta(metadata, self.path)
+        self.min_batch, self.fixed_batch = aoti_format.batch_limits(self.meta)  # the Segmenter re-batches to a fixed one
         self.precision = self.exported_precision()
         if precision is not None and precision != self.precision:
             self.refuse_precision(precision, (self.precision,))
-        self._lock = threading.RLock()
+        if self.meta is not None:
+            self._first_run()
+
+    def device_pipeline(self, meta: Any) -> Any:
+        """As the other torch backends', without CUDA graphs: a compiled package runs its own kernels."""
+        from .torch_pipeline import TorchPipeline
+
+        return TorchPipeline(self._run, meta, self.torch_device, graphs=False)
+
+    def _first_run(self) -> None:
+        """One zero batch at the model's input size, inside the input checks (see the class docstring)."""
+        torch, meta = self.torch, self.meta
+        x = torch.zeros((self.min_batch, meta.arch["in_channels"], *meta.input_size), device=self.torch_device)
+        try:
+            with _input_checks(), torch.inference_mode():
+                self._run(x)
+        except RuntimeError as e:
+            raise UnetDeployError(f"{self.path}: the package does not run at its own input size "
+                                  f"{meta.input_size[0]}x{meta.input_size[1]} ({first_line(e)}); re-export it") from None  # fmt: skip
 
     def _run(self, x: Any) -> Any:
-        # One call at a time: the batch sizes are learnt while running and the input checks are
-        # switched on through the environment around each call.
-        with self._lock:
-            return self._run_locked(x)
-
-    def _run_locked(self, x: Any) -> Any:
-        size = self.fixed_batch
-        if size is not None and x.shape[0] != size:
-            return self._run_fixed(x, size)
         n = x.shape[0]
         if n < self.min_batch:  # pad with zeros up to the least batch the package takes
             x = self.torch.cat([x, x.new_zeros((self.min_batch - n, *x.shape[1:]))])
         try:
-            with _input_checks():
-                return self.compiled(x)[:n]
+            return self.compiled(x)[:n]
         except RuntimeError as e:
-            small = self._TOO_SMALL.search(str(e))
-            if small and self.min_batch == 1:
-                self.min_batch = int(small.group(1))  # learnt once
-                return self._run_locked(x)
-            found = self._FIXED.search(str(e))
-            if not found:
-                raise
-            dim, expected, got = (int(v) for v in found.groups())
-            if dim == 0 and size is None:
-                self.fixed_batch = expected  # learnt once; the Segmenter re-batches from now on
-                return self._run_locked(x)
-            what = "batch size" if dim == 0 else "input channels" if dim == 1 else "input size"
-            raise UnetDeployError(
-                f"{self.path}: the package fixes {what} (dim {dim}) at {expected}, got {got}; "
-                "run it with the size it was exported for, or re-export with --dynamic"
-            ) from None
-
-    def _run_fixed(self, x: Any, size: int) -> Any:
-        chunks = []
-        for start in range(0, x.shape[0], size):
-            part = x[start : start + size]
-            n = part.shape[0]
-            if n < size:
-                part = self.torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
-            chunks.append(self._run_locked(part)[:n])
-        return self.torch.cat(chunks)
+            raise UnetDeployError(f"{self.path}: the package refused a {'x'.join(map(str, x.shape))} input "
+                                  f"({first_line(e)}); run it at the size it was exported for, or re-export with --dynamic") from None  # fmt: skip

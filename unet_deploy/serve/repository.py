@@ -90,6 +90,7 @@ def export_triton(
     device: str = "cpu",
     threads: int | None = None,
     min_area: int = 0,
+    min_score: float = 0.0,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the Triton model repository for one model into ``out_repo``; returns ``out_repo/<name>``.
@@ -98,7 +99,8 @@ def export_triton(
     .torchscript.pt, .pt2, a checkpoint .pt); a checkpoint is exported to ONNX first. ``instances``
     copies per server (``instance_group``, ``device`` "cpu" or "gpu" sets its kind),
     ``max_batch`` the largest batch Triton forms, ``queue_delay_us`` how long it waits to form one.
-    ``threads`` sets each instance's intra-op threads; ``min_area`` drops smaller regions.
+    ``threads`` sets each instance's intra-op threads; ``min_area`` drops smaller regions,
+    ``min_score`` regions whose score (``Region.score``) is lower.
     """
     if layout not in LAYOUTS:
         raise UnetDeployError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
@@ -111,7 +113,7 @@ def export_triton(
     kind = "KIND_GPU" if device == "gpu" else "KIND_CPU"
     with tempfile.TemporaryDirectory(prefix="unet-triton-export-") as tmp:
         files, meta = _artefact(Path(model_file_or_checkpoint), Path(tmp), onnx_only=layout == "ensemble", log=log)
-        params = {"unet_deploy": meta.to_json(), "min_area": str(int(min_area))}
+        params = {"unet_deploy": meta.to_json(), "min_area": str(int(min_area)), "min_score": repr(float(min_score))}
         if layout == "python":
             params.update(role="segmenter", model_file=files[0].name, threads=str(threads or ""))
             raw = Tensor("raw", "TYPE_UINT8", (-1, -1, -1), optional=True)

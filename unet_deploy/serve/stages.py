@@ -17,9 +17,9 @@ import numpy as np
 from ..errors import UnetDeployError
 from ..fileio import decode_image
 from ..meta import ModelMeta
-from ..postprocess import argmax, class_boxes, find_regions, to_original
 from ..preprocess import LetterboxTransform, preprocess
-from ..runtime.segmenter import ARRAY_NAME, Result
+from ..runtime import result as result_stage
+from ..runtime.result import ARRAY_NAME, Inferred, Prepared, Result
 
 TRANSFORM_WIDTH = 8  # src_hw, dst_hw, new_hw, offset as int32: how "transform" travels pre -> post
 
@@ -59,14 +59,17 @@ def prepare(images: Sequence[np.ndarray], meta: ModelMeta) -> tuple[np.ndarray, 
     return x, t
 
 
-def finish(logits: np.ndarray, transforms: np.ndarray, meta: ModelMeta, min_area: int = 0) -> list[Result]:
-    """Ensemble post step: logits [n, K, h, w] and ``prepare``'s transforms -> one ``Result`` per image."""
+def finish(logits: np.ndarray, transforms: np.ndarray, meta: ModelMeta, min_area: int = 0,
+           min_score: float = 0.0) -> list[Result]:  # fmt: skip
+    """Ensemble post step: logits [n, K, h, w] and ``prepare``'s transforms -> one ``Result`` per image
+    (the Segmenter's own last stage, ``runtime.result.finish``)."""
     meta.check_num_outputs(int(logits.shape[1]), "the network model's output")
     results = []
-    for class_map, t in zip(argmax(logits), np.asarray(transforms, np.int64)):
+    for one, t in zip(logits, np.asarray(transforms, np.int64)):
         v = [int(a) for a in t]
         transform = LetterboxTransform((v[0], v[1]), (v[2], v[3]), (v[4], v[5]), (v[6], v[7]))
-        mask = to_original(class_map, transform)
-        regions = find_regions(mask, meta.classes, min_area, class_boxes(class_map, transform))
-        results.append(Result(ARRAY_NAME, mask, regions, {}, list(meta.classes)))
+        result = result_stage.finish(Prepared(ARRAY_NAME, transform=transform), Inferred(one), meta.classes, min_area,
+                                     min_score)  # fmt: skip
+        result.timings = {}
+        results.append(result)
     return results

@@ -95,17 +95,36 @@ def resolve_device(name: str, local_rank: int | None) -> "torch.device":
     return torch.device("cpu")
 
 
-def amp_dtype(device: "torch.device", amp: bool | None) -> "torch.dtype | None":
-    """fp16 on CUDA, bf16 on CPU (auto: only where the CPU has native bf16), or None for fp32."""
+AMP_DTYPES = ("auto", "bf16", "fp16")
+
+
+def amp_dtype(device: "torch.device", amp: bool | None, dtype: str = "auto") -> "torch.dtype | None":
+    """The autocast dtype of a run, or None for fp32.
+
+    ``amp`` None: on for CUDA and for CPUs with native bf16. ``dtype`` ``"auto"``: bf16 where the
+    device has it (CUDA since Ampere, native-bf16 CPUs: no loss scaling needed), else fp16 on
+    CUDA (with a GradScaler); ``"bf16"``/``"fp16"`` force one.
+    """
     import torch
 
     from ..cpu import has_native_bf16
 
+    if dtype not in AMP_DTYPES:
+        raise UnetDeployError(f"--amp-dtype {dtype!r} is not one of {', '.join(AMP_DTYPES)}")
     if device.type == "cuda":
-        return torch.float16 if amp is not False else None
-    if amp is None:
-        amp = has_native_bf16()
-    return torch.bfloat16 if amp else None
+        if amp is False:
+            return None
+        if dtype == "auto":
+            dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    else:
+        if amp is None:
+            amp = has_native_bf16()
+        if not amp:
+            return None
+        if dtype == "fp16":
+            raise UnetDeployError("--amp-dtype fp16 is for CUDA; on the CPU mixed precision is bf16")
+        dtype = "bf16"
+    return torch.bfloat16 if dtype == "bf16" else torch.float16
 
 
 def autocast(device: "torch.device", dtype: "torch.dtype | None") -> Any:

@@ -38,7 +38,7 @@ def evaluate_sums(model, loader, num_classes, device, dtype, loss_weight, dice) 
 
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64, device=device)
-    conf = np.zeros((num_classes, num_classes), np.int64)
+    conf = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)  # read once, at the end
     with torch.no_grad():
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -46,8 +46,8 @@ def evaluate_sums(model, loader, num_classes, device, dtype, loss_weight, dice) 
                 logits = model(x)
             sums[0] += segmentation_loss(logits, y, loss_weight, dice).double() * x.shape[0]
             sums[1] += x.shape[0]
-            conf += metrics.confusion(y, logits.argmax(1), num_classes)
-    return sums, conf
+            conf += metrics.confusion(y, logits.argmax(1), num_classes, to_numpy=False)
+    return sums, conf.cpu().numpy().astype(np.int64)
 
 
 def tiled_confusion(model, dataset, indices, device, dtype) -> Any:

@@ -39,6 +39,7 @@ class TrainOptions:
     dropout: float | None = None
     device: str = "auto"
     amp: bool | None = None
+    amp_dtype: str = "auto"
     workers: int | None = None
     seed: int = 0
     deterministic: bool = True

@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
 SAMPLE_ROWS = 4
 
 
+SHOW_LOSS_EVERY = 20  # steps between progress-bar loss updates (each one is a device sync)
+
+
 @dataclass
 class _Run:
     """What the epoch loop works with (built by ``Trainer.setup``)."""
@@ -55,7 +58,7 @@ class Trainer:
     def __init__(self, data: Path, out: Path, opts: TrainOptions, dist: Distributed, state: dict | None) -> None:
         self.data, self.out, self.opts, self.dist, self.state = data, out, opts, dist, state
         self.device = dist.device
-        self.amp_dtype = amp_dtype(self.device, opts.amp)
+        self.amp_dtype = amp_dtype(self.device, opts.amp, opts.amp_dtype)
         self.epochs = opts.epochs or DEFAULT_EPOCHS
 
     def log(self, message: str) -> None:
@@ -244,9 +247,10 @@ class Trainer:
         run.net.train()
         dice = self.opts.loss == "ce+dice"
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        shown = self.dist.main and self.opts.progress
         batches = tqdm(run.train_loader, desc=f"epoch {epoch}/{self.epochs}", unit="batch", leave=False,
-                       dynamic_ncols=True, disable=not (self.dist.main and self.opts.progress))
-        for x, y in batches:
+                       dynamic_ncols=True, disable=not shown)
+        for step, (x, y) in enumerate(batches):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast(self.device, self.amp_dtype):
                 logits = run.net(x)
@@ -258,7 +262,8 @@ class Trainer:
             run.scheduler.step()
             sums[0] += loss.detach().double() * x.shape[0]
             sums[1] += x.shape[0]
-            batches.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if shown and step % SHOW_LOSS_EVERY == 0:  # reading the loss waits for the GPU: not every step
+                batches.set_postfix(loss=f"{float(loss.detach()):.4f}")
         self.dist.all_reduce(sums)
         return float(sums[0] / sums[1])
 
