@@ -57,7 +57,6 @@ def run_seed(work: Path, seed: int, cfg: dict) -> dict:
     convert_folder(labelled, work / "voc0", labels_file=labelled / "labels.txt", progress=False)
     first = train(work / "voc0", work / "run0", epochs=cfg["epochs"], **args)
     (s0,) = scores([first], holdout)
-    s0.pop("evaluation")
     log(f"seed {seed}: first model mIoU {s0['miou']:.3f}, small-defect recall {s0['small_defect_recall']:.3f}")
     out = {"seed": seed, "first": s0, "rounds": {k: [] for k in STRATEGIES}}
     for strategy in STRATEGIES:
@@ -79,7 +78,6 @@ def run_seed(work: Path, seed: int, cfg: dict) -> dict:
             model = train(work / f"{strategy}_r{r}_voc", work / f"{strategy}_r{r}_run", epochs=cfg["retrain_epochs"],
                           init=str(model), **again)  # fmt: skip
             (sc,) = scores([model], holdout)
-            sc.pop("evaluation")
             row = {"round": r + 1, "miou": sc["miou"], "small_defect_recall": sc["small_defect_recall"],
                    "unchanged": fixed.unchanged_share, "picked_uncertainty": float(np.mean([p.candidate.uncertainty for p in sel.picks])),
                    "pool": len(sel.ranking), "select_s": select_s, "rank_ms_per_image": 1000 * sel.seconds["rank"] / len(sel.ranking),
@@ -161,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULT)
     p.add_argument("--work", type=Path, help="folder for data and runs (default: temporary)")
     args = p.parse_args(argv)
-    cfg = {"labelled": 24, "pool": 40, "holdout": 12, "count": 8, "rounds": 2, "size": (128, 128), "img_size": 128,
-           "base": 8, "batch": 4, "epochs": 15, "retrain_epochs": 6, "retrain_lr": 1e-3}  # fmt: skip
+    cfg = {"labelled": 16, "pool": 32, "holdout": 12, "count": 6, "rounds": 2, "size": (96, 96), "img_size": 96,
+           "base": 8, "batch": 4, "epochs": 15, "retrain_epochs": 5, "retrain_lr": 1e-3}  # fmt: skip
     if args.quick:
         cfg.update(labelled=4, pool=8, holdout=2, count=2, rounds=1, size=(64, 64), img_size=64, epochs=1,
                    retrain_epochs=1)  # fmt: skip

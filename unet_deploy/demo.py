@@ -40,7 +40,6 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, log: Callable[[s
 
     from .data.labelme import convert_folder, labelme_to_mask, read_class_names
     from .data.synthetic import generate
-    from .eval import write_reports
     from .export import export_model, resolve_formats
     from .labelling_loop import hide_labels, merge_labelme_folders, scores, split_off
     from .runtime import Segmenter
@@ -84,9 +83,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, log: Callable[[s
     best = timed(f"retraining from the first model (+{len(loop['picks'])} corrected images)", train,
                  out / "dataset2", out / "run", epochs=cfg["retrain_epochs"], init=str(first),
                  **{**train_args, "lr": cfg["retrain_lr"]})  # fmt: skip
-    before, after = timed("unet-deploy eval before / after", scores, [first, best], holdout)
-    write_reports(before.pop("evaluation"), out / "eval_loop")
-    after.pop("evaluation")
+    before, after = timed("unet-deploy eval before / after", scores, [first, best], holdout, report=out / "eval_loop")
     loop.update(before=before, after=after)
     say(f"[demo] loop: held-back mIoU {before['miou']:.3f} -> {after['miou']:.3f}; {loop['saved']}")
     # AOTInductor is left out: its compile alone takes minutes on 2 cores (`unet-export --format aoti`)

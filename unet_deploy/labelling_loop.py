@@ -124,13 +124,21 @@ def merge_labelme_folders(sources: Sequence[str | Path], out: str | Path) -> Pat
     return out
 
 
-def scores(models: Sequence[str | Path], data: str | Path, small: int = 1024) -> list[dict[str, Any]]:
+def scores(models: Sequence[str | Path], data: str | Path, small: int = 1024,
+           report: str | Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """mIoU, per-class IoU and the recall of defects under ``small`` pixels of each model on ``data``
-    (a labelme folder or dataset), by `unet-deploy eval` (``unet_deploy.eval``)."""
+    (a labelme folder or dataset), by `unet-deploy eval` (``unet_deploy.eval``); with ``report``,
+    its eval.json/md/html are written there."""
     from . import metrics
-    from .eval import evaluate, load_data
+    from .eval import evaluate, load_data, write_reports
 
-    evaluation = evaluate(load_data(data), list(models), device="cpu")
+    loaded = load_data(data)
+    try:
+        evaluation = evaluate(loaded, list(models), device="cpu")
+        if report is not None:
+            write_reports(evaluation, report)
+    finally:
+        loaded.close()
     out = []
     for source in evaluation.sources:
         entry = source.to_dict(evaluation.classes)
@@ -140,8 +148,7 @@ def scores(models: Sequence[str | Path], data: str | Path, small: int = 1024) ->
             found, truth = found + counts["found"], truth + counts["truth"]
         out.append({"model": entry["model"], "miou": entry["miou"],
                     "iou": {k: v["iou"] for k, v in entry["classes"].items()},
-                    "small_defect_recall": found / truth if truth else float("nan"), "small_defects": truth,
-                    "evaluation": evaluation})  # fmt: skip
+                    "small_defect_recall": found / truth if truth else float("nan"), "small_defects": truth})  # fmt: skip
     return out
 
 
