@@ -8,8 +8,13 @@ as labelme does: later shapes over earlier ones):
   ``POLYGON_EPSILON`` px. Holes are kept: each background area enclosed by a region is a
   polygon labelled ``_background_`` (labelme's own background name, which ``unet-deploy
   labelme`` reads as class 0). Shapes are written largest enclosed area first, so anything
-  inside a hole is painted after the hole; the round trip loses only what the simplification
-  cuts off at diagonal borders (measured in tests/test_prelabel.py).
+  inside a hole is painted after the hole. Where two regions cross diagonally at one corner, a
+  fill can still reach into the other region: such areas get a patch polygon at the end (every
+  vertex; with simplification only areas of ``PATCH_MIN_AREA`` pixels or more). Unsimplified
+  (``epsilon=0``) the shapes then paint back every pixel. When the simplified ones paint back
+  less than ``MIN_AGREEMENT`` of an image, that image's are simplified with half the tolerance,
+  then not at all, so no image loses more than 0.2% of its pixels. Measured on labelme's photos
+  (tests/test_prelabel.py): at 1 px, worst image 99.86%, 13 points per shape (15 unsimplified).
 * ``"mask"``: one labelme ``mask`` shape per region (its bounding-box crop as a base64 PNG,
   points = the box's inclusive corners, as labelme's ``shapes_to_label`` expects): lossless.
 
@@ -37,6 +42,8 @@ LABELME_VERSION = "5.5.0"  # the labelme 5.x file format these JSONs follow
 SHAPE_KINDS = ("polygon", "mask")
 POLYGON_EPSILON = 1.0  # px: approxPolyDP tolerance of the outer borders
 MIN_AGREEMENT = 0.998  # an image whose simplified polygons paint back less than this gets exact ones
+PATCH_ROUNDS = 3  # at most this many rounds of patches over wrongly painted pixels
+PATCH_MIN_AREA = 16  # simplified polygons: patch only wrong areas this large (not the slivers of simplification)
 
 
 def labels_txt(class_names: Sequence[str]) -> str:
@@ -97,16 +104,38 @@ def mask_shapes(
 
     ids = class_ids([BACKGROUND] + sorted({r.class_name for r in regions}))
     lut = np.zeros(256, np.uint8)  # class id -> the id its name gets in ``ids``
+    names = {0: BACKGROUND}
     for r in regions:
-        lut[r.class_id] = ids[r.class_name]
+        lut[r.class_id], names[r.class_id] = ids[r.class_name], r.class_name
     for eps in (epsilon, epsilon / 2, 0.0) if epsilon > 0 else (0.0,):  # finer until the pixels agree
         shapes, target = _polygon_shapes(mask, regions, eps)
+        for _ in range(PATCH_ROUNDS):  # paint back what the fills covered wrongly, on top
+            painted, _ = shapes_to_mask(shapes, mask.shape, ids)
+            patches = _patches(painted != lut[target], target, names, 1 if eps == 0 else PATCH_MIN_AREA)
+            if not patches:
+                break
+            shapes += patches
         if eps == 0 or not shapes:
             break
         painted, _ = shapes_to_mask(shapes, mask.shape, ids)
         if float((painted == lut[target]).mean()) >= MIN_AGREEMENT:
             break
     return shapes
+
+
+def _patches(wrong: np.ndarray, target: np.ndarray, names: dict[int, str], min_area: int) -> list[dict]:
+    """Polygons (every vertex) over the wrongly painted pixels, per class, for areas of at least
+    ``min_area`` pixels: where two classes' regions cross diagonally at one corner, one region's
+    fill reaches into the other, whatever the order."""
+    out = []
+    for c in np.unique(target[wrong]):
+        binary = (wrong & (target == c)).view(np.uint8)
+        contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        for contour, (_, _, _, parent) in zip(contours, hierarchy[0] if hierarchy is not None else []):
+            x, y, w, h = cv2.boundingRect(contour)
+            if parent < 0 and int(binary[y : y + h, x : x + w].sum()) >= min_area:
+                out.append(_shape(names[int(c)], _polygon_points(contour, 0.0), "polygon"))
+    return out
 
 
 def _polygon_shapes(mask: np.ndarray, regions: Sequence[Any], epsilon: float) -> tuple[list[dict], np.ndarray]:
