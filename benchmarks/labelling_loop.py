@@ -79,7 +79,8 @@ def run_seed(work: Path, seed: int, cfg: dict) -> dict:
                           init=str(model), **again)  # fmt: skip
             (sc,) = scores([model], holdout)
             row = {"round": r + 1, "miou": sc["miou"], "small_defect_recall": sc["small_defect_recall"],
-                   "unchanged": fixed.unchanged_share, "picked_uncertainty": float(np.mean([p.candidate.uncertainty for p in sel.picks])),
+                   "unchanged": fixed.unchanged_share, "defect_unchanged": fixed.defect_unchanged_share,
+                   "picked_uncertainty": float(np.mean([p.candidate.uncertainty for p in sel.picks])),
                    "pool": len(sel.ranking), "select_s": select_s, "rank_ms_per_image": 1000 * sel.seconds["rank"] / len(sel.ranking),
                    "write_ms_per_pick": 1000 * sel.seconds["write"] / max(len(sel.picks), 1)}  # fmt: skip
             out["rounds"][strategy].append(row)
@@ -109,7 +110,7 @@ def write_markdown(results: list[dict], cfg: dict, path: Path, seconds: float) -
         "`random`: the same near-duplicate rule over a random order. Scores by `unet-deploy eval` on the "
         "held-back images; small defects: under 1024 px. Mean ± standard deviation over seeds.",
         "",
-        "| after | strategy | mIoU | small-defect recall | pre-label pixels unchanged | mean uncertainty of the picks |",
+        "| after | strategy | mIoU | small-defect recall | pre-label pixels unchanged (all / defect) | mean uncertainty of the picks |",
         "|---|---|---:|---:|---:|---:|",
         f"| first model | - | {_ms([r['first']['miou'] for r in results])} | "
         f"{_ms([r['first']['small_defect_recall'] for r in results])} | - | - |",
@@ -119,7 +120,8 @@ def write_markdown(results: list[dict], cfg: dict, path: Path, seconds: float) -
             rows = [r["rounds"][s][k] for r in results]
             lines.append(f"| round {k + 1} | {s} | {_ms([x['miou'] for x in rows])} | "
                          f"{_ms([x['small_defect_recall'] for x in rows])} | "
-                         f"{100 * np.mean([x['unchanged'] for x in rows]):.1f}% | "
+                         f"{100 * np.mean([x['unchanged'] for x in rows]):.1f}% / "
+                         f"{100 * np.mean([x.get('defect_unchanged', np.nan) for x in rows]):.1f}% | "
                          f"{np.mean([x['picked_uncertainty'] for x in rows]):.3f} |")  # fmt: skip
     last = {s: np.array([r["rounds"][s][-1]["miou"] for r in results]) for s in STRATEGIES}
     recall = {s: np.array([r["rounds"][s][-1]["small_defect_recall"] for r in results]) for s in STRATEGIES}

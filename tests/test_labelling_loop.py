@@ -54,6 +54,8 @@ def test_correct_measures_the_pixels_a_person_keeps(halves, tmp_path):
     total = sum(s.sum() for s in scored)
     assert done.unchanged_share == pytest.approx((scored[0].sum() + sum(b * s.sum() for b, s in
                                                   zip(background[1:], scored[1:]))) / total)  # fmt: skip
+    defects = [int(((m > 0) & (m != 255)).sum()) for m in wanted.values()]  # the truth's defect pixels
+    assert done.defect_pixels == sum(defects) and done.defect_agreed == defects[0]  # all of the first, none after
     for image in pool:  # the truth was saved over each proposal, pointing at the copied image
         doc = json.loads((to_label / f"{image.stem}.json").read_text())
         assert doc["imagePath"] == image.name

@@ -60,16 +60,23 @@ def hide_labels(truth: str | Path, pool: str | Path) -> list[Path]:
 @dataclass
 class Correction:
     """What correcting the pre-annotations cost: per image the share of pixels the pre-annotation
-    already had right (``unchanged``), and over all of them (pixel-weighted)."""
+    already had right (``unchanged``), and over all of them (pixel-weighted); ``defect_*`` the same
+    over the pixels that are a defect in the proposal or in the truth (background left out)."""
 
     images: list[str]
     unchanged: list[float]
     pixels: int
     agreed: int
+    defect_pixels: int = 0
+    defect_agreed: int = 0
 
     @property
     def unchanged_share(self) -> float:
         return self.agreed / self.pixels if self.pixels else float("nan")
+
+    @property
+    def defect_unchanged_share(self) -> float:
+        return self.defect_agreed / self.defect_pixels if self.defect_pixels else float("nan")
 
 
 def correct(images: Sequence[str], folder: str | Path, truth: str | Path, classes: Sequence[str]) -> Correction:
@@ -95,6 +102,9 @@ def correct(images: Sequence[str], folder: str | Path, truth: str | Path, classe
         _, wanted = labelme_to_mask(truth_json, ids)
         scored = wanted != IGNORE_ID
         agreed = int(((proposed == wanted) & scored).sum())
+        defect = scored & ((proposed > 0) | (wanted > 0))
+        result.defect_pixels += int(defect.sum())
+        result.defect_agreed += int(((proposed == wanted) & defect).sum())
         result.images.append(name)
         result.unchanged.append(agreed / max(int(scored.sum()), 1))
         result.pixels += int(scored.sum())
@@ -156,4 +166,5 @@ def unchanged_summary(c: Correction) -> str:
     """One line: how much of the pre-annotations the correction left as it was."""
     per = np.asarray(c.unchanged)
     return (f"{100 * c.unchanged_share:.1f}% of the pre-labelled pixels unchanged by the correction "
-            f"(per image {100 * per.min():.1f}-{100 * per.max():.1f}%, {len(per)} images)")  # fmt: skip
+            f"(per image {100 * per.min():.1f}-{100 * per.max():.1f}%, {len(per)} images; "
+            f"{100 * c.defect_unchanged_share:.1f}% of the pixels that are a defect in either)")  # fmt: skip
