@@ -109,6 +109,33 @@ def class_probabilities(logits: np.ndarray) -> np.ndarray:
     return e
 
 
+def uncertainty(logits: np.ndarray, transform: LetterboxTransform | None = None) -> float | None:
+    """How unsure the model is about one image: the mean, over its pixels, of the normalised entropy
+    ``-sum_k p_k log p_k / log K`` of the class probabilities (``class_probabilities``; K classes,
+    2 for a sigmoid head). 0 when every pixel is certain, 1 when every pixel's probabilities are
+    uniform. Entropy, not one minus the top-2 margin: it sees all K classes (a pixel split three
+    ways counts as more uncertain than one split two ways) and every pixel contributes smoothly.
+    Computed on the network-size map (the letterbox's image area only, padding left out), so it
+    costs one pass over the logits; ``None`` for non-finite logits.
+
+    Args:
+        logits: ``(C, H, W)`` logits of one image.
+        transform: its letterbox (``preprocess``), to leave the padding out; ``None``: every pixel.
+    """
+    logits = np.asarray(logits)
+    if logits.ndim != 3:
+        raise UnetDeployError(f"logits of shape {list(logits.shape)} are not (C, H, W)")
+    if transform is not None:
+        (top, left), (nh, nw) = transform.offset, transform.new_hw
+        logits = logits[:, top : top + nh, left : left + nw]
+    p = class_probabilities(logits)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = p * np.log(p)
+    plogp[p == 0] = 0.0  # the limit of p log p; NaN logits stay NaN
+    value = float(-plogp.sum(axis=0).mean() / np.log(p.shape[0])) if p.size else 0.0
+    return min(max(value, 0.0), 1.0) if np.isfinite(value) else None
+
+
 def top_probability(logits: np.ndarray, class_map: np.ndarray | None = None) -> np.ndarray:
     """float32 ``H x W`` probability of the predicted class (``argmax``'s) at each pixel of ``(C, H, W)`` logits.
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "bench": "unet_deploy.cli.bench:command",
     "demo": "unet_deploy.cli.demo:command",
     "serve": "unet_deploy.cli.serve:command",
+    "select": "unet_deploy.cli.select:command",
 }
 
 

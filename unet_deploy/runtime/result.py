@@ -14,7 +14,8 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from ..postprocess import CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original, top_probability
+from ..postprocess import (CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original,
+                           top_probability, uncertainty)
 from ..preprocess import LetterboxTransform
 
 ImageLike = Union[str, Path, np.ndarray]
@@ -33,6 +34,7 @@ class Result:
     classes: list[str] = field(default_factory=list)
     image: np.ndarray | None = field(default=None, repr=False)  # as read, for overlay()
     error: str | None = None
+    uncertainty: float | None = None  # postprocess.uncertainty: 0 sure .. 1 uniform (None: tiled)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +71,7 @@ class Result:
             "size": list(self.size),
             "regions": [r.to_dict() for r in self.regions],
             "timings": dict(self.timings),
+            **({} if self.uncertainty is None else {"uncertainty": round(self.uncertainty, 6)}),
         }
 
 
@@ -127,5 +130,7 @@ def finish(item: Prepared, out: Inferred, classes: Sequence[str], min_area: int 
     if confidence is None and out.logits is not None and class_map is not None:
         confidence, back = top_probability(out.logits, class_map), item.transform
     regions = find_regions(mask, classes, min_area, boxes, confidence, back, min_score)
+    unsure = uncertainty(out.logits, item.transform) if out.logits is not None and item.transform is not None else None
     timings = {**item.timings, "inference": out.ms, "postprocess": (time.perf_counter() - t0) * 1000.0}
-    return Result(item.file, mask, regions, {k: round(v, 3) for k, v in timings.items()}, list(classes), item.image)
+    return Result(item.file, mask, regions, {k: round(v, 3) for k, v in timings.items()}, list(classes), item.image,
+                  uncertainty=unsure)
