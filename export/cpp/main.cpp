@@ -1,6 +1,6 @@
 // unet_infer: segment images with an exported unet-deploy model from the command line.
 //
-//   unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--min-score S] [--threads N]
+//   unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda|cuda:N] [--min-area N] [--min-score S] [--threads N]
 //              [--tile-scale S] [--overlap O] [--no-tile] [--save-input]
 //
 // Prints one JSON line per image (file, size, regions, timings; or file and error). With --out
@@ -27,14 +27,14 @@ namespace fs = std::filesystem;
 namespace {
 
 const char* kUsage =
-    "Usage: unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--min-score S] [--threads N]\n"
+    "Usage: unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda|cuda:N] [--min-area N] [--min-score S] [--threads N]\n"
     "                  [--tile-scale S] [--overlap O] [--no-tile] [--save-input]\n"
     "\n"
     "  Segment IMAGE(s) with MODEL (model.torchscript.pt or an AOTInductor model.pt2 from unet-export),\n"
     "  preparing pixels exactly as the Python runtime does. One JSON line per image on stdout.\n"
     "\n"
     "  --out DIR       write DIR/masks/<stem>.png, DIR/overlays/<stem>.jpg and DIR/report.json\n"
-    "  --device D      auto (CUDA when libtorch sees a GPU; default), cpu or cuda\n"
+    "  --device D      auto (CUDA when libtorch sees a GPU; default), cpu, cuda or cuda:N\n"
     "  --min-area N    drop regions smaller than N pixels (default 0)\n"
     "  --min-score S   drop regions whose score (mean probability of their class) is below S (default 0)\n"
     "  --threads N     CPU threads for inference (default: libtorch's, one per core)\n"

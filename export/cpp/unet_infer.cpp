@@ -228,9 +228,9 @@ struct Segmenter::Impl {
     backend = "torchscript";
   }
 
-  void load_aoti(const std::string& wish) {
-    try {
-      aoti = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
+  void load_aoti(const std::string& wish, c10::DeviceIndex index) {
+    try {  // the device index reaches the package (cuda:N); -1: the current device
+      aoti = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1, index);
     } catch (const std::exception& e) {
       throw Error(path + ": not a loadable AOTInductor package (" + first_line(e.what()) + "); re-export it with "
                   "`unet-export CHECKPOINT --format aoti` on this machine's torch");
@@ -240,7 +240,7 @@ struct Segmenter::Impl {
     if (wish != "auto" && wish != built_for)
       throw Error(path + ": this package was compiled for " + built_for + ", not " + wish + "; run it with --device " +
                   built_for + " or re-export it on the target device");
-    device = built_for == "cuda" ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU);
+    device = built_for == "cuda" ? c10::Device(c10::kCUDA, index < 0 ? 0 : index) : c10::Device(c10::kCPU);
     meta = !metadata[kAotiMetaKey].empty() ? ModelMeta::from_json(metadata[kAotiMetaKey], path + " (AOTI metadata)")
                                            : meta_from_sidecar("no unet_deploy package metadata");
     read_aoti_input_checks();
@@ -335,19 +335,33 @@ Segmenter::Segmenter(const std::string& model_path, const std::string& device) :
   m.path = model_path;
   std::error_code ec;
   if (!fs::is_regular_file(model_path, ec)) throw Error(model_path + ": model file not found; check the path");
-  const std::string wish = lower(device);
-  if (wish != "auto" && wish != "cpu" && wish != "cuda") throw Error("device '" + device + "' is not one of auto, cpu, cuda");
+  std::string wish = lower(device);
+  c10::DeviceIndex index = -1;  // cuda:N
+  if (wish.rfind("cuda:", 0) == 0) {
+    const std::string digits = wish.substr(5);
+    if (digits.empty() || digits.size() > 4 || digits.find_first_not_of("0123456789") != std::string::npos)
+      throw Error("device '" + device + "' is not one of auto, cpu, cuda, cuda:N");
+    index = static_cast<c10::DeviceIndex>(std::stoi(digits));
+    wish = "cuda";
+  }
+  if (wish != "auto" && wish != "cpu" && wish != "cuda")
+    throw Error("device '" + device + "' is not one of auto, cpu, cuda, cuda:N");
   const bool cuda = torch::cuda::is_available();
   if (wish == "cuda" && !cuda)
     throw Error(model_path + ": CUDA was asked for but libtorch sees no CUDA device (CPU build or no GPU); use --device cpu");
+  const auto count = static_cast<int>(torch::cuda::device_count());
+  if (index >= count)
+    throw Error(model_path + ": cuda:" + std::to_string(index) + " was asked for but this machine has " +
+                std::to_string(count) + " CUDA device(s); use --device cuda:0");
   const std::string name = lower(fs::path(model_path).filename().string());
   if (ends_with(name, ".onnx") || ends_with(name, ".xml"))
     throw Error(model_path + ": unet_infer runs TorchScript (.torchscript.pt) and AOTInductor (.pt2) models; run ONNX/"
                 "OpenVINO models with unet-predict, or export with `unet-export CHECKPOINT --format torchscript`");
   if (ends_with(name, ".pt2")) {
-    m.load_aoti(wish);
+    m.load_aoti(wish, index);
   } else {
-    m.device = (wish == "cuda" || (wish == "auto" && cuda)) ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU);
+    m.device = (wish == "cuda" || (wish == "auto" && cuda)) ? c10::Device(c10::kCUDA, index < 0 ? 0 : index)
+                                                           : c10::Device(c10::kCPU);
     m.load_torchscript();
   }
 }
