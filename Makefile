@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[torch,openvino,serve,dev]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[torch,openvino,serve,report,dev]"
 	# Triton (unet-deploy serve): the nvidia-pytriton wheel only for its tritonserver binary and Python
 	# backend. It pins numpy<2, so it goes in without its dependencies, and its backend stub (built against
 	# numpy 1) gets a private numpy 1.26 in $(VENV)/triton-stub-site; the environment keeps numpy 2.

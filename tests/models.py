@@ -92,3 +92,39 @@ def color_image(seed: int, size: tuple[int, int] = (64, 64)) -> np.ndarray:
     xs = np.minimum(np.arange(w) * 4 // w, 3)
     image = cells[ys][:, xs] + rng.normal(0, 12, (h, w, 3))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def redness_onnx(path, gain: float = 40.0, input_size: tuple[int, int] = (32, 32)):
+    """A hand-built two-class ONNX model (one 1x1 convolution, no torch): per pixel the logit of
+    class 1 ("red") minus that of class 0 is ``gain * (R - G)`` of the model input (RGB, ``pixel / 255``).
+
+    So a pixel with R == G has probabilities (0.5, 0.5), and ``redness_uncertainty`` gives every
+    image's uncertainty by hand. ModelMeta travels in ``metadata_props`` as exports write it.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = np.zeros((2, 3, 1, 1), np.float32)
+    weight[1, 0], weight[1, 1] = gain, -gain  # class 0's logit is 0
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["logits"])], "redness",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, weight.shape, weight.ravel().tolist())],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = ModelMeta(classes=["background", "red"], input_size=input_size, arch={"base_channels": 8})
+    model.metadata_props.add(key="unet_deploy", value=meta.to_json())
+    onnx.save(model, str(path))
+    return path
+
+
+def redness_uncertainty(image_bgr: np.ndarray, gain: float = 40.0) -> float:
+    """The mean normalised (base-2) entropy of ``redness_onnx``'s pixels, by hand, for an image of the
+    network's size or of one colour (the letterbox then changes no pixel's value)."""
+    rgb = image_bgr[..., ::-1].astype(np.float64) / 255.0
+    p = 1.0 / (1.0 + np.exp(-gain * (rgb[..., 0] - rgb[..., 1])))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    return float(np.nan_to_num(h).mean())

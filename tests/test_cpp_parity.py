@@ -348,3 +348,47 @@ def test_aoti_rect_and_tiles_match_python(unet_infer, models, photos, tmp_path_f
     tiled = _compare(tmp_path / "tiled", lines, refs, color_meta().classes)
     print(f"AOTI vs Python (TorchScript of the same weights): rect {rect:.6%}, tiled {tiled:.6%} of pixels agree")
     assert rect >= AGREEMENT and tiled >= AGREEMENT
+
+
+def _score_diffs(lines: list[dict], results: list) -> tuple[list[float], int, int]:
+    """|C++ score - Python score| of the regions both found (same class, box and area), and the counts."""
+    diffs, both, total = [], 0, 0
+    for line, res in zip(lines, results):
+        python = {(r.class_id, tuple(r.bbox), r.area): r.score for r in res.regions}
+        total += len(python)
+        for g in line["regions"]:
+            key = (g["class_id"], tuple(g["bbox"]), g["area"])
+            if key in python:
+                both += 1
+                diffs.append(abs(g["score"] - python[key]))
+    return diffs, both, total
+
+
+def test_region_scores_match_python_on_real_photos(unet_infer, models, labelme_dir, tmp_path):  # noqa: F811
+    """Region.score from C++ (per-pixel mean over each region, in double) and from the Python runtime
+    (block-weighted on the network map) on labelme's example photos: letterboxed (top-left, rect) and
+    tiled; and --min-score drops exactly the regions below it."""
+    from unet_deploy.fileio import read_image, write_image
+    from unet_deploy.runtime import Segmenter
+
+    jpegs = sorted(labelme_dir.glob("semantic_segmentation/*.jpg")) + [labelme_dir / "tutorial" / "apc2016_obj3.jpg"]
+    images = []
+    for jpeg in jpegs:
+        images.append(tmp_path / f"{jpeg.stem}.png")
+        write_image(images[-1], read_image(jpeg))
+    worst = {}
+    for variant in ("top-left", "rect", "tiled"):
+        lines = _cpp(unet_infer, models[variant], images, tmp_path / variant)
+        with _one_torch_thread():
+            results = Segmenter(models[variant], device="cpu").predict_batch(images, batch_size=1)
+        diffs, both, total = _score_diffs(lines, results)
+        assert total >= 10 and both >= 0.9 * total, f"{variant}: {both} of {total} regions found by both"
+        worst[variant] = max(diffs)
+        assert worst[variant] <= 1e-3, variant
+        assert len({round(d, 2) for d in [g["score"] for ln in lines for g in ln["regions"]]}) > 5  # scores vary
+    print(f"C++ vs Python region scores on {len(images)} real photos, max |diff|: {worst}")
+    lines = _cpp(unet_infer, models["top-left"], images[:2], tmp_path / "all")
+    cut = float(np.median([g["score"] for ln in lines for g in ln["regions"]]))
+    kept = _cpp(unet_infer, models["top-left"], images[:2], tmp_path / "cut", "--min-score", str(cut))
+    for a, b in zip(lines, kept):
+        assert b["regions"] == [g for g in a["regions"] if g["score"] >= cut]

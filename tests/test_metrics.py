@@ -84,3 +84,34 @@ def test_compare_masks_without_truth_measures_agreement_only():
     assert c.agreement == pytest.approx(100.0 * 6 / 9) and c.miou is None and c.miou_drop is None
     with pytest.raises(ValueError, match="differ in shape"):
         compare_masks([np.zeros((3, 3), int)], [np.zeros((3, 4), int)])
+
+
+def test_defects_found_at_half_their_pixels_and_false_alarms_below_half():
+    """Boundaries by hand: exactly half is found (and not a false alarm); two regions add up; min_area
+    and kept-region scores decide which predicted components count."""
+    from unet_deploy.metrics import defect_table, image_defects
+
+    truth = np.zeros((20, 40), np.uint8)
+    pred = np.zeros_like(truth)
+    truth[1:5, 1:5] = 1  # 16 px; predicted on exactly 8 of them (+ 8 outside): found, and not a false alarm
+    pred[1:5, 3:7] = 1
+    truth[10:14, 1:11] = 1  # 40 px; two separate predicted strips of 12 + 12 inside it: found together
+    pred[10:14, 1:4] = 1
+    pred[10:14, 6:9] = 1
+    truth[1:3, 20:30] = 2  # 20 px of class 2, predicted as class 1: missed; the class-1 region is a false alarm
+    pred[1:3, 20:30] = 1
+    pred[17, 35] = 2  # one-pixel class-2 region: a false alarm unless min_area drops it
+    d = image_defects(truth, pred, 3)
+    assert d.found().tolist() == [True, True, False]
+    assert sorted(zip(d.pred_class.tolist(), d.pred_area.tolist(), d.false_alarms().tolist())) == \
+        [(1, 12, False), (1, 12, False), (1, 16, False), (1, 20, True), (2, 1, True)]  # fmt: skip
+    assert image_defects(truth, pred, 3, min_area=2).pred_area.tolist().count(1) == 0
+    one = defect_table([d], 1)
+    assert (one["truth"], one["found"], one["predicted"], one["false_alarms"]) == (2, 2, 4, 1)
+    assert one["recall"] == 1.0 and one["precision"] == 0.75
+    # kept regions given by score: the strip at x=6 scored 0.3, the others 0.9; at min_score 0.5 the
+    # 40 px defect keeps 12 of its pixels (< 20): missed
+    scores = {(1, 3, 1): 0.9, (1, 1, 10): 0.9, (1, 6, 10): 0.3, (1, 20, 1): 0.9, (2, 35, 17): 0.9}
+    s = image_defects(truth, pred, 3, scores)
+    assert s.found(0.0).tolist() == [True, True, False] and s.found(0.5).tolist() == [True, False, False]
+    assert int(s.kept(0.5).sum()) == 4

@@ -279,7 +279,7 @@ try:
     torch_error = None
 except UnetDeployError as e:
     torch_error = e.message
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "click", "openvino")
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "click", "openvino", "matplotlib")
                 and sys.modules[m] is not None)
 print(json.dumps({{"result": res.to_dict(), "backend": seg.backend, "device": seg.device, "precision": seg.precision,
                   "torch_error": torch_error, "loaded": loaded, "mask_sum": int(res.mask.sum())}}))

@@ -186,7 +186,8 @@ def test_init_from_a_checkpoint_with_other_classes_and_bf16(voc, tiny_checkpoint
                             text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "new: out.bias, out.weight" in output and ", bf16," in output
+    assert "head 3 -> 4 classes: kept background, scratch, spot; new (fresh rows): dent" in output
+    assert ", bf16," in output
     model, meta = load_checkpoint(run / "last.pt")
     assert meta.classes == [*CLASSES, "dent"] and meta.arch["base_channels"] == 8  # width from --init
     assert not torch.equal(model.c1.layer[0].weight, load_checkpoint(tiny_checkpoint)[0].c1.layer[0].weight)

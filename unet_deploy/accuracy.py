@@ -184,16 +184,17 @@ def evaluate(
     if not samples:
         raise UnetDeployError(f"{source or 'validation set'}: no validation images; pass --val DATA")
     comparison = metrics.MaskComparison(meta.num_classes)
-    foreground = total = 0  # what the gate measured: how much of it fp32 calls non-background
+    foreground = total = 0
     for s in tqdm(samples, desc=f"accuracy gate ({precision})", unit="img", leave=False, disable=None):
         ref = predict_class_map(reference, s.image, meta)
         foreground, total = foreground + int(np.count_nonzero(ref)), total + ref.size
         comparison.add(ref, predict_class_map(candidate, s.image, meta), s.mask, s.name)
+        foreground, total = foreground + int(np.count_nonzero(ref)), total + ref.size
     c = comparison.result()
     passed = c.agreement >= min_agreement and (c.miou_drop is None or c.miou_drop <= max_miou_drop)
     return GateResult(
         precision, c.images, c.agreement, c.worst_agreement, c.worst_image, c.miou_reference, c.miou, c.miou_drop,
-        float(min_agreement), float(max_miou_drop), passed, source, 100.0 * foreground / total,
+        float(min_agreement), float(max_miou_drop), passed, source, 100.0 * foreground / max(1, total),
     )  # fmt: skip
 
 

@@ -179,3 +179,51 @@ def load_checkpoint(
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UnetDeployError(f"{source}: weights do not load ({first[:200]})") from None
     return model.to(device).eval(), meta
+
+
+HEAD_KEYS = ("out.weight", "out.bias")  # the head: one row per class (logit channel)
+
+
+def transfer_weights(model: torch.nn.Module, state: dict[str, Any], old_classes: Sequence[str],
+                     classes: Sequence[str]) -> str:  # fmt: skip
+    """Start ``model`` (built for ``classes``) from ``state`` (trained on ``old_classes``); return one line.
+
+    Every tensor of the same name and shape is copied. When the classes differ (new ones, or a new
+    order), the head (``HEAD_KEYS``) is matched row by row by class name: a known class keeps its
+    row wherever it now sits, a new class keeps the fresh initialisation ``model`` was built with.
+    A sigmoid head (one channel) cannot be split into classes: it stays fresh.
+
+    Args:
+        model: the new model, freshly initialised.
+        state: the state_dict to start from.
+        old_classes: the class names ``state`` was trained on (background first).
+        classes: the class names of ``model`` (background first).
+    """
+    own = model.state_dict()
+    same = list(old_classes) == list(classes)
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and (same or k not in HEAD_KEYS)}
+    old_index = {name: i for i, name in enumerate(old_classes)}
+    old_index.setdefault(classes[0], 0)  # background is background, whatever it is called
+    rows = [old_index.get(name) for name in classes]
+    head_ok = not same and all(k in state and state[k].shape[0] == len(old_classes) and own[k].shape[0] == len(classes)
+                  and state[k].shape[1:] == own[k].shape[1:] for k in HEAD_KEYS)  # fmt: skip
+    if head_ok:
+        for k in HEAD_KEYS:
+            grown = own[k].clone()
+            for new, old in enumerate(rows):
+                if old is not None:
+                    grown[new] = state[k][old]
+            fitting[k] = grown
+    model.load_state_dict(fitting, strict=False)
+    fresh = sorted(set(own) - set(fitting))
+    kept = [c for c, r in zip(classes, rows) if r is not None]
+    added = [c for c, r in zip(classes, rows) if r is None]
+    dropped = [c for c in old_classes if c not in classes and old_index[c] != 0]
+    line = f"initialised {len(fitting)}/{len(own)} tensors"
+    if head_ok:
+        line += (f"; head {len(old_classes)} -> {len(classes)} classes: kept {', '.join(kept)}"
+                 + (f"; new (fresh rows): {', '.join(added)}" if added else "")
+                 + (f"; dropped: {', '.join(dropped)}" if dropped else ""))  # fmt: skip
+    if fresh:
+        line += f"; fresh: {', '.join(fresh)}"
+    return line

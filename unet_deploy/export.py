@@ -321,6 +321,20 @@ def export_to(fmt: Format, model: Any, meta: ModelMeta, target: Path, opts: Expo
     return target
 
 
+def _gated(fmt: Format, model: Any, written: Any, staged: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
+    """The metadata of what a format wrote; an ``Int8Graph`` is quantized and gated first, a ``GateRequest`` gated."""
+    from . import precision_gate
+
+    if isinstance(written, Int8Graph):
+        return precision_gate.quantize_gated(model, written, staged, meta, opts, load_backend(fmt))
+    if isinstance(written, GateRequest):
+        record = precision_gate.gate(model, staged, meta, opts, load_backend(fmt))
+        out = replace(meta, extra={**meta.extra, "accuracy": record})
+        written.save(out)
+        return out
+    return written or meta
+
+
 def _install(moves: list[tuple[Path, Path]], target: Path) -> None:
     """Move each staged file onto its place in order; if one move fails (an immutable or read-only
     file), the moves before it are undone from hard-link backups, so the old model stays whole and
@@ -356,20 +370,6 @@ def _install(moves: list[tuple[Path, Path]], target: Path) -> None:
         for _, old in undo:
             if old is not None and old.exists():
                 old.unlink()
-
-
-def _gated(fmt: Format, model: Any, written: Any, staged: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
-    """The metadata of what a format wrote; an ``Int8Graph`` is quantized and gated first, a ``GateRequest`` gated."""
-    from . import precision_gate
-
-    if isinstance(written, Int8Graph):
-        return precision_gate.quantize_gated(model, written, staged, meta, opts, load_backend(fmt))
-    if isinstance(written, GateRequest):
-        record = precision_gate.gate(model, staged, meta, opts, load_backend(fmt))
-        out = replace(meta, extra={**meta.extra, "accuracy": record})
-        written.save(out)
-        return out
-    return written or meta
 
 
 def _replace(staged: Path, target: Path) -> None:

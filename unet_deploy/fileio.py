@@ -155,6 +155,24 @@ def file_digest(path: str | Path) -> str:
     return f"blake2b:{h.hexdigest()}"
 
 
+def atomic_write_new(path: str | Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` whole or not at all, never over an existing file (one created
+    meanwhile included: the temporary is hard-linked in, which fails where a file exists).
+    Returns False when ``path`` already existed."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network/FAT file systems): check, then rename
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid() or os.name == "nt":  # Windows' os.kill terminates: keep the files there
         return True

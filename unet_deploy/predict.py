@@ -92,6 +92,7 @@ def predict_to_folder(
     model: str | Path | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     progress: bool | None = None,
+    labelme: str | None = None,
 ) -> PredictSummary:
     """Segment ``images`` with ``seg``; write ``out/masks/<stem>.png``, ``out/overlays/<stem>.jpg``, ``out/report.json``.
 
@@ -102,7 +103,9 @@ def predict_to_folder(
     An image that cannot be read is recorded in the report (and its one-line error written
     through tqdm to stderr); the others are still written. ``on_record`` receives each image's
     report entry as it is done (the CLI prints them as JSON lines). ``progress`` as tqdm's
-    ``disable`` inverse (``None``: only on a terminal).
+    ``disable`` inverse (``None``: only on a terminal). ``labelme`` (``"polygon"`` or ``"mask"``)
+    also writes pre-annotations ``out/labelme/<stem>.json`` (``unet_deploy.data.prelabel``) and
+    ``out/labelme/labels.txt``; an existing JSON is kept (one line, entry ``"labelme_kept"``).
     """
     from tqdm import tqdm
 
@@ -114,12 +117,16 @@ def predict_to_folder(
     stems = output_stems(images)
     planned = [out_dir / "report.json"] + [out_dir / "masks" / f"{s}.png" for s in stems]
     planned += [out_dir / "overlays" / f"{s}.jpg" for s in stems] if overlays else []
+    planned += [out_dir / "labelme" / f"{s}.json" for s in stems] if labelme else []
     check_not_inputs(planned, images, "--out folder")
+    folders += [out_dir / "labelme"] if labelme else []
     check_output_folder(out_dir, folders, [out_dir / "report.json"])
+    if labelme:
+        write_labels_txt(out_dir / "labelme", seg.classes)
     reports, failed = [], 0
     disable = None if progress is None else not progress
     with tqdm(total=len(images), unit="img", desc="predict", disable=disable, file=sys.stderr) as bar:
-        for stem, result in zip(stems, seg.predict_iter(images, batch_size)):
+        for path, stem, result in zip(images, stems, seg.predict_iter(images, batch_size)):
             record = result.to_dict()
             if result.ok:
                 save_palette_png(out_dir / "masks" / f"{stem}.png", result.mask)
@@ -127,6 +134,8 @@ def predict_to_folder(
                 if overlays:
                     write_image(out_dir / "overlays" / f"{stem}.jpg", result.overlay())
                     record["overlay"] = f"overlays/{stem}.jpg"
+                if labelme:
+                    record.update(prelabel(out_dir / "labelme" / f"{stem}.json", path, result, labelme, out_dir))
             else:
                 failed += 1
                 tqdm.write(f"error: {' '.join(str(result.error).split())}", file=sys.stderr)
@@ -138,6 +147,28 @@ def predict_to_folder(
               "images": reports}
     path = atomic_write_text(out_dir / "report.json", json.dumps(report) + "\n")
     return PredictSummary(out_dir, len(images), failed, path)
+
+
+def write_labels_txt(folder: Path, classes: Sequence[str]) -> None:
+    """labelme's ``labels.txt`` for the model's classes in ``folder``, unless one is there already."""
+    from .data.prelabel import labels_txt
+
+    if not (folder / "labels.txt").exists():
+        atomic_write_text(folder / "labels.txt", labels_txt(classes))
+
+
+def prelabel(json_path: Path, image: Path, result: Any, kind: str, root: Path) -> dict[str, str]:
+    """Write one image's labelme pre-annotation; the report entry's ``labelme`` (or ``labelme_kept``
+    with one line on stderr when a JSON is already there), relative to ``root``."""
+    from tqdm import tqdm
+
+    from .data.prelabel import kept_line, write_prelabel
+
+    rel = json_path.relative_to(root).as_posix()
+    if write_prelabel(json_path, image, result.mask, result.regions, kind) is None:
+        tqdm.write(kept_line(json_path), file=sys.stderr)
+        return {"labelme_kept": rel}
+    return {"labelme": rel}
 
 
 # ---------------------------------------------------------------------------- streams

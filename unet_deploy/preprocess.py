@@ -18,6 +18,11 @@ from .errors import UnetDeployError
 from .meta import DIVISOR, MIN_SIZE, PAD_MODES, ModelMeta
 
 
+# An image whose every channel spans at most this many 8-bit levels is flat (all black, one colour):
+# int8 calibrated or gated on such images learns and measures nothing about real ones.
+FLAT_LEVELS = 8
+
+
 @dataclass(frozen=True)
 class LetterboxTransform:
     """Where the original image sits inside the network input.
@@ -240,11 +245,6 @@ def preprocess_batch(
     if len(shapes) > 1:
         raise UnetDeployError(f"rect letterbox gives different input sizes {shapes}; batch images of one size")
     return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
-
-
-# An image whose every channel spans at most this many 8-bit levels is flat (all black, one colour):
-# int8 calibrated or gated on such images learns and measures nothing about real ones.
-FLAT_LEVELS = 8
 
 
 def is_flat(image: np.ndarray) -> bool:

@@ -29,6 +29,8 @@ contract (ModelMeta ``"tiling": {"scale": s, "overlap": o}``), step by step:
 5. **Blend and argmax once.** Weighted logits are summed; no division by the weight sum is
    needed, because a positive factor changes neither the argmax nor the sign of a sigmoid
    logit. ``postprocess.argmax`` then gives class ids (one channel: the sigmoid rule, > 0).
+   Region scores (``tiled_prediction``) take the blended logits divided by the weight sum, so
+   a pixel's probability is a weighted mean of its tiles' logits, softmaxed once.
 6. **Back to the original size** with the letterbox's pixel-centre nearest mapping
    (``postprocess.to_original``); at ``s = 1`` the map is already the original size.
 
@@ -48,7 +50,7 @@ import numpy as np
 from .errors import UnetDeployError
 from .fileio import check_pixel_limit
 from .meta import DEFAULT_OVERLAP, ModelMeta, check_tiling
-from .postprocess import argmax, to_original
+from .postprocess import argmax, to_original, top_probability
 from .preprocess import LetterboxTransform, normalize, resize_image, to_model_color
 
 #: float32 ``N x C x th x tw`` network inputs -> float32 ``N x K x th x tw`` logits
@@ -101,6 +103,30 @@ def tiled_class_map(
     """HxW uint8 class ids at the original size of ``image`` (gray, BGR or BGRA, 8 or 16 bit, as
     OpenCV reads it), from ``meta.input_size`` tiles of it resized by ``scale``, blended as the
     module docstring says. ``predict`` gets at most ``tile_batch`` tiles per call."""
+    return _tiled(image, meta, predict, scale, overlap, tile_batch, False)[0]
+
+
+def tiled_prediction(
+    image: np.ndarray,
+    meta: ModelMeta,
+    predict: Predictor,
+    scale: float = 1.0,
+    overlap: float = DEFAULT_OVERLAP,
+    tile_batch: int = 8,
+) -> tuple[np.ndarray, np.ndarray, LetterboxTransform | None]:
+    """``tiled_class_map``'s mask, with what region scores need: the probability of the predicted
+    class at each pixel > 0 of the scaled image (``postprocess.top_probability`` of the blended
+    logits divided by the weight sum; 0 at class 0), and the transform from that scaled size back
+    to the original (``None`` at scale 1). Pass both to ``postprocess.find_regions``.
+
+    Args:
+        image, meta, predict, scale, overlap, tile_batch: as ``tiled_class_map``.
+    """
+    return _tiled(image, meta, predict, scale, overlap, tile_batch, True)
+
+
+def _tiled(image: np.ndarray, meta: ModelMeta, predict: Predictor, scale: float, overlap: float, tile_batch: int,
+           want_confidence: bool) -> tuple[np.ndarray, np.ndarray | None, LetterboxTransform | None]:  # fmt: skip
     checked = check_tiling({"scale": scale, "overlap": overlap})
     scale, overlap = checked["scale"], checked["overlap"]
     if isinstance(tile_batch, bool) or not isinstance(tile_batch, (int, np.integer)) or tile_batch < 1:
@@ -122,6 +148,9 @@ def tiled_class_map(
     k = meta.num_outputs
     strip = np.zeros((k, th, sw), np.float32)  # weighted logit sums of rows [top, top + th)
     out = np.empty((sh, sw), np.uint8)
+    # scores: the weight sums of the strip and the probability map (calloc: untouched rows cost nothing)
+    wsum = np.zeros((1, th, sw), np.float32) if want_confidence else None
+    confidence = np.zeros((sh, sw), np.float32) if want_confidence else None
     top = 0
     for first in range(0, len(tiles), int(tile_batch)):
         group = tiles[first : first + int(tile_batch)]
@@ -133,14 +162,17 @@ def tiled_class_map(
             )
         for (y, x), tile_logits in zip(group, logits):
             if y > top:
-                _finish_rows(strip, out, top, y)
+                _finish_rows(strip, out, top, y, wsum, confidence)
                 top = y
             hh, ww = min(th, sh - y), min(tw, sw - x)
             strip[:, :hh, x : x + ww] += tile_logits[:, :hh, :ww] * weights[:hh, :ww]
-    _finish_rows(strip, out, top, sh)
+            if wsum is not None:
+                wsum[0, :hh, x : x + ww] += weights[:hh, :ww]
+    _finish_rows(strip, out, top, sh, wsum, confidence)
     if (sh, sw) == (h, w):
-        return out
-    return to_original(out, LetterboxTransform((h, w), (sh, sw), (sh, sw), (0, 0)))
+        return out, confidence, None
+    back = LetterboxTransform((h, w), (sh, sw), (sh, sw), (0, 0))
+    return to_original(out, back), confidence, back
 
 
 def _tile_input(image: np.ndarray, y: int, x: int, tile_hw: tuple[int, int], meta: ModelMeta) -> np.ndarray:
@@ -153,9 +185,18 @@ def _tile_input(image: np.ndarray, y: int, x: int, tile_hw: tuple[int, int], met
     return tile
 
 
-def _finish_rows(strip: np.ndarray, out: np.ndarray, top: int, end: int) -> None:
-    """Argmax rows ``[top, end)`` (no later tile touches them) into ``out`` and slide the strip down."""
+def _finish_rows(strip: np.ndarray, out: np.ndarray, top: int, end: int, wsum: np.ndarray | None = None,
+                 confidence: np.ndarray | None = None) -> None:  # fmt: skip
+    """Argmax rows ``[top, end)`` (no later tile touches them) into ``out`` (and, with ``wsum``, the
+    probability of the class at their pixels > 0 into ``confidence``), then slide the strip down."""
     n = end - top
     out[top:end] = argmax(strip[:, :n])
+    if wsum is not None and confidence is not None:
+        ys, xs = np.nonzero(out[top:end])
+        if len(ys):
+            blended = strip[:, ys, xs] / wsum[:, ys, xs]  # K x P: the blended logits of those pixels
+            confidence[top + ys, xs] = top_probability(blended[:, :, None])[:, 0]
+        wsum[:, : wsum.shape[1] - n] = wsum[:, n:]
+        wsum[:, wsum.shape[1] - n :] = 0.0
     strip[:, : strip.shape[1] - n] = strip[:, n:]
     strip[:, strip.shape[1] - n :] = 0.0

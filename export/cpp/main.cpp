@@ -1,6 +1,6 @@
 // unet_infer: segment images with an exported unet-deploy model from the command line.
 //
-//   unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--threads N]
+//   unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda|cuda:N] [--min-area N] [--min-score S] [--threads N]
 //              [--tile-scale S] [--overlap O] [--no-tile] [--save-input]
 //
 // Prints one JSON line per image (file, size, regions, timings; or file and error). With --out
@@ -27,15 +27,16 @@ namespace fs = std::filesystem;
 namespace {
 
 const char* kUsage =
-    "Usage: unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda] [--min-area N] [--threads N]\n"
+    "Usage: unet_infer MODEL IMAGE... [--out DIR] [--device auto|cpu|cuda|cuda:N] [--min-area N] [--min-score S] [--threads N]\n"
     "                  [--tile-scale S] [--overlap O] [--no-tile] [--save-input]\n"
     "\n"
     "  Segment IMAGE(s) with MODEL (model.torchscript.pt or an AOTInductor model.pt2 from unet-export),\n"
     "  preparing pixels exactly as the Python runtime does. One JSON line per image on stdout.\n"
     "\n"
     "  --out DIR       write DIR/masks/<stem>.png, DIR/overlays/<stem>.jpg and DIR/report.json\n"
-    "  --device D      auto (CUDA when libtorch sees a GPU; default), cpu or cuda\n"
+    "  --device D      auto (CUDA when libtorch sees a GPU; default), cpu, cuda or cuda:N\n"
     "  --min-area N    drop regions smaller than N pixels (default 0)\n"
+    "  --min-score S   drop regions whose score (mean probability of their class) is below S (default 0)\n"
     "  --threads N     CPU threads for inference (default: libtorch's, one per core)\n"
     "  --tile-scale S  tiled inference: resize by S (1.0 = native pixels), model-size tiles (overrides the metadata)\n"
     "  --overlap O     tile overlap, a fraction of a tile in [0, 1) (default: the metadata's, else 0.25)\n"
@@ -50,6 +51,7 @@ struct Options {
   std::string model, out, device = "auto";
   std::vector<std::string> images;
   int min_area = 0, threads = 0;
+  double min_score = 0.0;
   bool save_input = false, no_tile = false;
   std::optional<double> tile_scale, overlap;
 };
@@ -98,6 +100,9 @@ Options parse_args(int argc, char** argv) {
       o.device = value(a);
     } else if (a == "--min-area") {
       o.min_area = count(a, value(a), 0);
+    } else if (a == "--min-score") {
+      o.min_score = real(a, value(a));
+      if (!(o.min_score >= 0.0 && o.min_score <= 1.0)) usage_error("--min-score must lie in [0, 1]");
     } else if (a == "--threads") {
       o.threads = count(a, value(a), 1);
     } else if (a == "--tile-scale") {
@@ -191,7 +196,7 @@ int main(int argc, char** argv) {
     std::string line;
     try {
       const cv::Mat image = unet::read_image(file);
-      const unet::Result r = (*seg)(image, opt.min_area);
+      const unet::Result r = (*seg)(image, opt.min_area, opt.min_score);
       std::string mask_name, overlay_name;  // relative to DIR, as unet-predict's report names them
       if (!opt.out.empty()) {
         mask_name = "masks/" + stem + ".png";

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -79,8 +81,31 @@ cv::Mat unletterbox_mask(const cv::Mat& class_map, const LetterboxTransform& t) 
   return out;
 }
 
-std::vector<Region> find_regions(const cv::Mat& mask, const std::vector<std::string>& classes, int min_area) {
+namespace {
+
+// The network index of each original row and column (preprocess.network_indices; identity without t).
+std::pair<std::vector<int>, std::vector<int>> network_indices(const cv::Mat& mask, const LetterboxTransform* t) {
+  std::vector<int> rows(mask.rows), cols(mask.cols);
+  for (int y = 0; y < mask.rows; ++y)
+    rows[y] = t ? t->top + std::min(static_cast<int>((y + 0.5) * t->new_h / t->src_h), t->new_h - 1) : y;
+  for (int x = 0; x < mask.cols; ++x)
+    cols[x] = t ? t->left + std::min(static_cast<int>((x + 0.5) * t->new_w / t->src_w), t->new_w - 1) : x;
+  return {rows, cols};
+}
+
+}  // namespace
+
+std::vector<Region> find_regions(const cv::Mat& mask, const std::vector<std::string>& classes, int min_area,
+                                 const cv::Mat* confidence, const LetterboxTransform* t, double min_score) {
   CV_Assert(mask.type() == CV_8UC1);
+  std::vector<int> rows, cols;
+  if (confidence) {
+    CV_Assert(confidence->type() == CV_32FC1);
+    CV_Assert(t ? (confidence->rows == t->dst_h && confidence->cols == t->dst_w && mask.rows == t->src_h &&
+                   mask.cols == t->src_w)
+                : confidence->size() == mask.size());
+    std::tie(rows, cols) = network_indices(mask, t);
+  }
   int hist[256] = {0};
   for (int y = 0; y < mask.rows; ++y) {
     const uint8_t* row = mask.ptr<uint8_t>(y);
@@ -108,6 +133,17 @@ std::vector<Region> find_regions(const cv::Mat& mask, const std::vector<std::str
       auto longest = std::max_element(contours.begin(), contours.end(),
                                       [](const auto& a, const auto& b) { return a.size() < b.size(); });
       Region r{c, name, area, box, longest == contours.end() ? std::vector<cv::Point>{} : *longest};
+      if (confidence) {  // the mean, over the region's pixels, of the probability at its network pixel
+        double sum = 0.0;
+        for (int y = box.y; y < box.y + box.height; ++y) {
+          const int* lab = labels.ptr<int>(y);
+          const float* p = confidence->ptr<float>(rows[y]);
+          for (int x = box.x; x < box.x + box.width; ++x)
+            if (lab[x] == i) sum += p[cols[x]];
+        }
+        r.score = sum / area;
+        if (r.score < min_score) continue;
+      }
       const int first_x = r.contour.empty() ? box.x : r.contour.front().x;  // the border starts at the first pixel
       found.push_back({{c, box.y, box.x, first_x}, std::move(r)});
     }
@@ -213,6 +249,7 @@ std::string result_json(const std::string& file, const Result& r, const std::str
     for (const auto& p : g.contour) contour.push_back({p.x, p.y});
     regions.push_back({{"class_id", g.class_id}, {"class_name", g.class_name}, {"area", g.area},
                        {"bbox", {g.bbox.x, g.bbox.y, g.bbox.width, g.bbox.height}}, {"contour", contour}});
+    if (g.score >= 0.0) regions.back()["score"] = std::round(g.score * 1e6) / 1e6;
   }
   auto ms = [](double v) { return std::round(v * 1000.0) / 1000.0; };
   ordered_json o = {{"file", file}, {"size", {r.mask.rows, r.mask.cols}}, {"regions", regions}};

@@ -47,8 +47,11 @@ void tile_input(const cv::Mat& image, int y, int x, int th, int tw, const ModelM
   }
 }
 
-// Argmax strip rows [0, n) into out rows [top, top + n) and slide the strip up by n rows.
-void finish_rows(std::vector<float>& strip, int k, int th, int sw, cv::Mat& out, int top, int end) {
+// Argmax strip rows [0, n) into out rows [top, top + n) (with ``wsum``: the probability of the class at
+// their pixels > 0 into ``confidence``, from the blended logits divided by the weight sum) and slide
+// the strips up by n rows.
+void finish_rows(std::vector<float>& strip, int k, int th, int sw, cv::Mat& out, int top, int end,
+                 std::vector<float>* wsum = nullptr, cv::Mat* confidence = nullptr) {
   const int n = end - top;
   if (n <= 0) return;
   const size_t plane = static_cast<size_t>(th) * sw;
@@ -56,6 +59,17 @@ void finish_rows(std::vector<float>& strip, int k, int th, int sw, cv::Mat& out,
   for (int c = 0; c < k; ++c)
     std::memcpy(&rows[static_cast<size_t>(c) * n * sw], &strip[c * plane], sizeof(float) * n * sw);
   argmax_into(rows.data(), k, static_cast<size_t>(n) * sw, out.ptr<uint8_t>(top));
+  if (wsum && confidence) {
+    const size_t rplane = static_cast<size_t>(n) * sw;
+    std::vector<float> blended(k);
+    for (size_t i = 0; i < rplane; ++i) {
+      if (!out.ptr<uint8_t>(top)[i]) continue;
+      for (int c = 0; c < k; ++c) blended[c] = rows[c * rplane + i] / (*wsum)[i];
+      confidence->ptr<float>(top)[i] = static_cast<float>(top_probability(blended.data(), k, 1, 0));
+    }
+    std::memmove(wsum->data(), wsum->data() + rplane, sizeof(float) * (th - n) * sw);
+    std::fill(wsum->data() + static_cast<size_t>(th - n) * sw, wsum->data() + plane, 0.0f);
+  }
   for (int c = 0; c < k; ++c) {
     float* p = &strip[c * plane];
     std::memmove(p, p + static_cast<size_t>(n) * sw, sizeof(float) * (th - n) * sw);
@@ -90,6 +104,15 @@ cv::Mat tile_weights(int th, int tw) {
   return w;
 }
 
+double top_probability(const float* logits, int k, size_t plane, size_t i) {
+  if (k == 1) return 1.0 / (1.0 + std::exp(-std::fabs(static_cast<double>(logits[i]))));
+  float top = logits[i];
+  for (int c = 1; c < k; ++c) top = std::max(top, logits[c * plane + i]);
+  double total = 0.0;
+  for (int c = 0; c < k; ++c) total += std::exp(static_cast<double>(logits[c * plane + i]) - top);
+  return 1.0 / total;
+}
+
 void argmax_into(const float* logits, int k, size_t plane, uint8_t* out) {
   if (k == 1) {  // sigmoid head: class 1 where the logit is > 0
     for (size_t i = 0; i < plane; ++i) out[i] = logits[i] > 0.0f ? 1 : 0;
@@ -107,7 +130,7 @@ void argmax_into(const float* logits, int k, size_t plane, uint8_t* out) {
 }
 
 cv::Mat tiled_class_map(const cv::Mat& image, const ModelMeta& meta, const Predictor& predict, const Tiling& tiling,
-                        int tile_batch) {
+                        int tile_batch, cv::Mat* confidence) {
   const Tiling t = check_tiling(tiling.scale, tiling.overlap);
   if (tile_batch < 1) throw Error("tile_batch " + std::to_string(tile_batch) + " must be a positive integer");
   const int h = image.rows, w = image.cols;
@@ -129,6 +152,12 @@ cv::Mat tiled_class_map(const cv::Mat& image, const ModelMeta& meta, const Predi
   const size_t strip_plane = static_cast<size_t>(th) * sw;
   std::vector<float> strip(static_cast<size_t>(k) * strip_plane, 0.0f), inputs, logits, scratch;
   cv::Mat out(sh, sw, CV_8UC1);
+  std::vector<float> wsum;  // the weight sums of the strip, for the confidence
+  if (confidence) {
+    *confidence = cv::Mat::zeros(sh, sw, CV_32FC1);
+    wsum.assign(strip_plane, 0.0f);
+  }
+  std::vector<float>* ws = confidence ? &wsum : nullptr;
   int top = 0;
   for (size_t first = 0; first < tiles.size(); first += tile_batch) {
     const int n = static_cast<int>(std::min(tiles.size() - first, static_cast<size_t>(tile_batch)));
@@ -140,10 +169,13 @@ cv::Mat tiled_class_map(const cv::Mat& image, const ModelMeta& meta, const Predi
     for (int i = 0; i < n; ++i) {
       const auto [y, x] = tiles[first + i];
       if (y > top) {
-        finish_rows(strip, k, th, sw, out, top, y);
+        finish_rows(strip, k, th, sw, out, top, y, ws, confidence);
         top = y;
       }
       const int hh = std::min(th, sh - y), ww = std::min(tw, sw - x);
+      if (ws)
+        for (int r = 0; r < hh; ++r)
+          for (int j = 0; j < ww; ++j) wsum[static_cast<size_t>(r) * sw + x + j] += weights.ptr<float>(r)[j];
       for (int ch = 0; ch < k; ++ch) {
         const float* src = &logits[out_size * i + static_cast<size_t>(ch) * th * tw];
         float* acc = &strip[ch * strip_plane];
@@ -159,7 +191,7 @@ cv::Mat tiled_class_map(const cv::Mat& image, const ModelMeta& meta, const Predi
       }
     }
   }
-  finish_rows(strip, k, th, sw, out, top, sh);
+  finish_rows(strip, k, th, sw, out, top, sh, ws, confidence);
   if (sh == h && sw == w) return out;
   LetterboxTransform back;
   back.src_h = h, back.src_w = w, back.dst_h = sh, back.dst_w = sw, back.new_h = sh, back.new_w = sw;

@@ -228,9 +228,9 @@ struct Segmenter::Impl {
     backend = "torchscript";
   }
 
-  void load_aoti(const std::string& wish) {
-    try {
-      aoti = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
+  void load_aoti(const std::string& wish, c10::DeviceIndex index) {
+    try {  // the device index reaches the package (cuda:N); -1: the current device
+      aoti = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1, index);
     } catch (const std::exception& e) {
       throw Error(path + ": not a loadable AOTInductor package (" + first_line(e.what()) + "); re-export it with "
                   "`unet-export CHECKPOINT --format aoti` on this machine's torch");
@@ -240,7 +240,7 @@ struct Segmenter::Impl {
     if (wish != "auto" && wish != built_for)
       throw Error(path + ": this package was compiled for " + built_for + ", not " + wish + "; run it with --device " +
                   built_for + " or re-export it on the target device");
-    device = built_for == "cuda" ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU);
+    device = built_for == "cuda" ? c10::Device(c10::kCUDA, index < 0 ? 0 : index) : c10::Device(c10::kCPU);
     meta = !metadata[kAotiMetaKey].empty() ? ModelMeta::from_json(metadata[kAotiMetaKey], path + " (AOTI metadata)")
                                            : meta_from_sidecar("no unet_deploy package metadata");
     read_aoti_input_checks();
@@ -335,19 +335,33 @@ Segmenter::Segmenter(const std::string& model_path, const std::string& device) :
   m.path = model_path;
   std::error_code ec;
   if (!fs::is_regular_file(model_path, ec)) throw Error(model_path + ": model file not found; check the path");
-  const std::string wish = lower(device);
-  if (wish != "auto" && wish != "cpu" && wish != "cuda") throw Error("device '" + device + "' is not one of auto, cpu, cuda");
+  std::string wish = lower(device);
+  c10::DeviceIndex index = -1;  // cuda:N
+  if (wish.rfind("cuda:", 0) == 0) {
+    const std::string digits = wish.substr(5);
+    if (digits.empty() || digits.size() > 4 || digits.find_first_not_of("0123456789") != std::string::npos)
+      throw Error("device '" + device + "' is not one of auto, cpu, cuda, cuda:N");
+    index = static_cast<c10::DeviceIndex>(std::stoi(digits));
+    wish = "cuda";
+  }
+  if (wish != "auto" && wish != "cpu" && wish != "cuda")
+    throw Error("device '" + device + "' is not one of auto, cpu, cuda, cuda:N");
   const bool cuda = torch::cuda::is_available();
   if (wish == "cuda" && !cuda)
     throw Error(model_path + ": CUDA was asked for but libtorch sees no CUDA device (CPU build or no GPU); use --device cpu");
+  const auto count = static_cast<int>(torch::cuda::device_count());
+  if (index >= count)
+    throw Error(model_path + ": cuda:" + std::to_string(index) + " was asked for but this machine has " +
+                std::to_string(count) + " CUDA device(s); use --device cuda:0");
   const std::string name = lower(fs::path(model_path).filename().string());
   if (ends_with(name, ".onnx") || ends_with(name, ".xml"))
     throw Error(model_path + ": unet_infer runs TorchScript (.torchscript.pt) and AOTInductor (.pt2) models; run ONNX/"
                 "OpenVINO models with unet-predict, or export with `unet-export CHECKPOINT --format torchscript`");
   if (ends_with(name, ".pt2")) {
-    m.load_aoti(wish);
+    m.load_aoti(wish, index);
   } else {
-    m.device = (wish == "cuda" || (wish == "auto" && cuda)) ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU);
+    m.device = (wish == "cuda" || (wish == "auto" && cuda)) ? c10::Device(c10::kCUDA, index < 0 ? 0 : index)
+                                                           : c10::Device(c10::kCPU);
     m.load_torchscript();
   }
 }
@@ -362,11 +376,13 @@ void Segmenter::set_tiling(const std::optional<Tiling>& tiling) {
   impl_->meta.tiling = tiling ? std::optional<Tiling>(check_tiling(tiling->scale, tiling->overlap)) : std::nullopt;
 }
 
-Result Segmenter::operator()(const cv::Mat& image, int min_area) {
+Result Segmenter::operator()(const cv::Mat& image, int min_area, double min_score) {
   Impl& m = *impl_;
   const ModelMeta& meta = m.meta;
   c10::InferenceMode guard;
   Result r;
+  cv::Mat confidence;                       // CV_32FC1: the probability of the predicted class, for scores
+  std::optional<LetterboxTransform> back;  // from confidence's pixels to the mask's (none: the same size)
   auto t0 = Clock::now();
   if (meta.tiling) {
     r.transform = letterbox_geometry(image.rows, image.cols, image.rows, image.cols, "top-left");
@@ -376,8 +392,13 @@ Result Segmenter::operator()(const cv::Mat& image, int min_area) {
       const at::Tensor logits = m.logits_of(x, r.timings);
       std::memcpy(out, logits.data_ptr<float>(), sizeof(float) * static_cast<size_t>(n) * k * th * tw);
     };
-    r.mask = tiled_class_map(image, meta, predict, *meta.tiling);
+    r.mask = tiled_class_map(image, meta, predict, *meta.tiling, 8, &confidence);
     r.timings.preprocess = ms_since(t0) - r.timings.inference;  // tiles prepared and blended around the calls
+    if (confidence.size() != r.mask.size()) {  // scaled tiles: the scaled image maps back as tiling.cpp maps it
+      back = LetterboxTransform{};
+      back->src_h = image.rows, back->src_w = image.cols, back->dst_h = back->new_h = confidence.rows;
+      back->dst_w = back->new_w = confidence.cols;
+    }
   } else {
     const cv::Mat boxed = letterbox(image, meta, r.transform);
     at::Tensor x = at::empty({1, meta.in_channels, boxed.rows, boxed.cols}, at::kFloat);
@@ -389,10 +410,18 @@ Result Segmenter::operator()(const cv::Mat& image, int min_area) {
     argmax_into(logits.data_ptr<float>(), meta.num_outputs(), static_cast<size_t>(boxed.rows) * boxed.cols,
                 class_map.data);
     r.mask = unletterbox_mask(class_map, r.transform);
+    // the probability of the predicted class at the network's pixels of classes > 0 (the region scores')
+    const int k = meta.num_outputs();
+    const size_t plane = static_cast<size_t>(boxed.rows) * boxed.cols;
+    const float* l = logits.data_ptr<float>();
+    confidence = cv::Mat::zeros(boxed.rows, boxed.cols, CV_32FC1);
+    for (size_t i = 0; i < plane; ++i)
+      if (class_map.data[i]) reinterpret_cast<float*>(confidence.data)[i] = static_cast<float>(top_probability(l, k, plane, i));
+    back = r.transform;
     r.timings.postprocess = ms_since(t0);
   }
   t0 = Clock::now();
-  r.regions = find_regions(r.mask, meta.classes, min_area);
+  r.regions = find_regions(r.mask, meta.classes, min_area, &confidence, back ? &*back : nullptr, min_score);
   r.timings.postprocess += ms_since(t0);
   return r;
 }

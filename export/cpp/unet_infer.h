@@ -71,13 +71,15 @@ struct LetterboxTransform {
   int top = 0, left = 0;     // its top-left corner; the rest is padding
 };
 
-/// One connected defect: class, pixel area, box [x, y, w, h] and outer contour in original pixels.
+/// One connected defect: class, pixel area, box [x, y, w, h], outer contour in original pixels, and
+/// score: the mean over its pixels of the probability of its class (negative: not scored).
 struct Region {
   int class_id = 0;
   std::string class_name;
   int area = 0;
   cv::Rect bbox;
   std::vector<cv::Point> contour;
+  double score = -1.0;
 };
 
 /// Milliseconds spent per stage.
@@ -130,11 +132,17 @@ using Predictor = std::function<void(const float* inputs, int n, float* logits)>
 /// HxW class ids at the original size from ``meta.input_size`` tiles of ``image`` resized by
 /// ``tiling.scale``, blended and argmaxed as tiling.tiled_class_map does (same grid, weights,
 /// raster-order float32 sum, reflect-101 padding of short axes, argmax once, mapping back).
+/// With ``confidence``: also the probability of the predicted class at each pixel > 0 of the scaled
+/// image (of the blended logits divided by the weight sum; 0 elsewhere), CV_32FC1 (tiling.tiled_prediction).
 cv::Mat tiled_class_map(const cv::Mat& image, const ModelMeta& meta, const Predictor& predict, const Tiling& tiling,
-                        int tile_batch = 8);
+                        int tile_batch = 8, cv::Mat* confidence = nullptr);
 
 /// Class ids from ``k`` float32 planes of ``plane`` values each (softmax: argmax, ties lowest; one plane: > 0).
 void argmax_into(const float* logits, int k, size_t plane, uint8_t* out);
+
+/// The probability of the predicted class, 1 / sum_k exp(l_k - max l) (one plane: the sigmoid of |l|), of
+/// the pixel at ``i`` of ``k`` planes of ``plane`` values (postprocess.top_probability).
+double top_probability(const float* logits, int k, size_t plane, size_t i);
 
 // -- postprocessing (unet_deploy/postprocess.py) ------------------------------------------------
 
@@ -142,7 +150,12 @@ void argmax_into(const float* logits, int k, size_t plane, uint8_t* out);
 cv::Mat unletterbox_mask(const cv::Mat& class_map, const LetterboxTransform& t);
 
 /// Every 8-connected component of every class > 0 with area >= ``min_area``, sorted as Python sorts them.
-std::vector<Region> find_regions(const cv::Mat& mask, const std::vector<std::string>& classes, int min_area);
+/// With ``confidence`` (CV_32FC1, the probability of the predicted class at the network's pixels, or at
+/// the mask's own size when ``t`` is null) each region gets its score, the mean over its original
+/// pixels of the value at the network pixel ``t`` maps it from; regions below ``min_score`` are dropped.
+std::vector<Region> find_regions(const cv::Mat& mask, const std::vector<std::string>& classes, int min_area,
+                                 const cv::Mat* confidence = nullptr, const LetterboxTransform* t = nullptr,
+                                 double min_score = 0.0);
 
 /// 8-bit BGR picture: classes filled at 50% in VOC colours, region contours in green.
 cv::Mat overlay(const cv::Mat& image, const cv::Mat& mask, const std::vector<Region>& regions);
@@ -190,8 +203,9 @@ class Segmenter {
   /// Override the metadata's tiling (as unet-predict's --tile-scale/--overlap/--no-tile): nullopt letterboxes.
   void set_tiling(const std::optional<Tiling>& tiling);
 
-  /// Segment one image as OpenCV reads it; regions smaller than ``min_area`` pixels are dropped.
-  Result operator()(const cv::Mat& image, int min_area = 0);
+  /// Segment one image as OpenCV reads it; regions smaller than ``min_area`` pixels or scored below
+  /// ``min_score`` are dropped.
+  Result operator()(const cv::Mat& image, int min_area = 0, double min_score = 0.0);
 
   const ModelMeta& meta() const;
   const std::string& backend() const;  // "torchscript" or "aoti"

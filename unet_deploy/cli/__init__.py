@@ -17,9 +17,11 @@ COMMANDS: dict[str, str] = {
     "train": "unet_deploy.cli.train:command",
     "export": "unet_deploy.cli.export:command",
     "predict": "unet_deploy.cli.predict:command",
+    "eval": "unet_deploy.cli.eval:command",
     "bench": "unet_deploy.cli.bench:command",
     "demo": "unet_deploy.cli.demo:command",
     "serve": "unet_deploy.cli.serve:command",
+    "select": "unet_deploy.cli.select:command",
 }
 
 

@@ -30,3 +30,14 @@ def command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[..., A
 def echo_err(message: str) -> None:
     """A progress or log line on stderr (the library's ``log=`` callback for commands)."""
     click.echo(message, err=True)
+
+
+def tiling_choice(tile_scale: float | None, overlap: float | None, no_tile: bool) -> dict[str, float] | bool | None:
+    """``Segmenter(tiling=)`` from ``--tile-scale``, ``--overlap`` and ``--no-tile`` (None: the model's own)."""
+    if no_tile and tile_scale is not None:
+        raise UnetDeployError("--no-tile and --tile-scale contradict each other; pass one of them")
+    if overlap is not None and tile_scale is None:
+        raise UnetDeployError("--overlap applies to tiles: pass --tile-scale S with it")
+    if tile_scale is not None:
+        return {"scale": tile_scale, "overlap": 0.25 if overlap is None else overlap}
+    return False if no_tile else None

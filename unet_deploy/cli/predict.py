@@ -9,6 +9,7 @@ import click
 
 from ..errors import UnetDeployError
 from ._command import command as _command
+from ._command import tiling_choice
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:
@@ -31,6 +32,8 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
               help="auto (by file suffix), onnxruntime, torchscript, aoti or checkpoint.")
 @click.option("--min-area", default=0, show_default=True, type=click.IntRange(0),
               help="Drop regions smaller than this (original pixels).")
+@click.option("--min-score", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Drop regions whose score (mean probability of their class over their pixels) is lower.")
 @click.option("--batch-size", "-b", default=8, show_default=True, type=click.IntRange(1), help="Images per inference call.")
 @click.option("--json", "json_lines", is_flag=True, help="Also print one JSON object per image on stdout.")
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write overlays/<stem>.jpg.")
@@ -51,11 +54,16 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
               help="Override the model's letterbox pad (rect: pad only to the next multiple of 16).")
 @click.option("--trust-code", is_flag=True,
               help="Load a model file that runs code when loaded (.pt2: native code). Only for files you made.")
+@click.option("--labelme", "labelme", is_flag=True,
+              help="Also write OUT/labelme/<stem>.json pre-annotations that labelme opens (existing ones are kept).")
+@click.option("--labelme-shapes", type=click.Choice(["polygon", "mask"]), default="polygon", show_default=True,
+              help="With --labelme: polygons (holes as _background_ polygons) or lossless labelme mask shapes.")
 def command(
-    model: str, sources: tuple[str, ...], out: str, device: str, backend: str, min_area: int, batch_size: int,
+    model: str, sources: tuple[str, ...], out: str, device: str, backend: str, min_area: int, min_score: float,
+    batch_size: int,
     json_lines: bool, overlays: bool, classes: str | None, img_size: str | None, threads: int | None,
     tile_scale: float | None, overlap: float | None, no_tile: bool, every: int | None, max_frames: int | None,
-    save_video: str | None, drop_frames: bool, pad: str | None, trust_code: bool,
+    save_video: str | None, drop_frames: bool, pad: str | None, trust_code: bool, labelme: bool, labelme_shapes: str,
 ) -> None:  # fmt: skip
     """Segment images with MODEL; write masks, overlays and report.json to --out.
 
@@ -68,9 +76,12 @@ def command(
     Writes:
       OUT/masks/<stem>.png     palette PNG, pixel = class id, original size
       OUT/overlays/<stem>.jpg  classes filled, region contours in green
-      OUT/report.json          per image: size, regions (class, area, bbox, contour), timings
+      OUT/report.json          per image: size, regions (class, area, bbox, contour, score), timings
       OUT/report.jsonl         video: one line per processed frame (frame, timestamp_ms, time,
                                size, regions, timings), flushed as it goes
+      OUT/labelme/<stem>.json  with --labelme: labelme 5.x pre-annotation (imagePath relative to
+                               it, one shape per region, score in its description; holes are
+                               _background_ polygons drawn after their region), and labels.txt
 
     An image that cannot be read is reported (one line) and skipped; the exit code is then 1.
     A video ends with one line: exit 0 at its end (or --max-frames), 1 when it broke (truncated
@@ -84,6 +95,7 @@ def command(
       unet-predict model.onnx big_frames/ --out pred --tile-scale 1.0       # small defects, native pixels
       unet-predict model.onnx line3.mp4 --out pred --every 3 --save-video pred/overlay.mp4
       unet-predict model.xml camera:0 --out pred --drop-frames --max-frames 1000
+      unet-predict model.onnx new_parts/ --out pred --labelme   # then: labelme pred/labelme
     """
     from tqdm import tqdm
 
@@ -99,18 +111,15 @@ def command(
                                 ("--drop-frames", drop_frames)) if v]  # fmt: skip
         if given:
             raise UnetDeployError(f"{given[0]} applies to a video source (file, camera index or URL), not to images")
+    if streams and labelme:
+        raise UnetDeployError(f"{streams[0]}: --labelme annotates image files; pick frames of a video with "
+                              "`unet-deploy select MODEL VIDEO --count N --out DIR`")
     images = [] if streams else collect_images(sources)
     size = _parse_size(img_size)
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    if no_tile and tile_scale is not None:
-        raise UnetDeployError("--no-tile and --tile-scale contradict each other; pass one of them")
-    if overlap is not None and tile_scale is None:
-        raise UnetDeployError("--overlap applies to tiles: pass --tile-scale S with it")
-    tiling: dict[str, float] | bool | None = False if no_tile else None
-    if tile_scale is not None:
-        tiling = {"scale": tile_scale, "overlap": 0.25 if overlap is None else overlap}
+    tiling = tiling_choice(tile_scale, overlap, no_tile)
     seg = Segmenter(model, device=device, backend=backend, classes=names, input_size=size,
-                    min_area=min_area, threads=threads, tiling=tiling, tile_batch=batch_size,
+                    min_area=min_area, min_score=min_score, threads=threads, tiling=tiling, tile_batch=batch_size,
                     letterbox=pad, trust_code=trust_code)  # fmt: skip
     info = sys.stderr if json_lines else sys.stdout
     print_json = (lambda record: tqdm.write(json.dumps(record), file=sys.stdout)) if json_lines else None
@@ -119,8 +128,9 @@ def command(
         return
     click.echo(f"{seg.describe()}, {len(images)} image(s)", file=info)
     summary = predict_to_folder(seg, images, out, batch_size=batch_size, overlays=overlays, model=model,
-                                on_record=print_json)
-    click.echo(f"{summary.done} of {summary.images} image(s) -> {summary.out}/ (masks, overlays, report.json)"
+                                on_record=print_json, labelme=labelme_shapes if labelme else None)
+    wrote = "masks, overlays, report.json" + (", labelme/" if labelme else "")
+    click.echo(f"{summary.done} of {summary.images} image(s) -> {summary.out}/ ({wrote})"
                + (f"; {summary.failed} failed, see report.json" if summary.failed else ""), file=info)  # fmt: skip
     if summary.failed:
         click.get_current_context().exit(1)

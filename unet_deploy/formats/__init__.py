@@ -22,8 +22,8 @@ from .spec import Format
 _MODULES = (torchscript, onnx, aoti, openvino, triton, pytorch)  # display order
 FORMATS: Mapping[str, Format] = MappingProxyType({m.FORMAT.name: m.FORMAT for m in _MODULES})
 
-__all__ = ["FORMATS", "Format", "exportable", "for_path", "get", "names", "sidecar_path", "strip_suffix", "suffixes",
-           "TRUST_CODE_ENV", "check_trust", "trusted_by_env"]
+__all__ = ["FORMATS", "TRUST_CODE_ENV", "Format", "check_trust", "exportable", "for_path", "get", "names", "sidecar_path",
+           "strip_suffix", "suffixes"]
 
 
 def names(formats: list[Format] | None = None) -> list[str]:

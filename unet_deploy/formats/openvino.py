@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import UnetDeployError
 from ..fileio import file_digest
 from ..meta import METADATA_KEY, ModelMeta
-from ._common import INPUT_NAME, OUTPUT_NAME, TORCH_JIT_DEPRECATED, ExportOptions, GateRequest, without
+from ._common import INPUT_NAME, OUTPUT_NAME, TORCH_JIT_DEPRECATED, ExportOptions, GateRequest, stderr_log, without
 from .quantize import Int8Graph
 from .spec import Format
 
@@ -35,6 +35,7 @@ FORMAT = Format(
     options=frozenset({"calib"}), aliases=("ov",), named_precisions=("bf16", "int8"),
     note="OpenVINO IR (.xml/.bin) for Intel CPUs; bf16/int8 must pass the accuracy gate",
 )  # fmt: skip
+RT_INFO_KEY = METADATA_KEY  # "unet_deploy", the same key as in the ONNX metadata_props
 # rt_info key of the .bin's digest (``fileio.file_digest``): an .xml and a .bin of two exports (a kill
 # between their moves) are refused at load instead of running as a model nobody trained.
 WEIGHTS_KEY = "unet_deploy_weights"
@@ -89,7 +90,7 @@ def convert(model: Any, meta: ModelMeta) -> Any:
 def save(ov_model: Any, meta: ModelMeta, path: Path) -> None:
     """Write ``path`` (.xml + .bin) with ``meta`` in its rt_info, weights as they are (no fp16 compression),
     and the .bin's digest in the .xml (``WEIGHTS_KEY``, same length as its placeholder: nothing else moves)."""
-    ov_model.set_rt_info(meta.to_json(), METADATA_KEY)
+    ov_model.set_rt_info(meta.to_json(), RT_INFO_KEY)
     ov_model.set_rt_info(_PENDING, WEIGHTS_KEY)
     require_openvino().save_model(ov_model, str(path), compress_to_fp16=False)
     xml = path.read_bytes()

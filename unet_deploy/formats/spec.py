@@ -35,8 +35,8 @@ class Format:
     # TorchScript archive saved as ``.pt``).
     sniff: Callable[[Path], bool] | None = None
     folder: bool = False  # the artefact is a folder (a Triton repository), replaced whole on re-export
-    # Loading the file runs code it carries ("": it is data). Such a file is refused unless the user
-    # trusts it (``formats.check_trust``): load code only from files you made.
+    # Loading the file runs code it carries ("": it is data). Such a file is refused unless the
+    # user trusts it (``formats.check_trust``): load code only from files you made.
     runs_code: str = ""
 
     def path(self, out_dir: str | Path, stem: str, precision: str = "fp32") -> Path:

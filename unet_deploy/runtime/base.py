@@ -35,9 +35,10 @@ class Backend(abc.ABC):
     ``device`` is ``"cuda"`` or ``"cpu"`` (what really runs), ``precision`` what computes,
     ``device_note`` says why when a wish could not be met, ``meta`` is the ModelMeta found
     inside the file (or None), ``input_hw`` the fixed input (H, W) if the file fixes it,
-    ``fixed_batch`` the one batch size the file accepts (None: any) and ``num_outputs`` its
-    logit channels and ``in_channels`` its input channels if known. An option the backend's ``__init__`` does not take is a one-line
-    error naming the closest one it does (the ``SHARED_OPTIONS`` excepted).
+    ``fixed_batch`` the one batch size the file accepts (None: any), ``num_outputs`` its
+    logit channels and ``in_channels`` its input channels if known. An option the backend's
+    ``__init__`` does not take is a one-line error naming the closest one it does (the
+    ``SHARED_OPTIONS`` excepted).
     """
 
     name: ClassVar[str] = "base"
@@ -108,7 +109,7 @@ def load_backend(fmt: Format) -> type[Backend]:
 
 
 def backend_format(path: str | Path, backend: str = "auto") -> Format:
-    """The format row ``path`` is loaded as: by name (format, backend or alias), or (``"auto"``) by the file.
+    """The format row ``path`` is loaded as: by backend name (format, backend or alias), or (``"auto"``) by the file.
 
     The format registry decides: the longest suffix wins, and a ``.pt`` that is really a
     TorchScript archive goes to the TorchScript backend.
@@ -168,6 +169,8 @@ def file_meta(backend: Backend) -> ModelMeta | None:
     side = sidecar_meta(backend.path) if backend.meta is None else None
     if backend.meta is None:
         return side
+    from ..formats import sidecar_path
+
     path = sidecar_path(backend.path)
     if path.is_file():
         try:

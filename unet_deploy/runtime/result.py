@@ -14,7 +14,8 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from ..postprocess import CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original
+from ..postprocess import (CONTOUR_COLOR, Region, argmax, class_boxes, find_regions, overlay, to_original,
+                           top_probability, uncertainty)
 from ..preprocess import LetterboxTransform
 
 ImageLike = Union[str, Path, np.ndarray]
@@ -33,6 +34,7 @@ class Result:
     classes: list[str] = field(default_factory=list)
     image: np.ndarray | None = field(default=None, repr=False)  # as read, for overlay()
     error: str | None = None
+    uncertainty: float | None = None  # postprocess.uncertainty: 0 sure .. 1 uniform (None: tiled)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +71,7 @@ class Result:
             "size": list(self.size),
             "regions": [r.to_dict() for r in self.regions],
             "timings": dict(self.timings),
+            **({} if self.uncertainty is None else {"uncertainty": round(self.uncertainty, 6)}),
         }
 
 
@@ -92,22 +95,28 @@ class Prepared:
 class Inferred:
     """One image after inference: network-size ``logits`` ``(K, h, w)``, and the original-size ``mask``
     (with the network-size ``class_map`` it came from) where tiles or the device pipeline made it
-    already; ``ms`` is this image's share of the inference time."""
+    already; ``ms`` is this image's share of the inference time. Tiles: ``confidence``, the
+    probability of the predicted class on the scaled image (``tiling.tiled_prediction``), and
+    ``confidence_transform`` mapping it to the original size (``None``: same size)."""
 
     logits: np.ndarray | None = field(default=None, repr=False)
     mask: np.ndarray | None = field(default=None, repr=False)
     class_map: np.ndarray | None = field(default=None, repr=False)
     ms: float = 0.0
+    confidence: np.ndarray | None = field(default=None, repr=False)
+    confidence_transform: LetterboxTransform | None = None
 
 
-def finish(item: Prepared, out: Inferred, classes: Sequence[str], min_area: int = 0) -> Result:
-    """The last stage: argmax and the exact mapping back (unless ``out`` has the mask), regions, timings.
+def finish(item: Prepared, out: Inferred, classes: Sequence[str], min_area: int = 0, min_score: float = 0.0) -> Result:
+    """The last stage: argmax and the exact mapping back (unless ``out`` has the mask), regions with
+    their scores (from the logits, or the tiles' ``confidence``), timings.
 
     Args:
         item: the prepared image (its transform maps network pixels back).
         out: its inference output.
         classes: class names (class 0 first).
         min_area: regions of fewer original pixels are dropped.
+        min_score: regions whose score is lower are dropped.
     """
     t0 = time.perf_counter()
     mask, class_map = out.mask, out.class_map
@@ -117,6 +126,11 @@ def finish(item: Prepared, out: Inferred, classes: Sequence[str], min_area: int 
         class_map = argmax(out.logits)
         mask = to_original(class_map, item.transform)
     boxes = class_boxes(class_map, item.transform) if class_map is not None and item.transform is not None else None
-    regions = find_regions(mask, classes, min_area, boxes)
+    confidence, back = out.confidence, out.confidence_transform
+    if confidence is None and out.logits is not None and class_map is not None:
+        confidence, back = top_probability(out.logits, class_map), item.transform
+    regions = find_regions(mask, classes, min_area, boxes, confidence, back, min_score)
+    unsure = uncertainty(out.logits, item.transform) if out.logits is not None and item.transform is not None else None
     timings = {**item.timings, "inference": out.ms, "postprocess": (time.perf_counter() - t0) * 1000.0}
-    return Result(item.file, mask, regions, {k: round(v, 3) for k, v in timings.items()}, list(classes), item.image)
+    return Result(item.file, mask, regions, {k: round(v, 3) for k, v in timings.items()}, list(classes), item.image,
+                  uncertainty=unsure)

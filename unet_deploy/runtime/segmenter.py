@@ -20,11 +20,10 @@ from .. import cpu, formats
 from ..errors import UnetDeployError
 from ..fileio import read_image
 from ..formats import sidecar_path
-from ..meta import (TRAINED_LETTERBOX, ModelMeta, check_int, check_size, check_tiling, deployed, letterbox_note,
-                    max_batch)
+from ..meta import TRAINED_LETTERBOX, ModelMeta, check_int, check_size, check_tiling, deployed, letterbox_note, max_batch
 from ..postprocess import check_finite
 from ..preprocess import check_image, letterbox_geometry, preprocess
-from ..tiling import tiled_class_map
+from ..tiling import tiled_prediction
 from .base import Backend, backend_format, file_meta, load_backend
 from .result import ARRAY_NAME, ImageLike, Inferred, Prepared, Result, finish
 
@@ -55,6 +54,8 @@ class Segmenter:
         classes: class names, overriding the metadata or standing in where there is none.
         input_size: network input (H, W) where the file has no metadata (or to override it).
         min_area: regions of fewer original pixels are dropped.
+        min_score: regions whose score (``Region.score``, the mean probability of their class) is lower are
+            dropped.
         providers: ONNX Runtime execution providers, as ``onnxruntime.InferenceSession`` takes them.
         threads: intra-op CPU threads. ONNX Runtime and OpenVINO apply them to this model alone; the
             torch backends call ``torch.set_num_threads``, which is process-wide (torch has one pool),
@@ -96,6 +97,7 @@ class Segmenter:
         letterbox: str | None = None,
         pipeline: str = "auto",
         trust_code: bool = False,
+        min_score: float = 0.0,
     ) -> None:
         self.model_path = Path(model)
         if not self.model_path.is_file():
@@ -122,6 +124,9 @@ class Segmenter:
         self.max_batch = max_batch(self.meta, source=str(self.model_path))
         self.tile_batch = min(check_int(tile_batch, "tile_batch", 1), self.max_batch)
         self.min_area = int(min_area)
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise UnetDeployError(f"min_score {min_score} is not a probability; pass a value in [0, 1]")
+        self.min_score = float(min_score)
         mismatch = cpu.int8_mismatch(self.meta.extra.get("int8"), self.model_path.name)
         if mismatch:
             warnings.warn(mismatch, RuntimeWarning, stacklevel=2)
@@ -297,9 +302,10 @@ class Segmenter:
                 continue
             for i in group:
                 t0 = time.perf_counter()
-                mask = tiled_class_map(items[i].image, self.meta, self.infer, self.tiling["scale"],
-                                       self.tiling["overlap"], tile_batch=self.tile_batch)  # fmt: skip
-                out[i] = Inferred(mask=mask, ms=_ms(t0))
+                mask, confidence, back = tiled_prediction(
+                    items[i].image, self.meta, self.infer, self.tiling["scale"], self.tiling["overlap"],
+                    tile_batch=self.tile_batch)  # fmt: skip
+                out[i] = Inferred(mask=mask, ms=_ms(t0), confidence=confidence, confidence_transform=back)
         return out  # type: ignore[return-value]
 
     def _chunks(self, group: list[int], first: Prepared) -> list[list[int]]:
@@ -317,6 +323,8 @@ class Segmenter:
         t0 = time.perf_counter()
         if kind == "frame":
             found = self._device_pipeline([item.image for item in items])
+            for f in found:
+                check_finite(f.logits, str(self.model_path))
         else:
             logits = self.infer(np.stack([item.x for item in items]))
         ms = _ms(t0) / len(items)
@@ -329,8 +337,9 @@ class Segmenter:
 
     def postprocess(self, item: Prepared, out: Inferred) -> Result:
         """Stage 3: the ``Result`` of one prepared image from its inference output (``result.finish``:
-        argmax and the exact mapping back unless the mask is there, regions of at least ``min_area``)."""
-        return finish(item, out, self.meta.classes, self.min_area)
+        argmax and the exact mapping back unless the mask is there, regions of at least ``min_area`` and
+        ``min_score``)."""
+        return finish(item, out, self.meta.classes, self.min_area, self.min_score)
 
     def _on_device(self, image: np.ndarray) -> bool:
         return self._device_pipeline is not None and self._device_pipeline.supports(check_image(image))

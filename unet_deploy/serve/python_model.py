@@ -45,6 +45,7 @@ class TritonPythonModel:
         self.role = params.get("role", "segmenter")
         self.meta = ModelMeta.from_json(params["unet_deploy"], "config.pbtxt parameter unet_deploy")
         self.min_area = int(params.get("min_area", "0"))
+        self.min_score = float(params.get("min_score", "0"))
         if self.role == "segmenter":
             from unet_deploy import Segmenter
 
@@ -52,7 +53,8 @@ class TritonPythonModel:
             device = "cuda" if args["model_instance_kind"] == "GPU" else "cpu"
             threads = int(params["threads"]) if params.get("threads") else None
             self.seg = Segmenter(os.path.join(here, params["model_file"]), device=device, threads=threads,
-                                 min_area=self.min_area, trust_code=params.get("trust_code") == "1")
+                                 min_area=self.min_area, min_score=self.min_score,
+                                 trust_code=params.get("trust_code") == "1")
 
     def execute(self, requests):
         return {"segmenter": self._segment, "pre": self._pre, "post": self._post}[self.role](requests)
@@ -92,7 +94,8 @@ class TritonPythonModel:
         answers = []
         for request in requests:
             try:
-                results = stages.finish(_input(request, "logits"), _input(request, "transform"), self.meta, self.min_area)
+                results = stages.finish(_input(request, "logits"), _input(request, "transform"), self.meta, self.min_area,
+                                        self.min_score)  # fmt: skip
                 mask, regions = stages.pack_results(results)
             except UnetDeployError as e:
                 answers.append(_error(e))

@@ -109,6 +109,7 @@ def export_triton(
     device: str = "cpu",
     threads: int | None = None,
     min_area: int = 0,
+    min_score: float = 0.0,
     log: Callable[[str], None] | None = None,
     trust_code: bool = False,
 ) -> Path:
@@ -122,6 +123,7 @@ def export_triton(
     ``name`` must be a Triton model name (``check_model_name``); a model folder already in
     ``out_repo`` is replaced only when this package wrote it. ``trust_code`` lets a ``.pt2``
     (native code) load, here and in the server (``Segmenter(trust_code=...)``).
+    ``min_score`` drops regions whose score (``Region.score``) is lower.
     """
     check_model_name(name)
     if layout not in LAYOUTS:
@@ -136,7 +138,7 @@ def export_triton(
     with private_tempdir("triton-export") as tmp:
         files, meta = _artefact(Path(model_file_or_checkpoint), Path(tmp), onnx_only=layout == "ensemble", log=log,
                                 trust_code=trust_code)
-        params = {"unet_deploy": meta.to_json(), "min_area": str(int(min_area))}
+        params = {"unet_deploy": meta.to_json(), "min_area": str(int(min_area)), "min_score": repr(float(min_score))}
         if trust_code:
             params["trust_code"] = "1"
         if layout == "python":

@@ -59,7 +59,8 @@ def prepare(images: Sequence[np.ndarray], meta: ModelMeta) -> tuple[np.ndarray, 
     return x, t
 
 
-def finish(logits: np.ndarray, transforms: np.ndarray, meta: ModelMeta, min_area: int = 0) -> list[Result]:
+def finish(logits: np.ndarray, transforms: np.ndarray, meta: ModelMeta, min_area: int = 0,
+           min_score: float = 0.0) -> list[Result]:  # fmt: skip
     """Ensemble post step: logits [n, K, h, w] and ``prepare``'s transforms -> one ``Result`` per image
     (the Segmenter's own last stage, ``runtime.result.finish``)."""
     meta.check_num_outputs(int(logits.shape[1]), "the network model's output")
@@ -67,7 +68,8 @@ def finish(logits: np.ndarray, transforms: np.ndarray, meta: ModelMeta, min_area
     for one, t in zip(logits, np.asarray(transforms, np.int64)):
         v = [int(a) for a in t]
         transform = LetterboxTransform((v[0], v[1]), (v[2], v[3]), (v[4], v[5]), (v[6], v[7]))
-        result = result_stage.finish(Prepared(ARRAY_NAME, transform=transform), Inferred(one), meta.classes, min_area)
+        result = result_stage.finish(Prepared(ARRAY_NAME, transform=transform), Inferred(one), meta.classes, min_area,
+                                     min_score)  # fmt: skip
         result.timings = {}
         results.append(result)
     return results

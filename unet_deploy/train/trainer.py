@@ -155,7 +155,7 @@ class Trainer:
         return train_set, val_set, sampler, train_loader, val_loader
 
     def _model(self, classes: list[str]) -> tuple["torch.nn.Module", ModelMeta]:
-        from ..checkpoint import build_model, load_checkpoint
+        from ..checkpoint import build_model, load_checkpoint, transfer_weights
 
         opts = self.opts
         meta_args: dict[str, Any] = {}
@@ -177,13 +177,8 @@ class Trainer:
         meta = ModelMeta(classes=classes, input_size=opts.img_size, letterbox={"pad": opts.pad, "fill": 0},
                          arch=arch, tiling=tiling, **meta_args)
         model = build_model(meta)
-        if init_state is not None:
-            own = model.state_dict()
-            fitting = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
-            model.load_state_dict(fitting, strict=False)
-            skipped = sorted(set(own) - set(fitting))
-            self.log(f"{opts.init}: initialised {len(fitting)}/{len(own)} tensors"
-                     + (f" (new: {', '.join(skipped)})" if skipped else ""))
+        if init_state is not None:  # a grown head keeps the rows of the classes it knew
+            self.log(f"{opts.init}: {transfer_weights(model, init_state, init_meta.classes, classes)}")
         return model, meta
 
     def _restore(self, run: _Run) -> None:
