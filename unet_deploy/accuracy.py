@@ -187,7 +187,6 @@ def evaluate(
     foreground = total = 0
     for s in tqdm(samples, desc=f"accuracy gate ({precision})", unit="img", leave=False, disable=None):
         ref = predict_class_map(reference, s.image, meta)
-        foreground, total = foreground + int(np.count_nonzero(ref)), total + ref.size
         comparison.add(ref, predict_class_map(candidate, s.image, meta), s.mask, s.name)
         foreground, total = foreground + int(np.count_nonzero(ref)), total + ref.size
     c = comparison.result()
