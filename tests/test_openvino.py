@@ -47,7 +47,7 @@ def test_fp32_export_carries_metadata_and_reloads(fp32_ir, model_meta, voc_dir):
     inside, sidecar = openvino_meta(fp32_ir), ModelMeta.load(fp32_ir.with_suffix(".json"))
     assert inside == sidecar
     assert inside.classes == CLASSES and inside.input_size == (64, 64)
-    assert inside.extra == {"precision": "fp32"}
+    assert inside.extra == {"precision": "fp32", "trained_letterbox": "top-left"}  # deployed rect
 
     seg = Segmenter(fp32_ir)  # device="auto": an .xml runs on OpenVINO's CPU plugin
     assert (seg.backend, seg.device) == ("openvino", "cpu")
