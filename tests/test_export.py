@@ -333,3 +333,26 @@ def test_new_exports_letterbox_rect_unless_told(color_checkpoint, tmp_path):
     assert Segmenter(color_checkpoint).letterbox == seg.letterbox == "rect (trained with top-left)"
     with pytest.raises(UnetDeployError, match=r"^--letterbox 'square' is not one of top-left\|center\|rect$"):
         export_letterbox(meta, "square")
+
+
+def test_a_checkpoint_and_its_exports_give_one_answer_on_real_photos(color_checkpoint, labelme_dir, tmp_path):
+    """Issue 25's 'one model, one answer': under default settings the checkpoint and its ONNX, TorchScript and
+    (where installed) OpenVINO exports letterbox alike (rect, trained top-left: said by seg.letterbox) and give
+    the same masks on labelme's real photos."""
+    import importlib.util
+
+    import cv2
+
+    from unet_deploy.runtime import Segmenter
+
+    wanted = ["onnx", "torchscript"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    files = export.export_model(color_checkpoint, wanted, out_dir=tmp_path, verbose=False)
+    photos = [cv2.imread(str(f)) for f in sorted(labelme_dir.rglob("*.jpg"))[:6]]
+    reference = Segmenter(color_checkpoint)
+    want = [r.mask for r in reference.predict_batch(photos)]
+    for fmt, path in files.items():
+        seg = Segmenter(path)
+        assert seg.letterbox == reference.letterbox == "rect (trained with top-left)", fmt
+        got = [r.mask for r in seg.predict_batch(photos)]
+        same = sum(int((a == b).sum()) for a, b in zip(want, got)) / sum(a.size for a in want)
+        assert same >= 0.9999, (fmt, same)  # float rounding may flip an exact tie of the colour model; nothing else
