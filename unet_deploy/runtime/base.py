@@ -164,11 +164,14 @@ def file_meta(backend: Backend) -> ModelMeta | None:
     """The ModelMeta inside the backend's file, else its ``<stem>.json`` sidecar (None: neither).
 
     A sidecar that disagrees with the file's own metadata (a stale one, or files of two exports) is
-    not used, and a ``RuntimeWarning`` says so, naming the first field that differs.
+    not used, and a ``RuntimeWarning`` says so, naming the first field that differs. A checkpoint's
+    name-sake sidecar is its exports' (``best.onnx`` beside ``best.pt``): not compared.
     """
     side = sidecar_meta(backend.path) if backend.meta is None else None
     if backend.meta is None:
         return side
+    if backend.source_model:  # a checkpoint carries its own; ``best.json`` beside ``best.pt`` is its exports'
+        return backend.meta
     from ..formats import sidecar_path
 
     path = sidecar_path(backend.path)
