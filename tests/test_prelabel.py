@@ -138,6 +138,9 @@ def test_predict_labelme_round_trip_on_real_photos(labelme_dir, color_checkpoint
         _check_labelme_fields(json.loads(js.read_text()))
     res = CliRunner().invoke(main, ["labelme", str(out / "labelme"), str(tmp_path / "voc"),
                                     "--labels", str(out / "labelme" / "labels.txt")])  # fmt: skip
+    assert res.exit_code == 1 and "leaves" in res.output  # imagePath reaches the photos outside SRC (#30)
+    res = CliRunner().invoke(main, ["labelme", str(out / "labelme"), str(tmp_path / "voc"), "--allow-outside-images",
+                                    "--labels", str(out / "labelme" / "labels.txt")])  # fmt: skip
     assert res.exit_code == 0, res.output
     points = []
     for entry in report:

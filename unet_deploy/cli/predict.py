@@ -96,6 +96,7 @@ def command(
       unet-predict model.onnx line3.mp4 --out pred --every 3 --save-video pred/overlay.mp4
       unet-predict model.xml camera:0 --out pred --drop-frames --max-frames 1000
       unet-predict model.onnx new_parts/ --out pred --labelme   # then: labelme pred/labelme
+      unet-deploy labelme pred/labelme data/ --allow-outside-images   # the images stay in new_parts/
     """
     from tqdm import tqdm
 
