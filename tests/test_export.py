@@ -92,13 +92,13 @@ def _exported(fmt, request):
     return made[fmt]
 
 
-
 def _written(meta: ModelMeta, fmt: str) -> ModelMeta:
     """The metadata an fp32 export of ``meta`` carries: the deployed letterbox (rect for a top-left model,
     with the trained one recorded), its precision, and an AOTI package's batch limits."""
     d = deployed(meta)
     aoti = {"aoti": {"min_batch": 2}} if fmt == "aoti" else {}
     return replace(d, extra={**d.extra, "precision": "fp32", **aoti})
+
 
 @pytest.mark.parametrize("fmt", PER_FORMAT)
 def test_each_format_reloads_with_its_metadata_and_the_eager_logits(request, tiny, fmt):
