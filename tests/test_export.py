@@ -93,11 +93,10 @@ def _exported(fmt, request):
 
 
 def _written(meta: ModelMeta, fmt: str) -> ModelMeta:
-    """The metadata an fp32 export of ``meta`` carries: the deployed letterbox (rect for a top-left model,
-    with the trained one recorded), its precision, and an AOTI package's batch limits."""
+    """The metadata an fp32 export of ``meta`` carries, in every format alike: the deployed letterbox (rect for
+    a top-left model, with the trained one recorded) and its precision."""
     d = deployed(meta)
-    aoti = {"aoti": {"min_batch": 2}} if fmt == "aoti" else {}
-    return replace(d, extra={**d.extra, "precision": "fp32", **aoti})
+    return replace(d, extra={**d.extra, "precision": "fp32"})
 
 
 @pytest.mark.parametrize("fmt", PER_FORMAT)

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("data",)),  # labelme conversion, datasets, synthetic images, mask files
     ("runtime", ("runtime", "stream_source", "stream", "predict")),  # never training or export
     ("gate", ("accuracy",)),  # measuring a candidate's masks against a reference
-    ("build", ("export", "precision_gate", "train")),  # export (with its gate) and training
+    ("build", ("export", "parity", "precision_gate", "train")),  # export (with its gate) and training
     ("apps", ("bench", "serve", "eval", "selection", "labelling_loop", "demo")),  # built on the runtime
     ("cli", ("cli",)),  # the only place that knows click
     ("entry", ("__init__", "__main__", "train.__main__")),  # `python -m ...` and the package's front door

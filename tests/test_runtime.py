@@ -430,19 +430,21 @@ def test_aoti_package_metadata_and_device(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # compiles an AOTInductor package
 def test_a_real_fixed_batch_aoti_package_is_fed_whole_batches(tmp_path):
-    """A package compiled for batch 2 at 64x64 whose metadata records it (``extra["aoti"]["fixed_batch"]``):
+    """A package compiled for batch 2 at 64x64 whose metadata records it (``formats.aoti.BATCH_KEY``):
     the Segmenter re-batches to 2; a wrong input size, or a package that does not say, is one line."""
     import torch
+
+    from unet_deploy.formats.aoti import BATCH_KEY
 
     class Red(torch.nn.Module):  # class 1 where red > 0.5
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] - 0.5], 1)
 
     program = torch.export.export(Red(), (torch.zeros(2, 3, 64, 64),))  # static: batch 2, 64x64
-    for name, extra in (("red.pt2", {"aoti": {"fixed_batch": 2}}), ("silent.pt2", {})):
-        meta = ModelMeta(classes=["background", "red"], input_size=(64, 64), extra=extra)
-        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / name),
-                                                 inductor_configs={"aot_inductor.metadata": {"unet_deploy": meta.to_json()}})  # fmt: skip
+    meta = ModelMeta(classes=["background", "red"], input_size=(64, 64))
+    for name, limits in (("red.pt2", {BATCH_KEY: '{"fixed_batch": 2}'}), ("silent.pt2", {})):
+        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / name), inductor_configs={
+            "aot_inductor.metadata": {"unet_deploy": meta.to_json(), **limits}})  # fmt: skip
     seg = Segmenter(tmp_path / "red.pt2", trust_code=True)
     assert seg._backend.fixed_batch == 2
     images = [red_image(hw) for hw in RECTS] + [red_image((3, 517))]

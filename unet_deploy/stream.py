@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import UnetDeployError
 from .meta import check_int
-from .runtime.result import Result
+from .runtime.result import Result, elapsed_ms
 from .stream_source import End, Frame, Reader, SourceLike, open_capture, source_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -176,7 +176,7 @@ class FrameStream:
             pre_ms, infer_ms = prepared.timings["preprocess"], out.ms
         self.stage_seconds["preprocess"] += pre_ms / 1000.0
         self.stage_seconds["inference"] += infer_ms / 1000.0
-        self.stage_seconds["postprocess"] += _ms(t0) / 1000.0
+        self.stage_seconds["postprocess"] += elapsed_ms(t0) / 1000.0
         timings = {"decode": round(frame.decode_ms, 3), **result.timings,
                    "latency": round((time.time() - frame.time) * 1000.0, 3)}  # fmt: skip
         fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(Result)}
@@ -228,6 +228,4 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     return False
 
 
-def _ms(t0: float) -> float:
-    return (time.perf_counter() - t0) * 1000.0
 

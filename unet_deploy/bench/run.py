@@ -15,6 +15,7 @@ from .cases import DEVICES, EAGER, SEED, Case, bench_name, select_cases, skip_re
 from .cases import precisions as _precisions
 from .machine import cuda_available, hardware_info, hardware_limit, matmul_rates, model_gflops, torch_module
 from ..meta import check_tiling
+from ..metrics import compare_masks
 from .measure import (DEFAULT_BATCHES, BenchSettings, PeakRSS, measure, release_memory, size_mb,
                       throughput, tile_count)
 from .report import summary, to_markdown, write_json
@@ -79,7 +80,7 @@ def run_case(case: Case, source: ModelSource, image: np.ndarray, settings: Bench
         row["memory_mb"]["cuda_used_delta"] = (cuda_free0 - torch.cuda.mem_get_info()[0]) / 2**20
     row["artefact"] = str(runner.artefact) if runner.artefact else None
     row["size_mb"] = size_mb(runner.artefact)
-    row["pixel_agreement"] = float((masks[0] == reference).mean()) if reference is not None else None
+    row["pixel_agreement"] = _agreement(reference, masks[0])
     row["mask"] = masks[0]  # removed before the report is written
     row["status"] = "ok"
     row["seconds"] = time.perf_counter() - start
@@ -133,7 +134,7 @@ def benchmark(model: str | Path, cases: Sequence[Case] | None = None, settings: 
             mask = row.pop("mask", None)
             if reference is None and mask is not None and case.precision == "fp32":
                 reference, report["reference"] = mask, case.name  # the first fp32 result is the reference
-                row["pixel_agreement"] = float((mask == reference).mean())
+                row["pixel_agreement"] = _agreement(reference, mask)
             rows.append(row)
             if tiling is not None and case.backend != SEED:
                 row = _row(case, source, image, settings, explicit_precision, tiled_reference, log, tiling)
@@ -255,3 +256,8 @@ def run_benchmark(
     if markdown_path:
         atomic_write_text(markdown_path, to_markdown(report))
     return report
+
+
+def _agreement(reference: np.ndarray | None, mask: np.ndarray) -> float | None:
+    """The share of ``mask``'s pixels equal to ``reference`` (``metrics.compare_masks``; None without a reference)."""
+    return None if reference is None else compare_masks([reference], [mask]).agreement / 100.0

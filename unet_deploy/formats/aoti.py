@@ -8,8 +8,8 @@ then they use AVX2 vectors and the ``x86-64-v3`` baseline (any x86-64 CPU since 
 """
 from __future__ import annotations
 
+import json
 import platform
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ FORMAT = Format(
 # Inductor compiles a dynamic dimension for sizes >= 2 (its 0/1 specialisation), so a package
 # exported with a dynamic batch refuses batch 1: the runtime pads to this (read from the metadata).
 INDUCTOR_MIN_BATCH = 2
+BATCH_KEY = "unet_deploy_batch"  # package metadata: {"min_batch": n} or {"fixed_batch": n}
 # Inductor settings of --portable: AVX2 vector width (256 bit) and the matching -march.
 PORTABLE_CONFIGS = {"cpp.simdlen": 256, "cpp.march": "x86-64-v3"}
 
@@ -53,20 +54,20 @@ def check_options(opts: ExportOptions, target: Path) -> None:
     isa_configs(opts.portable, opts.device)
 
 
-def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> ModelMeta:
-    """``torch.export`` the model on ``opts.device`` and compile it into the package ``path`` (``.pt2``);
-    returns the ModelMeta written (``extra["aoti"]`` records its batch limits)."""
+def write(model: Any, example: Any, path: Path, meta: ModelMeta, opts: ExportOptions) -> None:
+    """``torch.export`` the model on ``opts.device`` and compile it into the package ``path`` (``.pt2``),
+    with ``meta`` and its batch limits (``BATCH_KEY``) in the package metadata."""
     import torch
 
     from ._torch import dynamic_shapes, reduced_precision
 
     model = reduced_precision(model, opts.precision)
-    meta = replace(meta, extra={**meta.extra, "aoti": {"min_batch": INDUCTOR_MIN_BATCH}})
-    configs = {"aot_inductor.metadata": {METADATA_KEY: meta.to_json()}, **isa_configs(opts.portable, opts.device)}
+    limits = json.dumps({"min_batch": INDUCTOR_MIN_BATCH})
+    configs = {"aot_inductor.metadata": {METADATA_KEY: meta.to_json(), BATCH_KEY: limits},
+               **isa_configs(opts.portable, opts.device)}  # fmt: skip
     with without(TORCH_PYTREE):
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(opts.dynamic))
         torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
-    return meta  # with its batch limits: the sidecar says what the package says
 
 
 def read_meta(metadata: dict[str, str], path: Path) -> ModelMeta | None:
@@ -80,14 +81,19 @@ def built_for(metadata: dict[str, str]) -> str:
     return "cuda" if metadata.get("AOTI_DEVICE_KEY", "cpu").startswith("cuda") else "cpu"
 
 
-def batch_limits(meta: ModelMeta | None) -> tuple[int, int | None]:
-    """(least batch, fixed batch or None) of a package, from its metadata's ``extra["aoti"]`` record
+def batch_limits(metadata: dict[str, str]) -> tuple[int, int | None]:
+    """(least batch, fixed batch or None) of a loaded package, from its ``BATCH_KEY`` metadata
     (``{"min_batch": n}`` as our export writes it, or ``{"fixed_batch": n}`` for a static batch);
-    without a record, Inductor's rule for a dynamic batch."""
-    record = meta.extra.get("aoti") if meta is not None else None
+    without one, Inductor's rule for a dynamic batch. Kept out of ModelMeta, so the one sidecar of
+    several exports stays the same for every format."""
+    try:
+        record = json.loads(metadata.get(BATCH_KEY) or "{}")
+    except ValueError:
+        record = {}
     record = record if isinstance(record, dict) else {}
-    fixed = record.get("fixed_batch")
-    if isinstance(fixed, int) and not isinstance(fixed, bool) and fixed >= 1:
-        return fixed, fixed
-    least = record.get("min_batch", INDUCTOR_MIN_BATCH)
-    return (least if isinstance(least, int) and not isinstance(least, bool) and least >= 1 else INDUCTOR_MIN_BATCH), None
+
+    def count(v: Any) -> int | None:
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else None
+
+    fixed = count(record.get("fixed_batch"))
+    return (fixed, fixed) if fixed else (count(record.get("min_batch")) or INDUCTOR_MIN_BATCH, None)

@@ -75,6 +75,11 @@ class Result:
         }
 
 
+def elapsed_ms(t0: float) -> float:
+    """Milliseconds since ``t0`` (a ``time.perf_counter()`` value): how every stage is timed."""
+    return (time.perf_counter() - t0) * 1000.0
+
+
 @dataclass
 class Prepared:
     """One image after ``Segmenter.preprocess``: the image as read, and where it goes.
@@ -131,6 +136,6 @@ def finish(item: Prepared, out: Inferred, classes: Sequence[str], min_area: int 
         confidence, back = top_probability(out.logits, class_map), item.transform
     regions = find_regions(mask, classes, min_area, boxes, confidence, back, min_score)
     unsure = uncertainty(out.logits, item.transform) if out.logits is not None and item.transform is not None else None
-    timings = {**item.timings, "inference": out.ms, "postprocess": (time.perf_counter() - t0) * 1000.0}
+    timings = {**item.timings, "inference": out.ms, "postprocess": elapsed_ms(t0)}
     return Result(item.file, mask, regions, {k: round(v, 3) for k, v in timings.items()}, list(classes), item.image,
                   uncertainty=unsure)

@@ -25,7 +25,7 @@ from ..postprocess import check_finite
 from ..preprocess import check_image, letterbox_geometry, preprocess
 from ..tiling import tiled_prediction
 from .base import Backend, backend_format, file_meta, load_backend
-from .result import ARRAY_NAME, ImageLike, Inferred, Prepared, Result, finish
+from .result import ARRAY_NAME, ImageLike, Inferred, Prepared, Result, elapsed_ms, finish
 
 __all__ = ["ARRAY_NAME", "ImageLike", "Inferred", "PIPELINES", "Prepared", "Result", "Segmenter"]
 
@@ -263,7 +263,7 @@ class Segmenter:
                 item = Prepared(file, pixels, x, transform)
         except UnetDeployError as e:
             raise UnetDeployError(_one_line(e.message, file)) from None
-        item.timings["preprocess"] = _ms(t0)
+        item.timings["preprocess"] = elapsed_ms(t0)
         return item
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -305,7 +305,7 @@ class Segmenter:
                 mask, confidence, back = tiled_prediction(
                     items[i].image, self.meta, self.infer, self.tiling["scale"], self.tiling["overlap"],
                     tile_batch=self.tile_batch)  # fmt: skip
-                out[i] = Inferred(mask=mask, ms=_ms(t0), confidence=confidence, confidence_transform=back)
+                out[i] = Inferred(mask=mask, ms=elapsed_ms(t0), confidence=confidence, confidence_transform=back)
         return out  # type: ignore[return-value]
 
     def _chunks(self, group: list[int], first: Prepared) -> list[list[int]]:
@@ -327,7 +327,7 @@ class Segmenter:
                 check_finite(f.logits, str(self.model_path))
         else:
             logits = self.infer(np.stack([item.x for item in items]))
-        ms = _ms(t0) / len(items)
+        ms = elapsed_ms(t0) / len(items)
         for n, i in enumerate(members):
             if kind == "frame":
                 items[n].transform = found[n].transform
@@ -424,10 +424,6 @@ def _resolve_meta(backend: Backend, classes: list[str] | None, input_size: Any) 
             f"({meta.in_channels}); the metadata belongs to another model: fix the sidecar or re-export"
         )
     return meta
-
-
-def _ms(t0: float) -> float:
-    return (time.perf_counter() - t0) * 1000.0
 
 
 def _one_line(message: str, file: str) -> str:

@@ -190,9 +190,9 @@ class AOTIBackend(_TorchBackend):
     """An AOTInductor package (``.pt2``), compiled ahead of time for one device.
 
     ModelMeta comes from the package's AOTI metadata key ``unet_deploy`` or the sidecar JSON.
-    Its batch limits come from that metadata (``meta.extra["aoti"]``: ``min_batch``, written at
-    export since Inductor compiles a dynamic batch for >= 2 although export allowed 1, or
-    ``fixed_batch`` for a static one); smaller batches are padded with zeros. The package's own input checks are switched on for its
+    Its batch limits come from the package metadata (``formats.aoti.BATCH_KEY``: ``min_batch``,
+    written at export since Inductor compiles a dynamic batch for >= 2 although export allowed 1,
+    or ``fixed_batch`` for a static one); smaller batches are padded with zeros. The package's own input checks are switched on for its
     first run, made here at load, so a wrong size is an error instead of an out-of-bounds read.
     """
 
@@ -226,7 +226,7 @@ class AOTIBackend(_TorchBackend):
             self.device, self.torch_device = "cuda", cuda_device(torch, device, self.path)
         self.device_note = f"the package was compiled for {built_for}"
         self.meta = aoti_format.read_meta(metadata, self.path)
-        self.min_batch, self.fixed_batch = aoti_format.batch_limits(self.meta)  # the Segmenter re-batches to a fixed one
+        self.min_batch, self.fixed_batch = aoti_format.batch_limits(metadata)  # the Segmenter re-batches to a fixed one
         self.precision = self.exported_precision()
         if precision is not None and precision != self.precision:
             self.refuse_precision(precision, (self.precision,))

@@ -6,7 +6,7 @@ padding, colour order, normalisation, the network, the argmax and the exact mapp
 all run on the device; only the uint8 mask and the small network-size logits (for region
 scores) come back. Fixed shapes are captured as one CUDA graph (frames up to masks).
 
-The resize is Pillow's ``resize(BICUBIC, reducing_gap=3)`` of ``preprocess._resize``, bit for
+The resize is Pillow's ``resize(BICUBIC, reducing_gap=3)`` of ``preprocess.resize_image``, bit for
 bit: Pillow's box ``reduce`` (sums, then its fixed-point division), then its two separable
 bicubic passes with its own 22-bit fixed-point coefficients and rounding between the passes,
 each pass one matrix product in float64, which holds these integer sums exactly.
@@ -24,7 +24,7 @@ from ..meta import ModelMeta
 from ..preprocess import LetterboxTransform, letterbox_geometry, network_indices
 
 PRECISION_BITS = 22  # Pillow's Resample.c: 32 - 8 - 2
-REDUCING_GAP = 3.0  # preprocess._resize's reducing_gap
+REDUCING_GAP = 3.0  # preprocess.resize_image's reducing_gap
 MAX_GRAPHS = 8  # captured shapes kept per pipeline (oldest dropped)
 
 
