@@ -312,6 +312,20 @@ def export_model(
 ) -> dict[str, Path]:
     """Export a checkpoint (ours or a seed ``unet.pth``), a ``UNet`` or ``(UNet, ModelMeta)`` to ``formats``.
 
+    Args:
+        checkpoint_or_model: a checkpoint path, a ``UNet``, or ``(UNet, ModelMeta)``.
+        formats: names of ``formats.exportable()`` (comma-separated or a list) or ``"all"``.
+        out_dir: where the files go (default: beside the checkpoint).
+        img_size: network input (H, W), multiples of 16 (default: the model's).
+        dynamic: any batch and H x W multiple of 16; ``False`` fixes H and W (batch stays dynamic).
+        precision: ``fp32``, ``fp16``, ``bf16``, ``int8`` or ``auto`` where the format has it.
+        opset: ONNX opset (default 18). device: where to export (an AOTI package runs there).
+        classes: class names (a seed ``unet.pth`` has none). check: the parity check.
+        portable: AOTI CPU packages with AVX2 kernels. verbose / log: progress lines.
+        calib / val: calibration / validation data of the int8 and bf16 accuracy gate.
+        min_agreement / max_miou_drop: that gate's thresholds. int8_isa: ``auto``, ``vnni`` or ``avx2``.
+        letterbox: the pad mode written (default ``meta.deployed``: rect for a top-left model).
+
     ``formats``: names of ``unet_deploy.formats.exportable()`` (comma-separated or a list) or
     ``"all"``. Writes ``<stem><suffix>`` per format (``Format.path``) and its ``<stem>.json``
     sidecar into ``out_dir`` (default: beside the checkpoint). ``img_size`` (H, W multiples of

@@ -100,9 +100,18 @@ def tiled_class_map(
     overlap: float = DEFAULT_OVERLAP,
     tile_batch: int = 8,
 ) -> np.ndarray:
-    """HxW uint8 class ids at the original size of ``image`` (gray, BGR or BGRA, 8 or 16 bit, as
-    OpenCV reads it), from ``meta.input_size`` tiles of it resized by ``scale``, blended as the
-    module docstring says. ``predict`` gets at most ``tile_batch`` tiles per call."""
+    """HxW uint8 class ids at the original size of ``image``, from overlapping network-size tiles
+    blended as the module docstring says (MONAI's ``sliding_window_inference`` cut: any predictor).
+
+    Args:
+        image: gray, BGR or BGRA, 8 or 16 bit, as OpenCV reads it.
+        meta: the model's ModelMeta: ``input_size`` is the tile size, its colour order and
+            normalisation prepare each tile.
+        predict: float32 ``(N, C, H, W)`` tiles -> ``(N, K, H, W)`` logits (``Segmenter.infer``, any backend).
+        scale: the image is resized by it first (1.0: native pixels).
+        overlap: fraction of a tile shared with its neighbour (0 <= overlap <= ``meta.MAX_OVERLAP``).
+        tile_batch: at most this many tiles per ``predict`` call.
+    """
     return _tiled(image, meta, predict, scale, overlap, tile_batch, False)[0]
 
 

@@ -38,6 +38,15 @@ def train(data: str | Path, out: str | Path | None = None, **options: Any) -> Pa
     from its ``last.pt`` up to ``epochs`` in total, with the settings stored in it; ``out``
     defaults to the checkpoint's folder. Under ``torchrun`` every process calls this and trains
     its share (DDP); only rank 0 writes files. Progress goes to tqdm, log lines to ``tqdm.write``.
+
+    Args:
+        data: a dataset written by ``unet-deploy labelme`` (JPEGImages/, SegmentationClass/, class_names.txt).
+        out: the run folder (metrics.csv, best.pt, last.pt, samples/, curves.png).
+        **options: ``TrainOptions`` fields, among them ``epochs``, ``batch_size``, ``lr``, ``img_size``,
+            ``base_channels`` (64: the seed's network), ``device`` (``auto``/``cpu``/``cuda``/``cuda:N``),
+            ``amp`` and ``amp_dtype`` (``auto``: bf16 where the device has it, else fp16 on CUDA),
+            ``tile_scale``, ``loss``, ``class_weights``, ``dropout``, ``resume`` and ``init`` (start from a
+            model's weights; a head for new classes grows, rows of known classes kept by name).
     """
     import torch
 
