@@ -321,23 +321,15 @@ def export_model(
         precision: ``fp32``, ``fp16``, ``bf16``, ``int8`` or ``auto`` where the format has it.
         opset: ONNX opset (default 18). device: where to export (an AOTI package runs there).
         classes: class names (a seed ``unet.pth`` has none). check: the parity check.
-        portable: AOTI CPU packages with AVX2 kernels. verbose / log: progress lines.
+        portable: AOTI CPU packages with AVX2 kernels. verbose / log: progress lines on stderr (or ``log``).
         calib / val: calibration / validation data of the int8 and bf16 accuracy gate.
         min_agreement / max_miou_drop: that gate's thresholds. int8_isa: ``auto``, ``vnni`` or ``avx2``.
         letterbox: the pad mode written (default ``meta.deployed``: rect for a top-left model).
 
-    ``formats``: names of ``unet_deploy.formats.exportable()`` (comma-separated or a list) or
-    ``"all"``. Writes ``<stem><suffix>`` per format (``Format.path``) and its ``<stem>.json``
-    sidecar into ``out_dir`` (default: beside the checkpoint). ``img_size`` (H, W multiples of
-    16) sets the metadata's input size and the export example; ``dynamic=False`` fixes H and W
-    there. With ``check`` each artefact is loaded by its runtime backend and compared with the
-    eager model before it is kept. bf16/int8 (OpenVINO, ONNX int8) also need ``calib`` (int8)
-    and ``val`` for the accuracy gate; ``int8_isa`` (``auto``/``vnni``/``avx2``) is the CPU kind
-    int8 is calibrated for. ``letterbox`` (``top-left``/``center``/``rect``) is the pad mode written
-    into the artefact; by default a model trained with the seed's square letterbox is exported
-    with ``rect`` (``meta.RECT_BY_DEFAULT``). ``precision="auto"`` (openvino, onnx) keeps int8 if it passes the
-    gate, else bf16 where this CPU has it natively (OpenVINO), else fp32, and logs why. Progress goes to stderr, one line per stage (``log`` replaces that,
-    ``verbose=False`` silences it). Returns ``{format: path}``.
+    Writes ``<stem><suffix>`` per format (``Format.path``) and its ``<stem>.json`` sidecar; with
+    ``check`` each artefact is loaded by its runtime backend and compared with the eager model before
+    it is kept. ``precision="auto"`` (openvino, onnx) keeps int8 if it passes the gate, else bf16 where
+    this CPU has it natively, else fp32, and logs why. Returns ``{format: path}``.
     """
     t_start = time.perf_counter()
     rows = resolve_formats(formats, precision)
