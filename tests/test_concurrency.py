@@ -36,7 +36,7 @@ def color_models(color_checkpoint, exported_color, tmp_path_factory):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_four_threads_on_one_segmenter_match_sequential(backend, color_models):
-    seg = Segmenter(color_models(backend), letterbox="rect")  # several network shapes at once
+    seg = Segmenter(color_models(backend), letterbox="rect", trust_code=True)  # several shapes at once; a .pt2 we made
     images = [color_image(i, size) for i, size in enumerate([(160, 90), (120, 120), (90, 160), (200, 100)] * 4)]
     sequential = [seg(im).mask for im in images]
     with ThreadPoolExecutor(4) as pool:

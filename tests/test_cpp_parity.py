@@ -379,7 +379,7 @@ def test_region_scores_match_python_on_real_photos(unet_infer, models, labelme_d
     worst = {}
     for variant in ("top-left", "rect", "tiled"):
         lines = _cpp(unet_infer, models[variant], images, tmp_path / variant)
-        with _one_torch_thread():
+        with one_torch_thread():
             results = Segmenter(models[variant], device="cpu").predict_batch(images, batch_size=1)
         diffs, both, total = _score_diffs(lines, results)
         assert total >= 10 and both >= 0.9 * total, f"{variant}: {both} of {total} regions found by both"

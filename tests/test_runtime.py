@@ -470,7 +470,7 @@ def test_every_format_of_the_shared_export_fixture_agrees(exported_tiny, tiny_ch
     from unet_deploy.preprocess import preprocess_batch
 
     images = photos()
-    reference = Segmenter(tiny_checkpoint, letterbox="rect")  # new exports of a top-left model letterbox rect
+    reference = Segmenter(tiny_checkpoint)  # letterboxed as its exports are (rect for this top-left model)
     x = preprocess_batch(images, reference.meta)[0]
     want_logits = reference.infer(x)
     want_masks = [r.mask for r in reference.predict_batch(images)]
@@ -478,7 +478,8 @@ def test_every_format_of_the_shared_export_fixture_agrees(exported_tiny, tiny_ch
     for fmt, path in exported_tiny.items():
         seg = Segmenter(path, trust_code=True)  # exported by this run
         backends.add(seg.backend)
-        assert dataclasses.replace(seg.meta, extra={}) == reference.meta, fmt  # extra: export notes
+        assert dataclasses.replace(seg.meta, extra={}) == dataclasses.replace(reference.meta, extra={}), fmt  # extra: notes
+        assert seg.letterbox == reference.letterbox == "rect (trained with top-left)", fmt
         np.testing.assert_allclose(seg.infer(x), want_logits, atol=1e-4, rtol=1e-4, err_msg=fmt)
         masks = [r.mask for r in seg.predict_batch(images, batch_size=5)]
         agree = np.mean(np.concatenate([(a == b).ravel() for a, b in zip(masks, want_masks)]))
