@@ -51,7 +51,7 @@ def test_nan_or_inf_weights_are_refused_at_export_and_nothing_is_written(tmp_pat
 
 
 def test_parity_fails_on_nan_logits():
-    from unet_deploy.export import parity
+    from unet_deploy.parity import parity
 
     x = np.zeros((1, 3, 32, 32), np.float32)
     ref = np.zeros((1, 2, 32, 32), np.float32)

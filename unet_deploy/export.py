@@ -31,7 +31,7 @@ from .formats import Format, sidecar_path
 from .formats._common import EXAMPLE_BATCH, ExportOptions, GateRequest, quiet, stderr_log
 from .formats.quantize import Int8Graph
 from .meta import ModelMeta, check_size, deployed, letterbox_note, max_batch
-from .parity import TOLERANCE, check_artefact, check_finite_weights, parity, reference_logits  # noqa: F401 (parity: public here too)
+from .parity import TOLERANCE, check_artefact, check_finite_weights, reference_logits
 from .runtime.base import load_backend, resolve
 
 # Options the CLI spells differently from ExportOptions' fields.

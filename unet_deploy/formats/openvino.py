@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import UnetDeployError
 from ..fileio import file_digest
 from ..meta import METADATA_KEY, ModelMeta
-from ._common import INPUT_NAME, OUTPUT_NAME, TORCH_JIT_DEPRECATED, ExportOptions, GateRequest, stderr_log, without
+from ._common import INPUT_NAME, OUTPUT_NAME, TORCH_JIT_DEPRECATED, ExportOptions, GateRequest, without
 from .quantize import Int8Graph
 from .spec import Format
 
