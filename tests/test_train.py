@@ -181,7 +181,7 @@ def test_init_from_a_checkpoint_with_other_classes_and_bf16(voc, tiny_checkpoint
     # pytest process that had run OpenVINO int8/bf16 models first on an AMX Xeon (2026-12-02); alone
     # it passes. Both oneDNN copies (torch's, OpenVINO's) use AMX there.
     args = [data, "--out", run, "--epochs", 1, "--init", tiny_checkpoint, "--amp", "--val-split", 0,
-            "--img-size", 64, "--base-channels", 32, "--workers", 1]
+            "--img-size", 64, "--workers", 1]
     result = subprocess.run([sys.executable, "-m", "unet_deploy", "train", *map(str, args)], capture_output=True,
                             text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
     output = result.stdout + result.stderr

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..meta import PAD_MODES, UPSAMPLE_MODES
-from ..train.options import DEFAULT_EPOCHS, LOSSES  # light: torch loads when training starts
+from ..train.options import DEFAULT_EPOCHS, LOSSES, PRESETS  # light: torch loads when training starts
 from ._command import command as _command
 
 
@@ -20,8 +20,13 @@ from ._command import command as _command
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8)
 @click.option("--lr", type=float, default=1e-3, help="Adam learning rate (warm-up over 3% of the steps, then cosine decay to 1%).")
 @click.option("--img-size", type=int, default=256, help="Square network input (multiple of 16); images are letterboxed.")
-@click.option("--base-channels", type=int, default=64, help="UNet width (64 = the seed's network).")
-@click.option("--upsample", type=click.Choice(UPSAMPLE_MODES), default="transpose")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None, show_default=False,
+              help="A measured rung of the model ladder: seed (the tutorial's UNet, the default), balanced "
+                   "(base 16), fast (base 8, bilinear); see the README's model table.")
+@click.option("--base-channels", type=int, default=None, show_default=False,
+              help="UNet width [default: the preset's, else 64 = the seed's network].")
+@click.option("--upsample", type=click.Choice(UPSAMPLE_MODES), default=None, show_default=False,
+              help="[default: the preset's, else transpose = the seed's]")
 @click.option("--pad", type=click.Choice(PAD_MODES), default="top-left", help="Letterbox padding placement.")
 @click.option("--tile-scale", type=float, default=None,
               help="Train for tiled inference: random --img-size crops of the images resized by this "
@@ -62,6 +67,7 @@ def command(data: Path, out: Path | None, **options: Any) -> None:
     \b
     Examples:
       unet-train data/voc --out runs/a --epochs 40 --base-channels 32
+      unet-train data/voc --out runs/f --preset fast               # the ladder's fastest rung
       unet-train data/voc --out runs/b --loss ce+dice --class-weights auto --init unet.pth
       unet-train data/voc --resume runs/a/last.pt --epochs 60      # continue to 60 in total
       unet-train data/hires --out runs/t --tile-scale 1.0 --img-size 128 --dropout 0  # native-pixel tiles

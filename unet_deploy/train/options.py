@@ -13,6 +13,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data.dataset import SegmentationDataset
 
 LOSSES = ("ce", "ce+dice")
+# `unet-train --preset`: the rungs of benchmarks/results/model_ladder.md (measured there, chosen in the README).
+# "seed" is the tutorial's network (its unet.pth loads); the narrow rungs train without dropout.
+PRESETS: dict[str, dict[str, Any]] = {
+    "seed": {"base_channels": 64, "upsample": "transpose"},
+    "balanced": {"base_channels": 16, "upsample": "transpose", "dropout": 0.0},
+    "fast": {"base_channels": 8, "upsample": "bilinear", "dropout": 0.0},
+}
+DEFAULT_ARCH = PRESETS["seed"]  # the default network stays the seed's: seed compatibility is a promise
 DEFAULT_EPOCHS = 50
 # Settings a resumed run may change; every other one comes from the checkpoint.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers")
@@ -26,8 +34,9 @@ class TrainOptions:
     batch_size: int = 8
     lr: float = 1e-3
     img_size: int = 256
-    base_channels: int = 64
-    upsample: str = "transpose"
+    base_channels: int | None = None  # None: the preset's, else 64
+    upsample: str | None = None  # None: the preset's, else "transpose"
+    preset: str | None = None
     pad: str = "top-left"
     tile_scale: float | None = None
     overlap: float = DEFAULT_OVERLAP
@@ -54,6 +63,9 @@ class TrainOptions:
             setattr(self, name, None if value is None else str(value))
         if self.loss not in LOSSES:
             raise UnetDeployError(f"loss {self.loss!r} must be one of {LOSSES}")
+        self._apply_preset()
+        if self.base_channels < 1:
+            raise UnetDeployError(f"--base-channels {self.base_channels} must be at least 1 (64: the seed's network)")
         if self.upsample not in UPSAMPLE_MODES:
             raise UnetDeployError(f"upsample {self.upsample!r} must be one of {UPSAMPLE_MODES}")
         if self.pad not in PAD_MODES:
@@ -68,6 +80,24 @@ class TrainOptions:
             raise UnetDeployError(f"--dropout {self.dropout} must lie in [0, 1)")
         if self.epochs is not None and self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UnetDeployError("--epochs, --batch-size and --lr must be positive")
+
+
+    def _apply_preset(self) -> None:
+        """Fill the network's settings from ``preset`` (a differing explicit one is an error), else the seed's."""
+        self.arch_given = any(v is not None for v in (self.preset, self.base_channels, self.upsample))
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise UnetDeployError(f"--preset {self.preset!r} must be one of {', '.join(PRESETS)}")
+            for key, value in PRESETS[self.preset].items():
+                mine = getattr(self, key)
+                if mine is None:
+                    setattr(self, key, value)
+                elif mine != value and key in DEFAULT_ARCH:  # an explicit --dropout may differ
+                    flag = "--" + key.replace("_", "-")
+                    raise UnetDeployError(f"--preset {self.preset} means {flag} {value}, not {mine}; give one of the two")
+        for key, value in DEFAULT_ARCH.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
 
 
 def read_resume(opts: TrainOptions) -> dict[str, Any]:

@@ -170,6 +170,13 @@ class Trainer:
             return _load_state(build_model(stored), self.state["state_dict"], opts.resume), stored
         if opts.init:
             init_model, init_meta = load_checkpoint(opts.init)
+            mine = {k: arch[k] for k in ("base_channels", "upsample")}
+            if opts.arch_given and mine != {k: init_meta.arch.get(k, arch[k]) for k in mine}:
+                raise UnetDeployError(
+                    f"{opts.init}: a UNet with base_channels {init_meta.arch.get('base_channels')} and upsample "
+                    f"{init_meta.arch.get('upsample')}, not {mine['base_channels']} and {mine['upsample']}: its weights fix "
+                    "the network, so drop --preset/--base-channels/--upsample, or train from scratch without --init"
+                )
             arch = dict(init_meta.arch)
             meta_args = {k: getattr(init_meta, k) for k in ("color", "mean", "std", "scale")}
             init_state = init_model.state_dict()
