@@ -8,6 +8,7 @@ from typing import Any
 REFERENCE = "b64"  # the seed-size rung
 # Issue 29's targets
 MAX_GFLOP_SHARE, MAX_MIOU_DROP, MAX_SMALL_RECALL_DROP, MIN_STREAM_FPS, MAX_PREPOST_SHARE = 0.25, 0.01, 0.02, 60.0, 0.10
+EPS = 1e-9  # a value on a target's line meets it (0.79 - 0.80 is -0.0100000001 in floats)
 SMALL = "<64"  # the held-back set's size bucket; the small-defect recall itself comes from the small-defect set
 
 
@@ -54,8 +55,9 @@ def targets(table: dict[str, dict[str, Any]]) -> list[str]:
         d_miou = ev["miou"] - ref_ev["miou"]
         small, ref_small = ev["small_set"]["recall"], ref_ev["small_set"]["recall"]
         d_small = small - ref_small if small is not None and ref_small is not None else None
-        ok = [share <= MAX_GFLOP_SHARE, d_miou >= -MAX_MIOU_DROP, d_small is not None and d_small >= -MAX_SMALL_RECALL_DROP,
-              (r["stream_fps"] or 0) >= MIN_STREAM_FPS, r["prepost_share"] is not None and r["prepost_share"] <= MAX_PREPOST_SHARE]  # fmt: skip
+        ok = [share <= MAX_GFLOP_SHARE + EPS, d_miou >= -MAX_MIOU_DROP - EPS,
+              d_small is not None and d_small >= -MAX_SMALL_RECALL_DROP - EPS, (r["stream_fps"] or 0) >= MIN_STREAM_FPS - EPS,
+              r["prepost_share"] is not None and r["prepost_share"] <= MAX_PREPOST_SHARE + EPS]  # fmt: skip
         lines.append(f"| {name} | {share:.3f} {'ok' if ok[0] else 'no'} | {_f(ev['miou'])} ({100 * d_miou:+.1f} pt) "
                      f"{'ok' if ok[1] else 'no'} | {_pct(small)} ({'-' if d_small is None else f'{100 * d_small:+.1f} pt'}) "
                      f"{'ok' if ok[2] else 'no'} | {_f(r['stream_fps'], '.1f')} {'ok' if ok[3] else 'no'} | "
