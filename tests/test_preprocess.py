@@ -222,10 +222,11 @@ def test_banded_resize_of_real_photos_is_pils_bit_for_bit(labelme_dir, monkeypat
         photo = read_image(path)
         for image in (photo, photo[:, :, 1].copy(), photo[1:, 3:-2]):
             for new_hw in {letterbox_geometry(image.shape[:2], 256).new_hw, (64, 64), (97, 301)}:
-                pil = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(new_hw[::-1], Image.BICUBIC,
-                                                                                      reducing_gap=3.0))  # fmt: skip
+                whole = Image.fromarray(np.ascontiguousarray(image))
+                pil = np.asarray(whole.resize(new_hw[::-1], Image.BICUBIC, reducing_gap=3.0))
                 for threads in (1, 2, 3):
-                    assert np.array_equal(resize_image(image, new_hw, threads=threads), pil), (path.name, new_hw, threads)
+                    ours = resize_image(image, new_hw, threads=threads)
+                    assert np.array_equal(ours, pil), (path.name, image.shape, new_hw, threads)
 
 
 def test_a_1080p_frame_is_resized_in_bands_only_when_threads_allow(monkeypatch):

@@ -86,7 +86,8 @@ def letterbox(
     Works on any HxW or HxWxC array (images and masks alike). ``interpolation=None`` resamples
     as the seed did (PIL's antialiased bicubic, see ``resize_image``); pass ``cv2.INTER_NEAREST_EXACT``
     for class masks. ``fill`` is in 8-bit levels: a 16-bit image is padded with ``fill * 257``.
-    ``threads``: threads the resize may use (``resize_image``). Returns the padded image and the transform that ``unletterbox_mask`` undoes.
+    ``threads``: threads the resize may use (``resize_image``). Returns the padded image and the
+    transform that ``unletterbox_mask`` undoes.
     """
     t = letterbox_geometry(image.shape[:2], size, pad)
     (nh, nw), (dh, dw), (top, left) = t.new_hw, t.dst_hw, t.offset
@@ -177,8 +178,8 @@ def _pil_bicubic_u8(image: np.ndarray, hw: tuple[int, int], threads: int = 1) ->
         return np.asarray(Image.fromarray(reduced(image)).resize((nw, nh), Image.BICUBIC, box=box))
 
     def horizontal(y0: int, y1: int) -> np.ndarray:  # source rows y0:y1 (multiples of fy) -> nw columns
-        part = reduced(image[y0:y1])
-        return np.asarray(Image.fromarray(part).resize((nw, len(part)), Image.BICUBIC, box=(0.0, 0.0, box[2], len(part))))
+        part = Image.fromarray(reduced(image[y0:y1]))
+        return np.asarray(part.resize((nw, part.height), Image.BICUBIC, box=(0.0, 0.0, box[2], part.height)))
 
     rows = np.concatenate(_in_bands(horizontal, _edges(-(-h // fy), bands, fy, h)))
 
