@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from cpu_fast_path import log, write_voc  # noqa: E402
+from run_gpu import frames, latency  # noqa: E402
 
 from unet_deploy import cpu, postprocess, preprocess  # noqa: E402
 from unet_deploy.fileio import atomic_write_text  # noqa: E402
@@ -56,13 +57,6 @@ LABELME = ROOT.parent / "shared" / "data" / "labelme"
 FRAME = (1920, 1080)  # W, H
 OTHER_FRAMES = [(1922, 1082), (2000, 1126)]  # W, H: even frames halved too, at scales that are not 3.75
 TARGET_SHARE = 10.0  # issue 29: pre+post <= 10% of end to end
-
-
-def frames(count: int) -> list[np.ndarray]:
-    """Synthetic 1080p BGR frames, as ``benchmarks/run_gpu.py`` makes them."""
-    from unet_deploy.data.synthetic import sample
-
-    return [sample(100 + i, 0, FRAME).image for i in range(count)]
 
 
 def photos() -> list[tuple[str, np.ndarray]]:
@@ -278,22 +272,14 @@ def post_steps(logits: np.ndarray, t: preprocess.LetterboxTransform,
 
 # ----------------------------------------------------------------------------- end to end
 def end_to_end(xml: Path, frame: np.ndarray, reps: int, threads: int | None) -> dict[str, Any]:
+    """``Segmenter`` on ``frame``, as ``run_gpu.latency`` times it: medians of ``Result.timings`` and of the wall time."""
     from unet_deploy.runtime import Segmenter
 
     seg = Segmenter(xml, device="cpu", threads=threads)
-    for _ in range(10):
-        seg(frame)
-    stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "postprocess": [], "end_to_end": []}
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        res = seg(frame)
-        stages["end_to_end"].append((time.perf_counter() - t0) * 1000.0)
-        for k in ("preprocess", "inference", "postprocess"):
-            stages[k].append(res.timings[k])
-    p50 = {k: float(np.median(v)) for k, v in stages.items()}
+    p50 = {k: v["p50"] for k, v in latency(None, seg, frame, reps).items()}
     share = (p50["preprocess"] + p50["postprocess"]) / p50["end_to_end"] * 100.0
     return {"threads": threads, "host_threads": seg._backend.compute_threads(), "p50_ms": p50,
-            "prepost_share_pct": share, "regions": len(res.regions), "describe": seg.describe()}  # fmt: skip
+            "prepost_share_pct": share, "regions": len(seg(frame).regions), "describe": seg.describe()}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- main
