@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                   "input_hw": list(x.shape[1:]), "frame": list(FRAME)},
         "reps": reps, "resize_equality": eq, "mask_agreement_pct": agree, "preprocess_ms": pre,
         "postprocess": post, "map_back_equal": {"sizes": len(sizes), "equal": map_equal}, "end_to_end": e2e,
-        "command": "python benchmarks/prepost_paths.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/prepost_paths.py", *(sys.argv[1:] if argv is None else argv)]),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
