@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from unet_deploy import preprocess as preprocess_module
 from unet_deploy.data.synthetic import sample
 from unet_deploy.errors import UnetDeployError
 from unet_deploy.fileio import read_image
@@ -193,14 +194,48 @@ def test_extreme_aspect_ratios(hw, pad):
     ((100, 200), (16, 32)), ((7, 9), (30, 40)),
 ])
 @pytest.mark.parametrize("channels", [0, 3])
-def test_8_bit_resize_is_pils_reducing_gap_bicubic_bit_for_bit(hw, new_hw, channels):
-    """Noise (every rounding case of the 2x2 halving) and a camera-like frame."""
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_8_bit_resize_is_pils_reducing_gap_bicubic_bit_for_bit(hw, new_hw, channels, threads, monkeypatch):
+    """Noise (every rounding case of the 2x2 halving) and a camera-like frame, on one thread and in
+    bands on 2 and 3 (every size split, however small: the band edges meet the filter everywhere)."""
     from PIL import Image
 
+    monkeypatch.setattr(preprocess_module, "BAND_MIN_PIXELS", 1)
     rng = np.random.default_rng(hw[0] * 7 + channels)
     shape = hw + ((channels,) if channels else ())
     frame = cv2.resize(sample(5, 0, (64, 36)).image, hw[::-1], interpolation=cv2.INTER_CUBIC)
     for image in (rng.integers(0, 256, shape, dtype=np.uint8), frame if channels else frame[:, :, 1].copy()):
         pil = np.asarray(Image.fromarray(image).resize(new_hw[::-1], Image.BICUBIC, reducing_gap=3.0))
-        ours = resize_image(image, new_hw, None)
+        ours = resize_image(image, new_hw, None, threads=threads)
         assert ours.dtype == np.uint8 and ours.shape == pil.shape and np.array_equal(ours, pil)
+
+
+def test_banded_resize_of_real_photos_is_pils_bit_for_bit(labelme_dir, monkeypatch):
+    """The labelme photos (odd sizes among them), gray and colour, to letterbox and tile sizes, in 1 to 3 bands;
+    a strided view of a frame (a crop, as from a region of interest) too."""
+    from PIL import Image
+
+    monkeypatch.setattr(preprocess_module, "BAND_MIN_PIXELS", 1)
+    paths = sorted(labelme_dir.glob("*/*.jpg"))
+    assert any(cv2.imread(str(p)).shape[0] % 2 for p in paths)  # an odd height among them
+    for path in paths:
+        photo = read_image(path)
+        for image in (photo, photo[:, :, 1].copy(), photo[1:, 3:-2]):
+            for new_hw in {letterbox_geometry(image.shape[:2], 256).new_hw, (64, 64), (97, 301)}:
+                whole = Image.fromarray(np.ascontiguousarray(image))
+                pil = np.asarray(whole.resize(new_hw[::-1], Image.BICUBIC, reducing_gap=3.0))
+                for threads in (1, 2, 3):
+                    ours = resize_image(image, new_hw, threads=threads)
+                    assert np.array_equal(ours, pil), (path.name, image.shape, new_hw, threads)
+
+
+def test_a_1080p_frame_is_resized_in_bands_only_when_threads_allow(monkeypatch):
+    """1 thread: no band thread is asked for; 2: one, besides the caller's; the bytes alike either way."""
+    calls = []
+    real = preprocess_module._band_pool
+    monkeypatch.setattr(preprocess_module, "_band_pool", lambda workers: calls.append(workers) or real(workers))
+    frame = sample(100, 0, (1920, 1080)).image
+    one = resize_image(frame, (144, 256), threads=1)
+    assert calls == []
+    two = resize_image(frame, (144, 256), threads=2)
+    assert set(calls) == {1} and np.array_equal(one, two)

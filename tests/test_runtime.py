@@ -485,3 +485,26 @@ def test_every_format_of_the_shared_export_fixture_agrees(exported_tiny, tiny_ch
         agree = np.mean(np.concatenate([(a == b).ravel() for a, b in zip(masks, want_masks)]))
         assert agree >= 0.999, f"{fmt} ({seg.backend}): {agree:.5f} of pixels agree with the checkpoint"
     assert {"onnxruntime", "torchscript", "aoti"} <= backends
+
+
+def test_the_host_resize_takes_the_backends_threads_and_no_more(exports, monkeypatch):
+    """``threads=1``, or torch's pool set to 1 thread: a 1080p frame is resized on the caller's thread
+    alone; 2 threads: in 2 bands (one band thread). The network input is the same bytes either way."""
+    from tests.conftest import one_torch_thread
+    from unet_deploy import preprocess
+
+    asked: list[int] = []
+    real = preprocess._band_pool
+    monkeypatch.setattr(preprocess, "_band_pool", lambda workers: asked.append(workers) or real(workers))
+    frame = photos(1, (1920, 1080))[0]
+
+    def network_input(model, **kw) -> np.ndarray:
+        asked.clear()
+        return Segmenter(model, device="cpu", input_size=256, **kw).preprocess(frame).x
+
+    one = network_input(exports["onnx"], threads=1)
+    assert asked == [] and one.shape == (3, 144, 256)
+    assert np.array_equal(network_input(exports["onnx"], threads=2), one) and set(asked) == {1}
+    with one_torch_thread():  # the torch backends follow torch's pool, set by the caller or by threads=
+        assert np.array_equal(network_input(exports["checkpoint"]), one) and asked == []
+        assert np.array_equal(network_input(exports["checkpoint"], threads=2), one) and set(asked) == {1}

@@ -6,10 +6,12 @@ pixels prepared two different ways.
 """
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -77,18 +79,20 @@ def letterbox(
     pad: str = "top-left",
     fill: int | float = 0,
     interpolation: int | None = None,
+    threads: int = 1,
 ) -> tuple[np.ndarray, LetterboxTransform]:
     """Resize ``image`` to fit ``size`` (H, W) keeping its aspect ratio and pad the rest with ``fill``.
 
     Works on any HxW or HxWxC array (images and masks alike). ``interpolation=None`` resamples
     as the seed did (PIL's antialiased bicubic, see ``resize_image``); pass ``cv2.INTER_NEAREST_EXACT``
     for class masks. ``fill`` is in 8-bit levels: a 16-bit image is padded with ``fill * 257``.
-    Returns the padded image and the transform that ``unletterbox_mask`` undoes.
+    ``threads``: threads the resize may use (``resize_image``). Returns the padded image and the
+    transform that ``unletterbox_mask`` undoes.
     """
     t = letterbox_geometry(image.shape[:2], size, pad)
     (nh, nw), (dh, dw), (top, left) = t.new_hw, t.dst_hw, t.offset
     if (nh, nw) != t.src_hw:
-        image = resize_image(image, (nh, nw), interpolation)
+        image = resize_image(image, (nh, nw), interpolation, threads)
     if (nh, nw) != (dh, dw):
         if image.dtype == np.uint16:
             fill = fill * 257
@@ -103,13 +107,25 @@ def letterbox(
     return np.ascontiguousarray(image), t
 
 
-def resize_image(image: np.ndarray, hw: tuple[int, int], interpolation: int | None = None) -> np.ndarray:
-    """Resize to ``hw`` (H, W) the one way this project does (letterbox, tiles, training). By default images go through PIL's antialiased bicubic, the seed's own
-    resize (``reducing_gap=3`` box-reduces large factors first: 2.6x faster on 1080p, 0.19 grey
-    levels from the exact result): 8-bit gray/3-channel images as they are, 16-bit ones channel
-    by channel in PIL's float mode (same filter, no intermediate rounding), so one scene at two
-    bit depths gives network inputs within 1.1 8-bit levels (the 8-bit path rounds between its
-    two passes). Other images use OpenCV's area (shrink) or bilinear (enlarge) filter."""
+def resize_image(
+    image: np.ndarray, hw: tuple[int, int], interpolation: int | None = None, threads: int = 1
+) -> np.ndarray:
+    """Resize to ``hw`` (H, W) the one way this project does (letterbox, tiles, training).
+
+    By default images go through PIL's antialiased bicubic, the seed's own resize
+    (``reducing_gap=3`` box-reduces large factors first: 2.6x faster on 1080p, 0.19 grey levels
+    from the exact result): 8-bit gray/3-channel images as they are (bit for bit PIL's, on up to
+    ``threads`` threads: ``_pil_bicubic_u8``), 16-bit ones channel by channel in PIL's float mode
+    (same filter, no intermediate rounding), so one scene at two bit depths gives network inputs
+    within 1.1 8-bit levels (the 8-bit path rounds between its two passes). Other images use
+    OpenCV's area (shrink) or bilinear (enlarge) filter.
+
+    Args:
+        image: HxW or HxWxC pixels.
+        hw: output (H, W).
+        interpolation: an OpenCV ``INTER_*`` flag instead of PIL's bicubic (e.g. for class masks).
+        threads: threads an 8-bit PIL resize may use (1: this thread only).
+    """
     nh, nw = hw
     if interpolation is None and image.dtype in (np.uint8, np.uint16) and (image.ndim == 2 or image.shape[2] == 3):
         from PIL import Image
@@ -118,7 +134,7 @@ def resize_image(image: np.ndarray, hw: tuple[int, int], interpolation: int | No
             return np.asarray(Image.fromarray(plane).resize((nw, nh), Image.BICUBIC, reducing_gap=3.0))
 
         if image.dtype == np.uint8:
-            return _pil_bicubic_u8(image, (nh, nw))
+            return _pil_bicubic_u8(image, (nh, nw), threads)
         planes = [image] if image.ndim == 2 else [image[:, :, c] for c in range(image.shape[2])]
         out = [np.clip(np.rint(pil_resize(p.astype(np.float32))), 0, 65535).astype(np.uint16) for p in planes]
         return out[0] if image.ndim == 2 else np.dstack(out)
@@ -129,22 +145,74 @@ def resize_image(image: np.ndarray, hw: tuple[int, int], interpolation: int | No
     return image[:, :, None] if squeezed else image  # OpenCV drops a single channel axis
 
 
-def _pil_bicubic_u8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def _pil_bicubic_u8(image: np.ndarray, hw: tuple[int, int], threads: int = 1) -> np.ndarray:
     """PIL's ``resize(BICUBIC, reducing_gap=3)`` of an 8-bit gray/3-channel image, bit for bit.
 
-    When PIL would first ``reduce`` by 2x2 (even sizes), OpenCV's INTER_AREA halving does it
-    instead: the same ``(a + b + c + d + 2) >> 2`` per pixel, without PIL's full-size copy
-    (1080p: 5.4 -> 3.4 ms). The bicubic pass then runs in PIL on the halved image with the box
-    PIL itself would pass. Other factors go through PIL unchanged.
+    PIL first box-reduces by ``factor`` (blocks of pixels), then resamples in two passes:
+    horizontal (each row alone) into 8 bits, then vertical (each column alone). With ``threads``
+    > 1 on a large image the reduce and horizontal pass run on bands of rows, the vertical pass on
+    bands of columns, one PIL call per band with the whole image's coefficients (same box, same
+    input size): no band needs its neighbours' pixels and the bytes are PIL's (1080p on 2 cores:
+    ``benchmarks/results/prepost_paths.md``). A 2x2 reduce of even sizes is OpenCV's INTER_AREA
+    halving, the same ``(a + b + c + d + 2) >> 2`` per pixel, reading the frame in place instead
+    of copying it into PIL (1080p: 5.4 -> 3.4 ms on one thread).
     """
     from PIL import Image
 
     (nh, nw), (h, w) = hw, image.shape[:2]
-    factor = (int(w / nw / 3.0) or 1, int(h / nh / 3.0) or 1)  # PIL's own reducing_gap rule
-    if factor != (2, 2) or h % 2 or w % 2:
-        return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC, reducing_gap=3.0))
-    half = cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-    return np.asarray(Image.fromarray(half).resize((nw, nh), Image.BICUBIC, box=(0.0, 0.0, w / 2, h / 2)))
+    fx, fy = int(w / nw / 3.0) or 1, int(h / nh / 3.0) or 1  # PIL's own reducing_gap rule
+    halve = (fx, fy) == (2, 2) and not h % 2 and not w % 2
+    box = (0.0, 0.0, w / fx, h / fy)  # where the image lies in reduced pixels (PIL's box after reduce)
+
+    def reduced(rows: np.ndarray) -> np.ndarray:
+        if halve:
+            return cv2.resize(rows, (w // 2, rows.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        if (fx, fy) != (1, 1):
+            return np.asarray(Image.fromarray(rows).reduce((fx, fy)))
+        return rows
+
+    bands = max(1, min(int(threads), h * w // (fx * fy * BAND_MIN_PIXELS), -(-h // fy), nw))
+    if bands == 1:
+        if not halve:
+            return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC, reducing_gap=3.0))
+        return np.asarray(Image.fromarray(reduced(image)).resize((nw, nh), Image.BICUBIC, box=box))
+
+    def horizontal(y0: int, y1: int) -> np.ndarray:  # source rows y0:y1 (multiples of fy) -> nw columns
+        part = Image.fromarray(reduced(image[y0:y1]))
+        return np.asarray(part.resize((nw, part.height), Image.BICUBIC, box=(0.0, 0.0, box[2], part.height)))
+
+    rows = np.concatenate(_in_bands(horizontal, _edges(-(-h // fy), bands, fy, h)))
+
+    def vertical(x0: int, x1: int) -> np.ndarray:  # columns x0:x1 -> nh rows
+        part = Image.fromarray(np.ascontiguousarray(rows[:, x0:x1]))
+        return np.asarray(part.resize((x1 - x0, nh), Image.BICUBIC, box=(0.0, 0.0, x1 - x0, box[3])))
+
+    return np.concatenate(_in_bands(vertical, _edges(nw, bands)), axis=1)
+
+
+# A resize is split in bands only where each band has at least this many source pixels (after the
+# reduce): below it handing a band to another thread costs more than it saves.
+BAND_MIN_PIXELS = 1 << 16
+
+
+def _edges(n: int, bands: int, step: int = 1, end: int | None = None) -> list[int]:
+    """``bands + 1`` split points of ``n`` units of ``step`` pixels (the last point ``end``, default ``n * step``)."""
+    return [i * n // bands * step for i in range(bands)] + [n * step if end is None else end]
+
+
+def _in_bands(work: Callable[[int, int], np.ndarray], edges: Sequence[int]) -> list[np.ndarray]:
+    """``work(start, stop)`` for each pair of consecutive ``edges``: the first on this thread, the
+    others on the band pool (PIL and OpenCV release the GIL while they compute); results in order."""
+    spans = list(zip(edges[:-1], edges[1:]))
+    pending = [_band_pool(len(spans) - 1).submit(work, a, b) for a, b in spans[1:]]
+    first = work(*spans[0])
+    return [first, *(p.result() for p in pending)]
+
+
+@functools.lru_cache(maxsize=None)
+def _band_pool(workers: int) -> ThreadPoolExecutor:
+    """The threads that take the bands beyond the caller's own (one pool per band count, made on first use)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="unet-deploy-band")
 
 
 def unletterbox_mask(mask: np.ndarray, transform: LetterboxTransform) -> np.ndarray:
@@ -224,15 +292,17 @@ def check_image(image: object) -> np.ndarray:
     return image
 
 
-def preprocess(image: np.ndarray, meta: ModelMeta) -> tuple[np.ndarray, LetterboxTransform]:
+def preprocess(image: np.ndarray, meta: ModelMeta, threads: int = 1) -> tuple[np.ndarray, LetterboxTransform]:
     """One image as OpenCV reads it -> (float32 CxHxW network input, letterbox transform).
 
     With ``letterbox.pad == "rect"`` the network input's H and W depend on the image's aspect ratio.
+    The colour conversion runs on the letterboxed image, not the frame. ``threads``: threads the
+    resize may use (``resize_image``; the runtime passes its own thread count).
     """
     check_image(image)
     if image.ndim == 3 and image.shape[2] == 4:
         image = to_model_color(image, "BGR")  # drop alpha before resizing: less to resize
-    boxed, t = letterbox(image, meta.input_size, meta.pad, meta.letterbox.get("fill", 0))
+    boxed, t = letterbox(image, meta.input_size, meta.pad, meta.letterbox.get("fill", 0), threads=threads)
     return normalize(to_model_color(boxed, meta.color), meta), t
 
 

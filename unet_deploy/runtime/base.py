@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import formats
+from .. import cpu, formats
 from ..errors import UnetDeployError, did_you_mean, look_up
 from ..formats import Format, sidecar_path
 from ..meta import ModelMeta
@@ -62,6 +62,12 @@ class Backend(abc.ABC):
         self.fixed_batch: int | None = None
         self.num_outputs: int | None = None
         self.in_channels: int | None = None  # the network's input channels, where the file fixes them
+        self.threads = threads
+
+    def compute_threads(self) -> int:
+        """The CPU threads this backend computes with: ``threads`` where given, else one per core (ONNX
+        Runtime's and OpenVINO's default). The host stages around it (the resize) use as many."""
+        return int(self.threads) if self.threads else cpu.features().cores
 
     @abc.abstractmethod
     def forward(self, batch: np.ndarray) -> np.ndarray:

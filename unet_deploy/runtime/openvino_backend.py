@@ -113,7 +113,6 @@ class OpenVINOBackend(Backend):
             raise UnetDeployError(f"{path}: not a readable OpenVINO IR ({first_line(e)}); re-export it") from None
         check_weights(self.model, path)
         self.meta = read_meta(self.model, path) or sidecar_meta(path)
-        self.threads = threads
         self.exported = self.exported_precision()
         self.compiled_as = self._compiled_as(precision)
         self.precision = effective_precision(self.compiled_as)

@@ -59,7 +59,8 @@ class Segmenter:
         providers: ONNX Runtime execution providers, as ``onnxruntime.InferenceSession`` takes them.
         threads: intra-op CPU threads. ONNX Runtime and OpenVINO apply them to this model alone; the
             torch backends call ``torch.set_num_threads``, which is process-wide (torch has one pool),
-            and only when it is given.
+            and only when it is given. The host resize splits a large image in as many bands
+            (``None``: the backend's count, ``Backend.compute_threads``; 1: no band threads).
         precision: run another precision where the backend can (``"bf16"``/``"fp16"`` for a checkpoint
             or an fp32 TorchScript file, ``"bf16"`` for an OpenVINO IR); ``None``: as exported.
             On CUDA, "fp32" convolutions follow ``torch.backends.cudnn.allow_tf32`` (TF32 by
@@ -259,7 +260,7 @@ class Segmenter:
             if self.tiling is not None or self._on_device(pixels):
                 item = Prepared(file, check_image(pixels))
             else:
-                x, transform = preprocess(pixels, self.meta)
+                x, transform = preprocess(pixels, self.meta, self._backend.compute_threads())
                 item = Prepared(file, pixels, x, transform)
         except UnetDeployError as e:
             raise UnetDeployError(_one_line(e.message, file)) from None

@@ -92,6 +92,11 @@ class _TorchBackend(Backend):
         if threads:
             torch.set_num_threads(int(threads))
 
+    def compute_threads(self) -> int:
+        """torch's intra-op pool size (process-wide: ``threads``, or what the caller set with
+        ``torch.set_num_threads``)."""
+        return int(self.torch.get_num_threads())
+
     def _run(self, x: Any) -> Any:
         raise NotImplementedError
 
