@@ -152,7 +152,7 @@ class FrameStream:
     def _preprocess(self, frame: Frame) -> tuple:
         """Stage 2: ``Segmenter.preprocess`` (THE letterbox; tiles and the device pipeline: the check only)."""
         try:
-            return frame, self.seg.preprocess(frame.image, name=f"{self.name} frame {frame.index}")
+            return frame, self.seg.preprocess(frame.image, name=f"{self.name} frame {frame.index}", threads=1)
         except UnetDeployError as e:
             return frame, e
 

@@ -245,8 +245,11 @@ class Segmenter:
                            queue_size=queue_size)  # fmt: skip
 
     # -- the pipeline, stage by stage ----------------------------------------------------------
-    def preprocess(self, image: ImageLike, name: str | None = None) -> Prepared:
+    def preprocess(self, image: ImageLike, name: str | None = None, threads: int | None = None) -> Prepared:
         """Stage 1: read ``image`` (a path, or an array as OpenCV reads it) and letterbox it.
+
+        ``threads`` for the resize (default: the backend's, ``Backend.compute_threads``); a stream,
+        whose stages overlap, passes 1 so its resize does not compete with inference.
 
         Returns a ``Prepared`` with the float32 network input (``x``) and its transform; with
         tiles or the device pipeline only the image is checked here (they prepare pixels later).
@@ -260,7 +263,7 @@ class Segmenter:
             if self.tiling is not None or self._on_device(pixels):
                 item = Prepared(file, check_image(pixels))
             else:
-                x, transform = preprocess(pixels, self.meta, self._backend.compute_threads())
+                x, transform = preprocess(pixels, self.meta, threads or self._backend.compute_threads())
                 item = Prepared(file, pixels, x, transform)
         except UnetDeployError as e:
             raise UnetDeployError(_one_line(e.message, file)) from None
