@@ -254,3 +254,33 @@ def test_the_colour_unet_tiled_through_a_segmenter_is_the_per_pixel_answer(artef
     thin = decided & (np.isin(image, list(COLOURS_BGR.values())).all(axis=2))
     letterboxed = seg(image).mask  # what the Segmenter does today: 400 px squeezed into 64
     assert thin.sum() > 1000 and (letterboxed[thin] == truth[thin]).mean() < 0.5
+
+
+def test_a_tiled_models_calibration_inputs_are_its_tiles(tmp_path):
+    """int8 calibration of a tiled model sees what it sees at run time: tiles of the image at the tiling
+    scale, not the whole image letterboxed (its defects would shrink several times)."""
+    from unet_deploy.fileio import write_image
+    from unet_deploy.formats.quantize import CALIB_TILES, calibration_inputs
+
+    meta = ModelMeta(classes=CLASSES, input_size=(128, 128), tiling={"scale": 1.0, "overlap": 0.25})
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (300, 200, 3), dtype=np.uint8) for _ in range(2)]
+    paths = [tmp_path / f"{i}.png" for i in range(2)]
+    for image, path in zip(images, paths):
+        write_image(path, image)
+    inputs = calibration_inputs(paths, meta)
+    # by hand: rows start at 0, 86, 172 (stride 128 - 32 = 96, spread to end at 300), columns at 0, 72
+    starts = [(y, x) for y in (0, 86, 172) for x in (0, 72)]
+    assert len(inputs) == 2 * len(starts) <= CALIB_TILES
+    for k, x in enumerate(inputs):
+        y0, x0 = starts[k % len(starts)]
+        crop = images[k // len(starts)][y0 : y0 + 128, x0 : x0 + 128, ::-1].astype(np.float64) / 255.0
+        expected = (crop - np.array(meta.mean)) / np.array(meta.std)
+        assert x.shape == (1, 3, 128, 128) and x.dtype == np.float32
+        np.testing.assert_allclose(x[0], expected.transpose(2, 0, 1), atol=1e-5)
+    letterboxed = calibration_inputs(paths, ModelMeta(classes=CLASSES, input_size=(128, 128)))
+    assert [x.shape for x in letterboxed] == [(1, 3, 128, 128)] * 2  # untiled: one letterboxed input per image
+    from unet_deploy.tiling import tile_inputs
+
+    spread = tile_inputs(images[0], meta, limit=4)  # 4 of 6 tiles, evenly over the raster order: 0, 1, 3, 4
+    assert all(np.array_equal(a, inputs[i][0]) for a, i in zip(spread, (0, 1, 3, 4), strict=True))

@@ -141,15 +141,8 @@ def _tiled(image: np.ndarray, meta: ModelMeta, predict: Predictor, scale: float,
     if isinstance(tile_batch, bool) or not isinstance(tile_batch, (int, np.integer)) or tile_batch < 1:
         raise UnetDeployError(f"tile_batch {tile_batch!r} must be a positive integer (tiles per predictor call)")
     h, w = image.shape[:2]
-    if h < 1 or w < 1:
-        raise UnetDeployError(f"image of size {h}x{w} is empty")
-    sh, sw = scaled_size((h, w), scale)
-    if sh * sw > h * w:  # scale 4 makes 16 times the pixels: the image limit applies to what is made
-        check_pixel_limit((sw, sh), f"the {w}x{h} image scaled by {scale:g} for tiling")
-    if (sh, sw) != (h, w):
-        if image.ndim == 3 and image.shape[2] == 4:
-            image = to_model_color(image, "BGR")  # drop alpha before resizing, as preprocess does
-        image = resize_image(image, (sh, sw), None)
+    image = _scaled(image, scale)
+    sh, sw = image.shape[:2]
     th, tw = meta.input_size
     ys, xs = tile_grid((sh, sw), (th, tw), overlap)
     tiles = [(y, x) for y in ys for x in xs]
@@ -182,6 +175,41 @@ def _tiled(image: np.ndarray, meta: ModelMeta, predict: Predictor, scale: float,
         return out, confidence, None
     back = LetterboxTransform((h, w), (sh, sw), (sh, sw), (0, 0))
     return to_original(out, back), confidence, back
+
+
+def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image`` resized by ``scale`` as tiling resizes it (the letterbox's resize), alpha dropped first."""
+    h, w = image.shape[:2]
+    if h < 1 or w < 1:
+        raise UnetDeployError(f"image of size {h}x{w} is empty")
+    sh, sw = scaled_size((h, w), scale)
+    if sh * sw > h * w:  # scale 4 makes 16 times the pixels: the image limit applies to what is made
+        check_pixel_limit((sw, sh), f"the {w}x{h} image scaled by {scale:g} for tiling")
+    if (sh, sw) == (h, w):
+        return image
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = to_model_color(image, "BGR")  # drop alpha before resizing, as preprocess does
+    return resize_image(image, (sh, sw), None)
+
+
+def tile_inputs(image: np.ndarray, meta: ModelMeta, limit: int | None = None) -> list[np.ndarray]:
+    """The float32 ``C x th x tw`` network inputs of ``image``'s tiles, exactly as tiled inference makes them
+    (``meta.tiling``'s scale and overlap): calibration data for a model that only ever sees tiles.
+
+    Args:
+        image: HxWxC pixels in the file's order (BGR), as ``tiled_class_map`` takes them.
+        meta: a model's metadata with ``tiling`` set.
+        limit: at most this many tiles, spread evenly over the raster order (None: all).
+    """
+    tiling = check_tiling(meta.tiling)
+    if tiling is None:
+        raise UnetDeployError("tile_inputs needs a ModelMeta with tiling (a model trained with --tile-scale)")
+    scaled = _scaled(image, tiling["scale"])
+    ys, xs = tile_grid(scaled.shape[:2], meta.input_size, tiling["overlap"])
+    tiles = [(y, x) for y in ys for x in xs]
+    if limit is not None and len(tiles) > limit:
+        tiles = [tiles[i * len(tiles) // limit] for i in range(max(1, limit))]
+    return [_tile_input(scaled, y, x, tuple(meta.input_size), meta) for y, x in tiles]
 
 
 def _tile_input(image: np.ndarray, y: int, x: int, tile_hw: tuple[int, int], meta: ModelMeta) -> np.ndarray:

@@ -27,6 +27,7 @@ from ..errors import UnetDeployError
 from ..meta import ModelMeta
 
 CALIB_COUNT = 32  # "a few dozen" training images; 96 measured no better on this UNet
+CALIB_TILES = 128  # a tiled model's calibration tiles in all: 128 tiles of 128x128 hold the pixels of 32 256x256 images
 VAL_COUNT = 32
 CONTROL_COUNT = 8  # calibration images the accuracy-control fallback scores candidates on
 ISAS = ("auto", "vnni", "avx2")  # --int8-isa: the CPU kind the int8 artefact is for
@@ -79,13 +80,18 @@ def overflow_fix(recipe: Int8Recipe, isa: str) -> str:
 
 
 def calibration_inputs(paths: list[Path], meta: ModelMeta) -> list[np.ndarray]:
-    """Float32 ``(1, C, H, W)`` inputs letterboxed and normalised exactly as at run time."""
+    """Float32 ``(1, C, H, W)`` inputs made exactly as at run time: each image letterboxed, or for a model
+    with ``meta.tiling`` (it only ever sees tiles) its tiles, at most ``CALIB_TILES`` in all, spread evenly."""
     from ..fileio import read_image
     from ..preprocess import check_varied, preprocess
+    from ..tiling import tile_inputs
 
     images = [read_image(p) for p in paths]
     check_varied(images, paths[0].parent if paths else "", "calibration")
-    return [preprocess(image, meta)[0][None] for image in images]
+    if meta.tiling is None:
+        return [preprocess(image, meta)[0][None] for image in images]
+    per_image = max(1, CALIB_TILES // max(1, len(images)))
+    return [x[None] for image in images for x in tile_inputs(image, meta, per_image)]
 
 
 def kept_fp32(recipe: Int8Recipe, convs: list[str]) -> list[str]:
