@@ -13,7 +13,9 @@ training never saw: mIoU, defect recall by size, false alarms; the equal-epoch m
 OpenVINO int8 export (the deployed artefact). Speed: each rung's equal-epoch weights exported to
 OpenVINO int8 and bf16 at the seed's 256x256 input, end to end on a 1080p frame (rounds interleaved
 over rungs and precisions, medians), and the int8 model's frames/s in a ``Segmenter.stream`` of a
-1080p video on this machine's cores. Writes ``benchmarks/results/model_ladder.md/.json/.png``.
+1080p video on this machine's cores. Then the same two trainings and evaluation (``--hires-rungs``)
+on the hires tiled set: ``synth --preset hires`` defects on larger frames, trained on native-pixel
+crops (``--tile-scale 1.0``) and evaluated tiled. Writes ``benchmarks/results/model_ladder.md/.json/.png``.
 
     python benchmarks/model_ladder.py                       # ~60 minutes on 2 cores
     python benchmarks/model_ladder.py --quick               # a few minutes: checks the script
@@ -63,16 +65,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed-rounds", type=int, default=5, help="interleaved rounds of the 1080p latency")
     p.add_argument("--speed-runs", type=int, default=10, help="frames per rung and precision per round")
     p.add_argument("--stream-frames", type=int, default=120)
+    p.add_argument("--hires-frames", type=int, default=16, help="hires training frames (0: no hires ladder)")
+    p.add_argument("--hires-test", type=int, default=8, help="held-back hires frames")
+    p.add_argument("--hires-size", default="640x512", help="WxH of the hires frames (the preset's defects, 4-40 px)")
+    p.add_argument("--hires-defects", default="4,10", help="min,max defects per hires frame")
+    p.add_argument("--hires-epochs", type=int, default=None, help="the hires set's equal epochs [default: --epochs]")
+    p.add_argument("--remeasure", action="store_true", help="time the speed again even where state.json has it")
+    p.add_argument("--hires-rungs", default="b64,b32,b16,b8-bilinear", help="rungs trained on the hires tiles")
     p.add_argument("--quick", action="store_true", help="tiny everything: checks the script")
     args = p.parse_args(argv)
     if args.quick:
         args.train_count, args.test_count, args.epochs, args.budget_s = 24, 8, 1, 8.0
         args.speed_rounds, args.speed_runs, args.stream_frames, args.max_epochs = 1, 2, 8, 3
-        args.rungs = "b16,b8"
-    args.rungs = [r.strip() for r in args.rungs.split(",") if r.strip()]
-    unknown = [r for r in args.rungs if r not in RUNGS]
-    if unknown:
-        p.error(f"unknown rungs {unknown}; known: {', '.join(RUNGS)}")
+        args.rungs = args.hires_rungs = "b16,b8"
+        args.hires_frames, args.hires_test, args.hires_size = min(args.hires_frames, 4), min(args.hires_test, 2), "256x192"
+    args.hires_size = tuple(int(v) for v in args.hires_size.lower().split("x"))
+    args.hires_defects = tuple(int(v) for v in args.hires_defects.split(","))
+    for key in ("rungs", "hires_rungs"):
+        names = [r.strip() for r in getattr(args, key).split(",") if r.strip()]
+        unknown = [r for r in names if r not in RUNGS]
+        if unknown:
+            p.error(f"unknown rungs {unknown}; known: {', '.join(RUNGS)}")
+        setattr(args, key, names)
     return args
 
 
@@ -117,7 +131,24 @@ def make_data(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     return voc, test, small
 
 
-def train_rung(args: argparse.Namespace, voc: Path, name: str, epochs: int, tag: str) -> dict[str, Any]:
+def make_hires(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The hires tiled set: ``synth --preset hires`` defects (4-40 px across) on ``--hires-size`` frames
+    (smaller than the preset's 2448x2048, for time); the training VOC folder and the held-back labelme one."""
+    from unet_deploy.data.labelme import convert_folder
+    from unet_deploy.data.synthetic import PRESETS, generate
+
+    spec = PRESETS["hires"] | {"size": args.hires_size, "defects": args.hires_defects}
+    tag = f"{args.hires_size[0]}x{args.hires_size[1]}"
+    raw, voc, test = (args.work / f"hires_{n}_{args.hires_frames}_{tag}" for n in ("raw", "voc", "test"))
+    if not (voc / "class_names.txt").is_file():
+        generate(raw, args.hires_frames, seed=0, progress=False, **spec)
+        assert not convert_folder(raw, voc, progress=False).failed
+    if not (test / "labels.txt").is_file():
+        generate(test, args.hires_test, seed=99, progress=False, **spec)
+    return voc, test
+
+
+def train_rung(args: argparse.Namespace, voc: Path, name: str, epochs: int, tag: str, **options: Any) -> dict[str, Any]:
     """Train one rung; its best checkpoint, wall and CPU seconds (dataloading in-process: workers=0)."""
     from unet_deploy.train import read_metrics_csv, train
 
@@ -125,7 +156,7 @@ def train_rung(args: argparse.Namespace, voc: Path, name: str, epochs: int, tag:
     run = args.work / f"run_{name}_{tag}"
     wall0, cpu0 = time.perf_counter(), time.process_time()
     best = train(voc, run, epochs=epochs, base_channels=base, upsample=upsample, img_size=args.size, batch_size=8,
-                 dropout=0.0, workers=0, device="cpu", progress=False, overwrite=True, seed=0)  # fmt: skip
+                 dropout=0.0, workers=0, device="cpu", progress=False, overwrite=True, seed=0, **options)  # fmt: skip
     cpu = time.process_time() - cpu0
     rows = read_metrics_csv(run / "metrics.csv")
     return {"checkpoint": str(best), "epochs": epochs, "wall_s": time.perf_counter() - wall0, "cpu_s": cpu,
@@ -218,6 +249,33 @@ def stream_fps(args: argparse.Namespace, models: dict[str, str]) -> dict[str, An
     return out
 
 
+def climb(args: argparse.Namespace, state: State, key: str, rungs: list[str], voc: Path, test: Path,
+          small: Path | None, epochs: int, **options: Any) -> None:
+    """Train every rung on ``voc`` for the same epochs, then for the same CPU budget; evaluate both checkpoints
+    and the equal-epoch int8 IR on ``test`` (and the small-defect set ``small``). Results in ``state[key]``."""
+    tag = "" if key == "rungs" else f"{key}_"
+    for name in rungs:  # 1: the same epochs for every rung
+        if not state.get(key, name, "epochs"):
+            log(f"training {tag}{name}: {epochs} epochs")
+            state.put(train_rung(args, voc, name, epochs, f"{tag}epochs", **options), key, name, "epochs")
+    for name in rungs:  # 2: the same CPU budget for every rung
+        if not state.get(key, name, "budget"):
+            per_epoch = state.get(key, name, "epochs", "cpu_s_per_epoch")
+            fit = max(1, min(args.max_epochs, int(args.budget_s // per_epoch)))
+            log(f"training {tag}{name}: {fit} epochs in the {args.budget_s:.0f} s CPU budget")
+            state.put(train_rung(args, voc, name, fit, f"{tag}budget", **options), key, name, "budget")
+    for name in rungs:  # 3: eval on held-back images: checkpoints, and the deployed int8 IR
+        if not state.get(key, name, "eval"):
+            log(f"exporting and evaluating {tag}{name}")
+            ckpts = [state.get(key, name, t, "checkpoint") for t in ("epochs", "budget")]
+            int8 = export(ckpts[0], voc, "int8", args.work / f"ir_{tag}{name}_{args.size}", None)
+            rows = evaluate_models(test, [*ckpts, int8])
+            for row, on_small in zip(rows, evaluate_models(small, [*ckpts, int8]) if small else []):
+                row["small_set"] = {k: on_small[k] for k in ("recall", "false_alarms", "miou")}
+                row["small_set"]["defects"] = sum(on_small["truth_by_size"].values())
+            state.put(dict(zip(("epochs", "budget", "epochs_int8"), rows)), key, name, "eval")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -228,27 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     state.put(hardware_info(), "machine")
     voc, test, small = make_data(args)
     classes = len((voc / "class_names.txt").read_text().split())
-    for name in args.rungs:  # 1: the same epochs for every rung
+    for name in args.rungs:
         state.get("rungs", name, "arch") or state.put(architecture(name, classes), "rungs", name, "arch")
-        if not state.get("rungs", name, "epochs"):
-            log(f"training {name}: {args.epochs} epochs")
-            state.put(train_rung(args, voc, name, args.epochs, "epochs"), "rungs", name, "epochs")
-    for name in args.rungs:  # 2: the same CPU budget for every rung
-        if not state.get("rungs", name, "budget"):
-            per_epoch = state.get("rungs", name, "epochs", "cpu_s_per_epoch")
-            epochs = max(1, min(args.max_epochs, int(args.budget_s // per_epoch)))
-            log(f"training {name}: {epochs} epochs in the {args.budget_s:.0f} s CPU budget")
-            state.put(train_rung(args, voc, name, epochs, "budget"), "rungs", name, "budget")
-    for name in args.rungs:  # 3: eval on held-back images: checkpoints, and the deployed int8 IR
-        if not state.get("rungs", name, "eval"):
-            log(f"exporting and evaluating {name}")
-            ckpts = [state.get("rungs", name, t, "checkpoint") for t in ("epochs", "budget")]
-            int8 = export(ckpts[0], voc, "int8", args.work / f"ir_{name}_{args.size}", None)
-            rows = evaluate_models(test, [*ckpts, int8])
-            for row, on_small in zip(rows, evaluate_models(small, [*ckpts, int8])):
-                row["small_set"] = {k: on_small[k] for k in ("recall", "false_alarms", "miou")}
-                row["small_set"]["defects"] = sum(on_small["truth_by_size"].values())
-            state.put(dict(zip(("epochs", "budget", "epochs_int8"), rows)), "rungs", name, "eval")
+    climb(args, state, "rungs", args.rungs, voc, test, small, args.epochs)
     models: dict[tuple[str, str], str] = {}
     for name in args.rungs:  # 4: speed at the seed's input size, the equal-epoch weights
         for precision in ("int8", "bf16"):
@@ -258,10 +298,14 @@ def main(argv: list[str] | None = None) -> int:
                 path = state.put(export(ckpt, voc, precision, args.work / f"ir_{name}_{DEPLOY}", DEPLOY),
                                  "rungs", name, "ir", precision)  # fmt: skip
             models[(name, precision)] = path
-    load_before = os.getloadavg()
-    state.put(speed(args, models), "speed")
-    state.put(stream_fps(args, {n: p for (n, prec), p in models.items() if prec == "int8"}), "stream")
-    state.put([load_before, os.getloadavg()], "load")
+    if args.remeasure or not state.get("stream"):
+        load_before = os.getloadavg()
+        state.put(speed(args, models), "speed")
+        state.put(stream_fps(args, {n: p for (n, prec), p in models.items() if prec == "int8"}), "stream")
+        state.put([load_before, os.getloadavg()], "load")
+    if args.hires_frames:  # the same ladder on native-pixel tiles of larger frames, evaluated tiled
+        hvoc, htest = make_hires(args)
+        climb(args, state, "hires", args.hires_rungs, hvoc, htest, None, args.hires_epochs or args.epochs, tile_scale=1.0)
     write_report(state.data, args.out, " ".join(["python", "benchmarks/model_ladder.py", *(argv or sys.argv[1:])]))
     log(f"wrote {args.out}.md/.json/.png")
     return 0
