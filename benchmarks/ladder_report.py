@@ -77,8 +77,14 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     ax.scatter(*zip(*pts.values()), s=60, label="same epochs (OpenVINO int8 on the held-back images)", zorder=3)
     ax.scatter(*zip(*budget.values()), s=40, marker="x", label="same CPU budget (checkpoint fp32)", zorder=3)
-    for n, (x, y) in pts.items():
-        ax.annotate(f"{n}\n{table[n]['gflop_square']:.1f} GFLOP", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    xs, ys = zip(*pts.values())
+    span = (max(xs) - min(xs) or 1.0, max(ys) - min(ys) or 1.0)
+    placed: list[tuple[float, float]] = []
+    for n, (x, y) in pts.items():  # a label near an earlier one goes below its point
+        near = any(abs(x - px) < 0.08 * span[0] and abs(y - py) < 0.08 * span[1] for px, py in placed)
+        ax.annotate(f"{n}\n{table[n]['gflop_square']:.1f} GFLOP", (x, y), textcoords="offset points",
+                    xytext=(6, -24) if near else (6, 4), fontsize=8)
+        placed.append((x, y))
     front = pareto(pts)
     ax.plot([pts[n][0] for n in front], [pts[n][1] for n in front], "--", color="grey", label="Pareto frontier (same epochs)")
     ax.set_xlabel("1080p stream, int8, frames/s on this CPU (higher is faster)")
