@@ -146,7 +146,7 @@ def write_report(state: dict[str, Any], out: Path, command: str) -> None:
         f"the trainer's validation split), and {a['test_count']} held-back images (seed 99) that no training saw, scored by "
         f"`unet-deploy eval` (its Python API), and {a['test_count']} held-back images with small defects only (4-8 px across, "
         f"seed 98): their recall is the small-defect recall. Training: {a['size']}x{a['size']} input, batch 8, Adam 1e-3 (warm-up + cosine), "
-        f"cross-entropy, dropout 0 for every rung, augmentation on, "
+        f"cross-entropy, dropout 0 for every rung, augmentation on, training seed {a.get('seed', 0)}, "
         f"{'bf16 autocast (the trainer default on a CPU with native bf16)' if m.get('native_bf16') else 'fp32'} on the CPU (2 threads, workers 0); first "
         f"**{a['epochs']} epochs for every rung**, then a second training of every rung with **the same CPU budget, "
         f"{a['budget_s']:.0f} CPU seconds** (the epoch count that fits it, at most {a['max_epochs']}). Speed: the equal-epoch "

@@ -70,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hires-size", default="640x512", help="WxH of the hires frames (the preset's defects, 4-40 px)")
     p.add_argument("--hires-defects", default="4,10", help="min,max defects per hires frame")
     p.add_argument("--hires-epochs", type=int, default=None, help="the hires set's equal epochs [default: --epochs]")
+    p.add_argument("--seed", type=int, default=0, help="training seed (weights, batches, augmentation); data stay the same")
     p.add_argument("--remeasure", action="store_true", help="time the speed again even where state.json has it")
     p.add_argument("--hires-rungs", default="b64,b32,b16,b8-bilinear", help="rungs trained on the hires tiles")
     p.add_argument("--quick", action="store_true", help="tiny everything: checks the script")
@@ -156,7 +157,7 @@ def train_rung(args: argparse.Namespace, voc: Path, name: str, epochs: int, tag:
     run = args.work / f"run_{name}_{tag}"
     wall0, cpu0 = time.perf_counter(), time.process_time()
     best = train(voc, run, epochs=epochs, base_channels=base, upsample=upsample, img_size=args.size, batch_size=8,
-                 dropout=0.0, workers=0, device="cpu", progress=False, overwrite=True, seed=0, **options)  # fmt: skip
+                 dropout=0.0, workers=0, device="cpu", progress=False, overwrite=True, seed=args.seed, **options)  # fmt: skip
     cpu = time.process_time() - cpu0
     rows = read_metrics_csv(run / "metrics.csv")
     return {"checkpoint": str(best), "epochs": epochs, "wall_s": time.perf_counter() - wall0, "cpu_s": cpu,
